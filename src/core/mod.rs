@@ -1,0 +1,31 @@
+//! The pure lifecycle core.
+//!
+//! Everything here is deterministic: no clock, no random source, no store, no cipher. The time
+//! (`now`) and whatever the rules need to know about the zone come in as arguments; a new
+//! record and what happened, or a typed [`Error`], come out. The shell ([`crate::Kms`]) loads,
+//! calls these functions, generates material when a version is added, and writes.
+//!
+//! - [`create_key`] makes the record of a new key.
+//! - [`apply`] decides every change of an existing key ([`Command`]), including what is due
+//!   at `now` ([`Command::RunDue`]).
+//! - [`next_due`] says when a key next needs [`Command::RunDue`]: the store indexes keys by it.
+//! - [`check_crypto`] says whether a key may be used for cryptographic operations.
+
+mod command;
+mod error;
+mod id;
+pub mod limits;
+mod record;
+mod transition;
+
+#[cfg(test)]
+mod tests;
+
+pub use command::{Command, CreateContext, CreateKey, Event, Transition};
+pub use error::Error;
+pub use id::KeyId;
+pub use limits::{DataKeySpec, DeletionDelay, RotationPeriod};
+pub use record::{
+    KeyRecord, KeySource, KeyUsage, MaterialMeta, Revision, Role, RotationConfig, Status,
+};
+pub use transition::{add_days, apply, check_crypto, create_key, next_due};

@@ -1,0 +1,311 @@
+//! The lifecycle rules: one function per entry point, each pure.
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::command::{Command, CreateContext, CreateKey, Event, Transition};
+use super::error::Error;
+use super::id::KeyId;
+use super::limits::{self, MAX_MANUAL_ROTATIONS, ROTATION_PERIOD_DEFAULT_DAYS};
+use super::record::{
+    KeyRecord, KeySource, KeyUsage, MaterialMeta, Revision, Role, RotationConfig, Status,
+};
+
+/// `at` plus whole `days`, or a bad request if that leaves the representable time range
+/// (only a clock set near the year 9999 can get there).
+pub fn add_days(at: Timestamp, days: u32) -> Result<Timestamp, Error> {
+    at.checked_add(SignedDuration::from_hours(i64::from(days) * 24))
+        .map_err(|_| Error::BadRequest {
+            field: "now",
+            reason: format!("{at} plus {days} days is beyond the last representable time"),
+        })
+}
+
+/// Makes the record of a new key: status enabled, material version 1 (not automatic),
+/// automatic rotation every 365 days, revision 1, origin this zone.
+///
+/// Checks, in order: the name's length, the description's length, the name's uniqueness
+/// (`ctx.name_taken`) and the zone's quota.
+pub fn create_key(request: &CreateKey, ctx: &CreateContext<'_>) -> Result<KeyRecord, Error> {
+    limits::check_name(&request.name)?;
+    if let Some(description) = &request.description {
+        limits::check_description(description)?;
+    }
+    if ctx.name_taken {
+        return Err(Error::NameConflict {
+            name: request.name.clone(),
+            zone: ctx.zone.to_owned(),
+        });
+    }
+    if ctx.origin_keys >= ctx.quota {
+        return Err(Error::QuotaExceeded {
+            zone: ctx.zone.to_owned(),
+            limit: ctx.quota,
+        });
+    }
+    let now = ctx.now;
+    Ok(KeyRecord {
+        id: ctx.id,
+        name: request.name.clone(),
+        description: request.description.clone(),
+        usage: KeyUsage::EncryptDecrypt,
+        source: KeySource::ExoscaleKms,
+        multi_zone: request.multi_zone,
+        origin_zone: ctx.zone.to_owned(),
+        role: Role::Origin,
+        status: Status::Enabled,
+        status_since: now,
+        created_at: now,
+        revision: Revision { seq: 1, at: now },
+        materials: vec![MaterialMeta {
+            version: 1,
+            created_at: now,
+            automatic: false,
+        }],
+        rotation: RotationConfig {
+            automatic: true,
+            period_days: ROTATION_PERIOD_DEFAULT_DAYS,
+            next_at: add_days(now, ROTATION_PERIOD_DEFAULT_DAYS)?,
+            manual_count: 0,
+        },
+    })
+}
+
+/// Applies `command` to `record` at `now`.
+///
+/// When `expected_seq` is given and is not the record's `revision.seq`, nothing is applied and
+/// the answer is [`Error::RevisionConflict`], before any other rule. Otherwise the rules of
+/// lifecycle.md decide: the result is the new record and what happened, an unchanged key
+/// (`already-applied`, or nothing due), the key's destruction, or the error of the rule
+/// broken. The record given is never modified.
+pub fn apply(
+    record: &KeyRecord,
+    command: &Command,
+    now: Timestamp,
+    expected_seq: Option<u64>,
+) -> Result<Transition, Error> {
+    if let Some(expected) = expected_seq
+        && expected != record.revision.seq
+    {
+        return Err(Error::RevisionConflict {
+            id: record.id,
+            expected,
+            actual: record.revision.seq,
+        });
+    }
+    match *command {
+        Command::Enable => match record.status {
+            Status::Enabled => Ok(Transition::Unchanged),
+            Status::Disabled => change(record, now, Event::Enabled, |next| {
+                set_status(next, Status::Enabled, now);
+                Ok(())
+            }),
+            Status::PendingDeletion { delete_at } => Err(pending(record.id, delete_at)),
+        },
+        Command::Disable => match record.status {
+            Status::Enabled => change(record, now, Event::Disabled, |next| {
+                set_status(next, Status::Disabled, now);
+                Ok(())
+            }),
+            Status::Disabled => Ok(Transition::Unchanged),
+            Status::PendingDeletion { delete_at } => Err(pending(record.id, delete_at)),
+        },
+        Command::ScheduleDeletion { delay } => {
+            origin_only(record, command)?;
+            if let Status::PendingDeletion { delete_at } = record.status {
+                return Err(pending(record.id, delete_at));
+            }
+            let delete_at = add_days(now, delay.days())?;
+            change(
+                record,
+                now,
+                Event::DeletionScheduled { delete_at },
+                |next| {
+                    set_status(next, Status::PendingDeletion { delete_at }, now);
+                    Ok(())
+                },
+            )
+        }
+        Command::CancelDeletion => {
+            origin_only(record, command)?;
+            match record.status {
+                Status::PendingDeletion { .. } => {
+                    change(record, now, Event::DeletionCancelled, |next| {
+                        set_status(next, Status::Disabled, now);
+                        Ok(())
+                    })
+                }
+                _ => Err(Error::NotPendingDeletion { id: record.id }),
+            }
+        }
+        Command::Rotate => {
+            origin_only(record, command)?;
+            require_enabled(record)?;
+            if record.rotation.manual_count >= MAX_MANUAL_ROTATIONS {
+                return Err(Error::ManualRotationLimit {
+                    id: record.id,
+                    limit: MAX_MANUAL_ROTATIONS,
+                });
+            }
+            rotate(record, now, false, |next| {
+                next.rotation.manual_count += 1;
+                Ok(())
+            })
+        }
+        Command::EnableRotation { period } => {
+            origin_only(record, command)?;
+            require_enabled(record)?;
+            if record.rotation.automatic {
+                return Err(Error::Conflict {
+                    id: record.id,
+                    reason: "automatic rotation is already enabled",
+                });
+            }
+            let next_at = add_days(now, period.days())?;
+            change(record, now, Event::RotationEnabled, |next| {
+                next.rotation.automatic = true;
+                next.rotation.period_days = period.days();
+                next.rotation.next_at = next_at;
+                Ok(())
+            })
+        }
+        Command::DisableRotation => {
+            origin_only(record, command)?;
+            require_enabled(record)?;
+            if !record.rotation.automatic {
+                return Err(Error::Conflict {
+                    id: record.id,
+                    reason: "automatic rotation is already disabled",
+                });
+            }
+            change(record, now, Event::RotationDisabled, |next| {
+                next.rotation.automatic = false;
+                Ok(())
+            })
+        }
+        Command::RunDue => run_due(record, now),
+        Command::RetireExhausted { version } => {
+            origin_only(record, command)?;
+            require_enabled(record)?;
+            if record.newest_material().version != version {
+                // Another call already made a newer version.
+                return Ok(Transition::Unchanged);
+            }
+            rotate(record, now, true, |_| Ok(()))
+        }
+    }
+}
+
+/// Performs what is due at `now`. A replica does nothing by itself: it follows its origin.
+fn run_due(record: &KeyRecord, now: Timestamp) -> Result<Transition, Error> {
+    if record.role == Role::Replica {
+        return Ok(Transition::Unchanged);
+    }
+    match record.status {
+        Status::PendingDeletion { delete_at } if delete_at <= now => Ok(Transition::Deleted),
+        Status::Enabled if record.rotation.automatic && record.rotation.next_at <= now => {
+            let next_at = add_days(now, record.rotation.period_days)?;
+            rotate(record, now, true, |next| {
+                next.rotation.next_at = next_at;
+                Ok(())
+            })
+        }
+        _ => Ok(Transition::Unchanged),
+    }
+}
+
+/// When [`Command::RunDue`] will next have something to do for this key, if ever in its
+/// current state: its `delete-at` while pending deletion, its `next-at` while enabled with
+/// automatic rotation on. A disabled key has nothing due; once enabled again, a `next-at`
+/// already past is due at once (as AWS KMS does). Replicas have nothing due of their own.
+#[must_use]
+pub fn next_due(record: &KeyRecord) -> Option<Timestamp> {
+    if record.role == Role::Replica {
+        return None;
+    }
+    match record.status {
+        Status::PendingDeletion { delete_at } => Some(delete_at),
+        Status::Enabled if record.rotation.automatic => Some(record.rotation.next_at),
+        _ => None,
+    }
+}
+
+/// Whether a key in `status` may encrypt, decrypt, re-encrypt and generate data keys:
+/// only when enabled, whatever its role.
+pub fn check_crypto(id: KeyId, status: Status) -> Result<(), Error> {
+    match status {
+        Status::Enabled => Ok(()),
+        Status::Disabled => Err(Error::KeyDisabled { id }),
+        Status::PendingDeletion { delete_at } => Err(pending(id, delete_at)),
+    }
+}
+
+fn pending(id: KeyId, delete_at: Timestamp) -> Error {
+    Error::KeyPendingDeletion { id, delete_at }
+}
+
+fn origin_only(record: &KeyRecord, command: &Command) -> Result<(), Error> {
+    match record.role {
+        Role::Origin => Ok(()),
+        Role::Replica => Err(Error::NotOnReplica {
+            id: record.id,
+            origin_zone: record.origin_zone.clone(),
+            operation: command.name(),
+        }),
+    }
+}
+
+fn require_enabled(record: &KeyRecord) -> Result<(), Error> {
+    check_crypto(record.id, record.status)
+}
+
+fn set_status(record: &mut KeyRecord, status: Status, now: Timestamp) {
+    record.status = status;
+    record.status_since = now;
+}
+
+/// A copy of `record` changed by `edit`, with the next revision.
+fn change(
+    record: &KeyRecord,
+    now: Timestamp,
+    event: Event,
+    edit: impl FnOnce(&mut KeyRecord) -> Result<(), Error>,
+) -> Result<Transition, Error> {
+    let mut next = record.clone();
+    edit(&mut next)?;
+    next.revision = Revision {
+        seq: record.revision.seq.checked_add(1).ok_or(Error::Conflict {
+            id: record.id,
+            reason: "the revision counter is exhausted",
+        })?,
+        at: now,
+    };
+    Ok(Transition::Changed {
+        record: Box::new(next),
+        event,
+    })
+}
+
+/// A copy of `record` with one more material version, changed further by `edit`.
+fn rotate(
+    record: &KeyRecord,
+    now: Timestamp,
+    automatic: bool,
+    edit: impl FnOnce(&mut KeyRecord) -> Result<(), Error>,
+) -> Result<Transition, Error> {
+    let version = record
+        .newest_material()
+        .version
+        .checked_add(1)
+        .ok_or(Error::Conflict {
+            id: record.id,
+            reason: "the material version counter is exhausted",
+        })?;
+    change(record, now, Event::Rotated { version, automatic }, |next| {
+        next.materials.push(MaterialMeta {
+            version,
+            created_at: now,
+            automatic,
+        });
+        edit(next)
+    })
+}

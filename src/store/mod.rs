@@ -1,0 +1,311 @@
+//! Storage: the [`Backend`] trait, its two implementations, and [`Store`], the typed layer
+//! that encodes records and keeps the indexes.
+//!
+//! Every change of a key is one [`Backend::commit`]: the record, its new material, the name
+//! index, the due-time index, the encryption reservation and the key counter together, made
+//! durable before `Ok`. The store never sees a secret in the clear: material arrives sealed.
+
+mod backend;
+pub mod codec;
+mod memory;
+mod sled;
+
+pub use self::backend::{Backend, Entries, Table, Write};
+pub use self::memory::MemoryBackend;
+pub use self::sled::SledBackend;
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use self::backend::decode_counter;
+use self::codec::{decode_record, due_key, due_key_id, due_prefix, encode_record, version_key};
+use crate::core::{Error, KeyId, KeyRecord, Role, next_due};
+
+/// Format of a whole store, in [`Table::Meta`] under [`META_FORMAT`].
+pub const STORE_FORMAT_V1: u8 = 1;
+const META_FORMAT: &[u8] = b"format";
+const META_ROOT_CHECK: &[u8] = b"root-check";
+const META_ORIGIN_KEYS: &[u8] = b"origin-keys";
+
+/// Sealed material of one new version, to be written with its record.
+#[derive(Debug)]
+pub struct NewMaterial {
+    /// The version.
+    pub version: u32,
+    /// The material sealed under the root key.
+    pub sealed: Vec<u8>,
+    /// Encryptions reserved for it at once (see [`Store::reserve`]).
+    pub reserved: u64,
+}
+
+/// The typed view of a [`Backend`].
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Wraps a backend.
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        Store { backend }
+    }
+
+    /// The store's format byte and root-key check value, if the store was initialized.
+    pub fn header(&self) -> Result<Option<(u8, Vec<u8>)>, Error> {
+        let format = self.backend.get(Table::Meta, META_FORMAT)?;
+        let check = self.backend.get(Table::Meta, META_ROOT_CHECK)?;
+        match (format, check) {
+            (None, None) => Ok(None),
+            (Some(format), Some(check)) if format.len() == 1 => Ok(Some((format[0], check))),
+            _ => Err(Error::Corrupt {
+                record: "store header".to_owned(),
+                detail: "the format byte or the root-key check value is missing or malformed"
+                    .to_owned(),
+            }),
+        }
+    }
+
+    /// Initializes an empty store with its format and root-key check value. Refuses a store
+    /// that holds keys but no header.
+    pub fn initialize(&self, check_value: Vec<u8>) -> Result<(), Error> {
+        if !self.backend.scan(Table::Keys, &[], None, 1)?.is_empty() {
+            return Err(Error::Corrupt {
+                record: "store header".to_owned(),
+                detail: "the store holds keys but no header".to_owned(),
+            });
+        }
+        self.backend.commit(&[
+            Write::Put {
+                table: Table::Meta,
+                key: META_FORMAT.to_vec(),
+                value: vec![STORE_FORMAT_V1],
+            },
+            Write::Put {
+                table: Table::Meta,
+                key: META_ROOT_CHECK.to_vec(),
+                value: check_value,
+            },
+        ])
+    }
+
+    /// The record of key `id`, if it exists.
+    pub fn load(&self, id: KeyId) -> Result<Option<KeyRecord>, Error> {
+        self.backend
+            .get(Table::Keys, id.as_bytes())?
+            .map(|bytes| decode_record(id, &bytes))
+            .transpose()
+    }
+
+    /// The sealed material of version `version` of key `id`.
+    pub fn load_material(&self, id: KeyId, version: u32) -> Result<Vec<u8>, Error> {
+        self.backend
+            .get(Table::Materials, &version_key(id, version))?
+            .ok_or_else(|| Error::Corrupt {
+                record: format!("material {id}/v{version}"),
+                detail: "missing".to_owned(),
+            })
+    }
+
+    /// Encryptions reserved so far under version `version` of key `id` (0 if none).
+    pub fn reserved(&self, id: KeyId, version: u32) -> Result<u64, Error> {
+        match self.backend.get(Table::Usage, &version_key(id, version))? {
+            None => Ok(0),
+            Some(bytes) => {
+                let array: [u8; 8] = bytes.as_slice().try_into().map_err(|_| Error::Corrupt {
+                    record: format!("encryption count {id}/v{version}"),
+                    detail: format!("expected 8 bytes, found {}", bytes.len()),
+                })?;
+                Ok(u64::from_be_bytes(array))
+            }
+        }
+    }
+
+    /// The id of the key named `name`, if any.
+    pub fn id_by_name(&self, name: &str) -> Result<Option<KeyId>, Error> {
+        self.backend
+            .get(Table::Names, name.as_bytes())?
+            .map(|bytes| {
+                <[u8; 16]>::try_from(bytes.as_slice())
+                    .map(KeyId::from_bytes)
+                    .map_err(|_| Error::Corrupt {
+                        record: format!("name index entry {name:?}"),
+                        detail: format!("expected a 16-byte id, found {} bytes", bytes.len()),
+                    })
+            })
+            .transpose()
+    }
+
+    /// How many keys this zone owns (replicas not counted).
+    pub fn origin_keys(&self) -> Result<usize, Error> {
+        match self.backend.get(Table::Meta, META_ORIGIN_KEYS)? {
+            None => Ok(0),
+            Some(bytes) => {
+                let count = decode_counter(Table::Meta, META_ORIGIN_KEYS, &bytes)?;
+                Ok(usize::try_from(count).unwrap_or(0))
+            }
+        }
+    }
+
+    /// Up to `limit` records in id order, starting after `after` (from the first when `None`).
+    pub fn list(&self, after: Option<KeyId>, limit: usize) -> Result<Vec<KeyRecord>, Error> {
+        let start = match after {
+            None => Vec::new(),
+            Some(id) => {
+                let mut start = id.as_bytes().to_vec();
+                start.push(0);
+                start
+            }
+        };
+        self.backend
+            .scan(Table::Keys, &start, None, limit)?
+            .into_iter()
+            .map(|(key, value)| {
+                let id = <[u8; 16]>::try_from(key.as_slice())
+                    .map(KeyId::from_bytes)
+                    .map_err(|_| Error::Corrupt {
+                        record: "key table entry".to_owned(),
+                        detail: format!("a key of {} bytes is not an id", key.len()),
+                    })?;
+                decode_record(id, &value)
+            })
+            .collect()
+    }
+
+    /// Up to `limit` keys whose due time is at or before `now`, earliest first. Reads only the
+    /// due part of the index: the cost grows with the number of due keys.
+    pub fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<KeyId>, Error> {
+        // Every key with a due time <= now sorts before the prefix of `now` + 1 ns.
+        let end = match now.checked_add(jiff::SignedDuration::from_nanos(1)) {
+            Ok(after) => Some(due_prefix(after).to_vec()),
+            Err(_) => None,
+        };
+        self.backend
+            .scan(Table::Due, &[], end.as_deref(), limit)?
+            .into_iter()
+            .map(|(key, _)| {
+                due_key_id(&key).ok_or_else(|| Error::Corrupt {
+                    record: "due index entry".to_owned(),
+                    detail: format!("a key of {} bytes", key.len()),
+                })
+            })
+            .collect()
+    }
+
+    /// Writes `record` (new when `old` is `None`, else replacing `old`, which must be the
+    /// stored record) with its new material, if any, and every index, in one durable commit.
+    pub fn put(
+        &self,
+        old: Option<&KeyRecord>,
+        record: &KeyRecord,
+        material: Option<&NewMaterial>,
+    ) -> Result<(), Error> {
+        let id = record.id();
+        let mut batch = Vec::with_capacity(6);
+        batch.push(Write::Put {
+            table: Table::Keys,
+            key: id.as_bytes().to_vec(),
+            value: encode_record(record),
+        });
+        let old_due = old.and_then(next_due);
+        let new_due = next_due(record);
+        if old_due != new_due {
+            if let Some(at) = old_due {
+                batch.push(Write::Delete {
+                    table: Table::Due,
+                    key: due_key(at, id).to_vec(),
+                });
+            }
+            if let Some(at) = new_due {
+                batch.push(Write::Put {
+                    table: Table::Due,
+                    key: due_key(at, id).to_vec(),
+                    value: Vec::new(),
+                });
+            }
+        }
+        if old.is_none() {
+            // Names are set at creation and never change.
+            batch.push(Write::Put {
+                table: Table::Names,
+                key: record.name().as_bytes().to_vec(),
+                value: id.as_bytes().to_vec(),
+            });
+        }
+        if old.is_none() && record.role() == Role::Origin {
+            batch.push(Write::AddCounter {
+                table: Table::Meta,
+                key: META_ORIGIN_KEYS.to_vec(),
+                delta: 1,
+            });
+        }
+        if let Some(material) = material {
+            batch.push(Write::Put {
+                table: Table::Materials,
+                key: version_key(id, material.version).to_vec(),
+                value: material.sealed.clone(),
+            });
+            batch.push(reservation(id, material.version, material.reserved));
+        }
+        self.backend.commit(&batch)
+    }
+
+    /// Destroys key `record` (the stored record): the record, every material version, every
+    /// index entry and reservation, in one durable commit.
+    pub fn delete(&self, record: &KeyRecord) -> Result<(), Error> {
+        let id = record.id();
+        let mut batch = vec![
+            Write::Delete {
+                table: Table::Keys,
+                key: id.as_bytes().to_vec(),
+            },
+            Write::Delete {
+                table: Table::Names,
+                key: record.name().as_bytes().to_vec(),
+            },
+        ];
+        if let Some(at) = next_due(record) {
+            batch.push(Write::Delete {
+                table: Table::Due,
+                key: due_key(at, id).to_vec(),
+            });
+        }
+        for material in record.materials() {
+            for table in [Table::Materials, Table::Usage] {
+                batch.push(Write::Delete {
+                    table,
+                    key: version_key(id, material.version).to_vec(),
+                });
+            }
+        }
+        if record.role() == Role::Origin {
+            batch.push(Write::AddCounter {
+                table: Table::Meta,
+                key: META_ORIGIN_KEYS.to_vec(),
+                delta: -1,
+            });
+        }
+        self.backend.commit(&batch)
+    }
+
+    /// Durably records that up to `reserved` encryptions may have happened under version
+    /// `version` of key `id`. After a crash, counting resumes from the last reservation, so the
+    /// count never goes backwards.
+    pub fn reserve(&self, id: KeyId, version: u32, reserved: u64) -> Result<(), Error> {
+        self.backend.commit(&[reservation(id, version, reserved)])
+    }
+}
+
+fn reservation(id: KeyId, version: u32, reserved: u64) -> Write {
+    Write::Put {
+        table: Table::Usage,
+        key: version_key(id, version).to_vec(),
+        value: reserved.to_be_bytes().to_vec(),
+    }
+}
