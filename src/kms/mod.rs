@@ -320,14 +320,9 @@ impl Kms {
         let _key = self.lock_key(id);
         let (material, sealed) = self.new_material(&record, 1)?;
         self.store.put(None, &record, Some(&sealed))?;
-        let newest = Arc::new(material.cipher());
-        self.cache.insert(KeyState {
-            id,
-            status: record.status(),
-            ciphers: vec![Arc::clone(&newest)],
-            newest,
-            budget: Arc::new(Budget::new(1, 0, sealed.reserved)),
-        });
+        // The key exists from here on: a caching failure must not turn into an error (the key
+        // would then load on first use), and with fresh material nothing is read anyway.
+        let _ = self.load_state(&record, Some((material, sealed.reserved)));
         Ok(CreatedKey::from(&record))
     }
 
@@ -488,10 +483,16 @@ impl Kms {
         ))
     }
 
-    /// Brings a cached key state up to `record` (a no-op for keys not cached: they load
-    /// from the store when first used). Called with the key's lock held, after the write.
+    /// Brings the cached state of key `record` up to the record just written. Called with the
+    /// key's lock held, after the write. A key not in memory stays out of it, unless a
+    /// version was added: then it is loaded now, so that the new version's budget starts
+    /// from zero rather than from its first reservation.
     fn refresh_cache(&self, record: &KeyRecord, new_material: Option<(MaterialKey, u64)>) {
         let Some(old) = self.cache.get(record.id()) else {
+            if let Some((material, reserved)) = new_material {
+                // On failure the key simply loads on first use.
+                let _ = self.load_state(record, Some((material, reserved)));
+            }
             return;
         };
         let mut ciphers = old.ciphers.clone();
@@ -511,8 +512,7 @@ impl Kms {
         });
     }
 
-    /// The cached state of key `id`, loading it (record, every material version unsealed,
-    /// the newest version's reservation) on first use.
+    /// The cached state of key `id`, loading it on first use.
     fn state(&self, id: KeyId) -> Result<Arc<KeyState>, Error> {
         if let Some(state) = self.cache.get(id) {
             return Ok(state);
@@ -522,15 +522,40 @@ impl Kms {
             return Ok(state);
         }
         let record = self.load(id)?;
+        self.load_state(&record, None)
+    }
+
+    /// Builds and caches the state of `record` (with its key's lock held): every material
+    /// version unsealed from the store, except the newest when it is `fresh` (just made, with
+    /// its first reservation). Without `fresh`, the newest version counts as having used
+    /// everything reserved for it: after a crash the count never goes backwards.
+    fn load_state(
+        &self,
+        record: &KeyRecord,
+        fresh: Option<(MaterialKey, u64)>,
+    ) -> Result<Arc<KeyState>, Error> {
+        let id = record.id();
+        let newest = record.newest_material().version;
         let mut ciphers = Vec::with_capacity(record.materials().len());
         for meta in record.materials() {
-            let sealed = self.store.load_material(id, meta.version)?;
-            let material = self.sealer.open_material(id, meta.version, &sealed)?;
-            ciphers.push(Arc::new(material.cipher()));
+            let cipher = match &fresh {
+                Some((material, _)) if meta.version == newest => material.cipher(),
+                _ => {
+                    let sealed = self.store.load_material(id, meta.version)?;
+                    self.sealer
+                        .open_material(id, meta.version, &sealed)?
+                        .cipher()
+                }
+            };
+            ciphers.push(Arc::new(cipher));
         }
-        let newest = record.newest_material().version;
-        // Every encryption reserved before may have happened: count from the reservation.
-        let reserved = self.store.reserved(id, newest)?;
+        let budget = match fresh {
+            Some((_, reserved)) => Budget::new(newest, 0, reserved),
+            None => {
+                let reserved = self.store.reserved(id, newest)?;
+                Budget::new(newest, reserved, reserved)
+            }
+        };
         let newest_cipher = ciphers.last().cloned().ok_or_else(|| Error::Corrupt {
             record: format!("key {id}"),
             detail: "has no material version".to_owned(),
@@ -540,7 +565,7 @@ impl Kms {
             status: record.status(),
             ciphers,
             newest: newest_cipher,
-            budget: Arc::new(Budget::new(newest, reserved, reserved)),
+            budget: Arc::new(budget),
         }))
     }
 

@@ -1,0 +1,124 @@
+//! What a call acknowledged is there after the `Kms` is dropped and the sled store reopened;
+//! a store opens only under its own root key.
+
+mod common;
+
+use keylife::{CreateKey, Error, Kms, KmsOptions, ManualClock};
+
+use common::{root, start};
+
+fn open(dir: &std::path::Path, root_byte: u8, clock: &ManualClock) -> Result<Kms, Error> {
+    Kms::open(
+        dir,
+        root(root_byte),
+        KmsOptions::new("ch-gva-2").clock(clock.clone()),
+    )
+}
+
+#[test]
+fn every_acknowledged_change_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let kms = open(dir.path(), 7, &clock).unwrap();
+    let plain = kms
+        .create_key(&CreateKey::new("plain").description("kept"))
+        .unwrap();
+    let rotated = kms
+        .create_key(&CreateKey::new("rotated").multi_zone(true))
+        .unwrap();
+    let disabled = kms.create_key(&CreateKey::new("disabled")).unwrap();
+    let doomed = kms.create_key(&CreateKey::new("doomed")).unwrap();
+    let gone = kms.create_key(&CreateKey::new("gone")).unwrap();
+
+    let early = kms
+        .encrypt(rotated.id, b"v1", Some(b"c"))
+        .unwrap()
+        .ciphertext;
+    kms.rotate_key(rotated.id, None).unwrap();
+    kms.disable_key_rotation(rotated.id, None).unwrap();
+    let late = kms.encrypt(rotated.id, b"v2", None).unwrap().ciphertext;
+    let plain_ct = kms.encrypt(plain.id, b"p", None).unwrap().ciphertext;
+    kms.disable_key(disabled.id, None).unwrap();
+    kms.schedule_key_deletion(doomed.id, Some(10), None)
+        .unwrap();
+    kms.schedule_key_deletion(gone.id, Some(7), None).unwrap();
+    clock.advance_days(8);
+    assert_eq!(kms.run_due().unwrap().deleted, vec![gone.id]);
+
+    let before = kms.list_keys().unwrap();
+    drop(kms);
+
+    let kms = open(dir.path(), 7, &clock).unwrap();
+    assert_eq!(kms.list_keys().unwrap(), before, "every record as it was");
+    assert_eq!(
+        kms.get_key(gone.id).unwrap_err(),
+        Error::KeyNotFound { id: gone.id }
+    );
+    assert_eq!(
+        kms.decrypt(rotated.id, &early, Some(b"c"))
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"v1"
+    );
+    assert_eq!(
+        kms.decrypt(rotated.id, &late, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"v2"
+    );
+    assert_eq!(
+        kms.decrypt(plain.id, &plain_ct, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"p"
+    );
+    assert_eq!(
+        kms.list_key_rotations(rotated.id).unwrap().rotations.len(),
+        1
+    );
+    // The due index survived too: the pending deletion still happens on time.
+    clock.advance_days(2);
+    assert_eq!(kms.run_due().unwrap().deleted, vec![doomed.id]);
+    // The name of a deleted key is free again, and the quota counter followed.
+    kms.create_key(&CreateKey::new("gone")).unwrap();
+    assert_eq!(kms.list_keys().unwrap().kms_keys.len(), 4);
+}
+
+#[test]
+fn the_wrong_root_key_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let kms = open(dir.path(), 1, &clock).unwrap();
+    let key = kms.create_key(&CreateKey::new("k")).unwrap();
+    let sealed = kms.encrypt(key.id, b"p", None).unwrap().ciphertext;
+    drop(kms);
+
+    let err = open(dir.path(), 2, &clock).unwrap_err();
+    assert_eq!(err, Error::WrongRootKey);
+    assert_eq!(err.code(), "wrong-root-key");
+
+    // The refusal changed nothing: the right key still opens everything.
+    let kms = open(dir.path(), 1, &clock).unwrap();
+    assert_eq!(
+        kms.decrypt(key.id, &sealed, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"p"
+    );
+}
+
+#[test]
+fn a_new_store_remembers_its_root_key_before_any_key_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    drop(open(dir.path(), 3, &clock).unwrap());
+    assert_eq!(
+        open(dir.path(), 4, &clock).unwrap_err(),
+        Error::WrongRootKey
+    );
+    assert!(open(dir.path(), 3, &clock).is_ok());
+}
