@@ -122,3 +122,29 @@ fn a_new_store_remembers_its_root_key_before_any_key_exists() {
     );
     assert!(open(dir.path(), 3, &clock).is_ok());
 }
+
+#[test]
+fn a_store_in_use_is_refused_and_free_again_once_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let first = open(dir.path(), 1, &clock).unwrap();
+    let err = open(dir.path(), 1, &clock).unwrap_err();
+    assert_eq!(err.code(), "storage");
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(first);
+    // Closing and reopening at once, again and again, works: the lock is waited for.
+    for round in 0..20 {
+        let kms = open(dir.path(), 1, &clock).unwrap();
+        kms.create_key(&CreateKey::new(format!("k{round}")))
+            .unwrap();
+    }
+    assert_eq!(
+        open(dir.path(), 1, &clock)
+            .unwrap()
+            .list_keys()
+            .unwrap()
+            .kms_keys
+            .len(),
+        20
+    );
+}

@@ -511,7 +511,8 @@ impl Storage for Sled {
         (dir, path)
     }
     fn open(handle: &(tempfile::TempDir, PathBuf), clock: &ManualClock) -> Kms {
-        Kms::open(&handle.1, common::root(9), options(clock)).unwrap()
+        Kms::open(&handle.1, common::root(9), options(clock))
+            .unwrap_or_else(|e| panic!("reopen: {e}"))
     }
 }
 
@@ -520,9 +521,12 @@ struct Sut<S: Storage> {
     clock: ManualClock,
     kms: Option<Kms>,
     ids: Vec<KeyId>,
-    /// (key index, plaintext, context, ciphertext) of every ciphertext made.
-    ciphertexts: Vec<(usize, Vec<u8>, Option<Vec<u8>>, Vec<u8>)>,
+    /// Every ciphertext made.
+    ciphertexts: Vec<Made>,
 }
+
+/// A ciphertext made during the test: (key index, plaintext, context, ciphertext).
+type Made = (usize, Vec<u8>, Option<Vec<u8>>, Vec<u8>);
 
 impl<S: Storage> Sut<S> {
     fn kms(&self) -> &Kms {

@@ -1,6 +1,8 @@
 //! The sled backend: the default, on disk.
 
 use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional as _};
 
@@ -17,11 +19,36 @@ pub struct SledBackend {
 
 impl SledBackend {
     /// Opens (or creates) the database in the directory `path`.
+    ///
+    /// sled locks the directory for one `Db` at a time and releases the lock only when its
+    /// background threads let go of the last handle, a moment after the previous `Db` was
+    /// dropped. So a lock held by someone else is waited for up to [`LOCK_WAIT`] before the
+    /// store is reported in use.
     pub fn open(path: impl AsRef<Path>) -> Result<SledBackend, Error> {
-        let db = sled::Config::new()
-            .path(path.as_ref())
-            .open()
-            .map_err(storage)?;
+        let path = path.as_ref();
+        // Every commit flushes, so sled's periodic flusher thread has nothing to do.
+        let config = sled::Config::new().path(path).flush_every_ms(None);
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(error)) if is_lock_conflict(&error) => {
+                    if started.elapsed() >= LOCK_WAIT {
+                        return Err(Error::Storage {
+                            detail: format!(
+                                "the store at {} is in use (another process or Kms holds \
+                                 its lock): {error}",
+                                path.display()
+                            ),
+                        });
+                    }
+                    thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(error) => return Err(storage(error)),
+            }
+        };
         SledBackend::from_db(db)
     }
 
@@ -38,6 +65,16 @@ impl SledBackend {
     fn tree(&self, table: Table) -> &sled::Tree {
         &self.trees[table.index()]
     }
+}
+
+/// How long [`SledBackend::open`] waits for a store's lock to be released.
+pub const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Whether sled failed to open because another `Db` holds the directory's lock. sled reports
+/// it only as an I/O error of kind `Other` with this message (sled 0.34, `Config::try_lock`).
+fn is_lock_conflict(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::Other
+        && error.to_string().contains("could not acquire lock")
 }
 
 fn storage(error: sled::Error) -> Error {
