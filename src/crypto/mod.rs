@@ -1,6 +1,6 @@
 //! Cryptography: secret containers, the AEAD seam, the ciphertext format and sealing at rest.
 //!
-//! Only [`aead`] imports an AEAD implementation. No public function takes a nonce: nonces of
+//! Only `aead.rs` imports an AEAD implementation. No public function takes a nonce: nonces of
 //! messages come from a CSPRNG (`rand::rng()`, seeded from the OS), material, data keys and
 //! sealing nonces from the operating system (`rand::rngs::SysRng`).
 

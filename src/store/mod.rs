@@ -22,7 +22,7 @@ use self::backend::decode_counter;
 use self::codec::{decode_record, due_key, due_key_id, due_prefix, encode_record, version_key};
 use crate::core::{Error, KeyId, KeyRecord, Role, next_due};
 
-/// Format of a whole store, in [`Table::Meta`] under [`META_FORMAT`].
+/// Format of a whole store, in [`Table::Meta`] under `format`.
 pub const STORE_FORMAT_V1: u8 = 1;
 const META_FORMAT: &[u8] = b"format";
 const META_ROOT_CHECK: &[u8] = b"root-check";
