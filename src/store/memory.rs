@@ -57,6 +57,10 @@ impl Backend for MemoryBackend {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, Error> {
+        if end.is_some_and(|end| end < start) {
+            // An empty range; `BTreeMap::range` would panic on it.
+            return Ok(Vec::new());
+        }
         let tables = self.lock();
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(tables[table.index()]
