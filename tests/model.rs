@@ -3,7 +3,8 @@
 //! from lifecycle.md. After each step: the outcome is the model's, every key's fields are the
 //! model's (so `revision.seq` rose by exactly one per change), every ciphertext made so far
 //! decrypts to its plaintext while its key is enabled (across rotations and reopens) and
-//! gives the status error otherwise, and a deleted key is not found.
+//! gives the status error otherwise, and a deleted key (or one whose `delete-at` has passed)
+//! is not found.
 
 mod common;
 
@@ -467,6 +468,14 @@ impl ReferenceStateMachine for Reference {
                 Outcome::Ok
             }
         };
+        // From `delete-at` on a key no longer exists, run_due or not: the next call that
+        // reaches it (here, the checks after this step) finds it gone.
+        let now = state.now;
+        for key in &mut state.keys {
+            if matches!(key.status, MStatus::Pending(at) if at <= now) {
+                key.deleted = true;
+            }
+        }
         state
     }
 }

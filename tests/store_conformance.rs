@@ -16,7 +16,8 @@ use keylife::core::{
     add_days, apply, create_key, next_due,
 };
 use keylife::store::{
-    Backend, MemoryBackend, NewMaterial, STORE_FORMAT_V1, SledBackend, Store, Table, Write,
+    Backend, MemoryBackend, NewMaterial, STORE_FORMAT_V1, SledBackend, Store, StoreHeader, Table,
+    Write,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -671,33 +672,39 @@ fn check_store_due_boundary(open: Open) {
     assert_eq!(due_at, add_days(created, 365).unwrap());
     assert_eq!(due_at, created + SignedDuration::from_hours(365 * 24));
 
-    assert!(store.due(created, 10).unwrap().is_empty());
+    assert!(store.due(created, 10).unwrap().ids.is_empty());
     assert!(
-        store.due(due_at - nanos(1), 10).unwrap().is_empty(),
+        store.due(due_at - nanos(1), 10).unwrap().ids.is_empty(),
         "due one nanosecond early"
     );
-    assert_eq!(store.due(due_at, 10).unwrap(), vec![record.id()]);
-    assert_eq!(store.due(due_at + nanos(1), 10).unwrap(), vec![record.id()]);
-    assert_eq!(store.due(far_future(), 10).unwrap(), vec![record.id()]);
-    assert!(store.due(far_future(), 0).unwrap().is_empty(), "limit 0");
+    assert_eq!(store.due(due_at, 10).unwrap().ids, vec![record.id()]);
+    assert_eq!(
+        store.due(due_at + nanos(1), 10).unwrap().ids,
+        vec![record.id()]
+    );
+    assert_eq!(store.due(far_future(), 10).unwrap().ids, vec![record.id()]);
+    assert!(
+        store.due(far_future(), 0).unwrap().ids.is_empty(),
+        "limit 0"
+    );
 
     // Several keys: earliest first, limit respected, each only once it is due.
     let (later, _) = create_stored(&store, id(0x01), "later", created + nanos(2));
     let (earlier, _) = create_stored(&store, id(0xee), "earlier", created - nanos(3));
     let later_due = next_due(&later).unwrap();
     let earlier_due = next_due(&earlier).unwrap();
-    assert_eq!(store.due(earlier_due - nanos(1), 10).unwrap(), vec![]);
-    assert_eq!(store.due(earlier_due, 10).unwrap(), vec![earlier.id()]);
+    assert_eq!(store.due(earlier_due - nanos(1), 10).unwrap().ids, vec![]);
+    assert_eq!(store.due(earlier_due, 10).unwrap().ids, vec![earlier.id()]);
     assert_eq!(
-        store.due(due_at, 10).unwrap(),
+        store.due(due_at, 10).unwrap().ids,
         vec![earlier.id(), record.id()]
     );
     assert_eq!(
-        store.due(later_due, 10).unwrap(),
+        store.due(later_due, 10).unwrap().ids,
         vec![earlier.id(), record.id(), later.id()]
     );
     assert_eq!(
-        store.due(far_future(), 2).unwrap(),
+        store.due(far_future(), 2).unwrap().ids,
         vec![earlier.id(), record.id()]
     );
 }
@@ -723,10 +730,13 @@ fn check_store_due_follows_changes(open: Open) {
     store.put(Some(&record), &pending, None).unwrap();
     assert_eq!(store.load(record.id()).unwrap(), Some(pending.clone()));
 
-    assert!(store.due(delete_at - nanos(1), 10).unwrap().is_empty());
-    assert_eq!(store.due(delete_at, 10).unwrap(), vec![record.id()]);
+    assert!(store.due(delete_at - nanos(1), 10).unwrap().ids.is_empty());
+    assert_eq!(store.due(delete_at, 10).unwrap().ids, vec![record.id()]);
     assert_eq!(
-        store.due(add_days(rotation_at, 1).unwrap(), 10).unwrap(),
+        store
+            .due(add_days(rotation_at, 1).unwrap(), 10)
+            .unwrap()
+            .ids,
         vec![record.id()],
         "past both the delete time and the old rotation time: exactly once"
     );
@@ -741,14 +751,14 @@ fn check_store_due_follows_changes(open: Open) {
     let cancelled = changed(&pending, Command::CancelDeletion, now + nanos(5));
     assert_eq!(next_due(&cancelled), None);
     store.put(Some(&pending), &cancelled, None).unwrap();
-    assert!(store.due(far_future(), 10).unwrap().is_empty());
+    assert!(store.due(far_future(), 10).unwrap().ids.is_empty());
     assert!(all(&*backend, Table::Due).is_empty());
 
     // Enabling again brings back the (already past) rotation time.
     let enabled = changed(&cancelled, Command::Enable, now + nanos(6));
     store.put(Some(&cancelled), &enabled, None).unwrap();
-    assert_eq!(store.due(rotation_at - nanos(1), 10).unwrap(), vec![]);
-    assert_eq!(store.due(rotation_at, 10).unwrap(), vec![record.id()]);
+    assert_eq!(store.due(rotation_at - nanos(1), 10).unwrap().ids, vec![]);
+    assert_eq!(store.due(rotation_at, 10).unwrap().ids, vec![record.id()]);
     assert_eq!(all(&*backend, Table::Due).len(), 1);
     // A change that keeps the due time (disable rotation is not it; a manual rotation is)
     // leaves exactly one entry.
@@ -757,7 +767,7 @@ fn check_store_due_follows_changes(open: Open) {
     store
         .put(Some(&enabled), &rotated, Some(&material(2, 3, 0)))
         .unwrap();
-    assert_eq!(store.due(far_future(), 10).unwrap(), vec![record.id()]);
+    assert_eq!(store.due(far_future(), 10).unwrap().ids, vec![record.id()]);
     assert_eq!(all(&*backend, Table::Due).len(), 1);
 }
 
@@ -831,7 +841,7 @@ fn check_store_delete(open: Open) {
         .unwrap();
     store.reserve(record.id(), 1, 9999).unwrap();
     assert_eq!(store.origin_keys().unwrap(), 2);
-    assert_eq!(store.due(far_future(), 10).unwrap().len(), 2);
+    assert_eq!(store.due(far_future(), 10).unwrap().ids.len(), 2);
 
     store.delete(&rotated).unwrap();
 
@@ -843,7 +853,7 @@ fn check_store_delete(open: Open) {
     assert_eq!(store.reserved(gone, 1).unwrap(), 0);
     assert_eq!(store.reserved(gone, 2).unwrap(), 0);
     assert_eq!(store.origin_keys().unwrap(), 1);
-    assert_eq!(store.due(far_future(), 10).unwrap(), vec![keep.id()]);
+    assert_eq!(store.due(far_future(), 10).unwrap().ids, vec![keep.id()]);
     assert_eq!(store.list(None, 10).unwrap(), vec![keep.clone()]);
     // Nothing of the deleted key is left in any table.
     for table in Table::ALL {
@@ -880,7 +890,7 @@ fn check_store_delete(open: Open) {
     store.put(Some(&keep), &pending, None).unwrap();
     store.delete(&pending).unwrap();
     assert_eq!(store.origin_keys().unwrap(), 0);
-    assert!(store.due(far_future(), 10).unwrap().is_empty());
+    assert!(store.due(far_future(), 10).unwrap().ids.is_empty());
     for table in [
         Table::Keys,
         Table::Materials,
@@ -917,7 +927,7 @@ fn check_store_corrupt_record(open: Open) {
     let (after, _) = create_stored(&store, id(0x30), "after", t0());
     let bad = victim.id();
 
-    let valid_for_other = keylife::store::codec::encode_record(&healthy);
+    let valid_for_other = keylife::store::codec::encode_record(&healthy).unwrap();
     let garbage: Vec<Vec<u8>> = vec![
         b"\xde\xad\xbe\xef garbage".to_vec(),
         Vec::new(),
@@ -968,15 +978,21 @@ fn check_store_header(open: Open) {
     let backend = open();
     let store = Store::new(Arc::clone(&backend));
     assert_eq!(store.header().unwrap(), None);
-    store.initialize(b"check-value".to_vec()).unwrap();
+    store
+        .initialize(b"check-value".to_vec(), "ch-gva-2")
+        .unwrap();
     assert_eq!(
         store.header().unwrap(),
-        Some((STORE_FORMAT_V1, b"check-value".to_vec()))
+        Some(StoreHeader {
+            format: STORE_FORMAT_V1,
+            root_check: b"check-value".to_vec(),
+            zone: "ch-gva-2".to_owned(),
+        })
     );
     // Keys may be added to an initialized store.
     create_stored(&store, id(0x70), "fine", t0());
 
-    // A header with only one of its two parts is corrupt.
+    // A header missing one of its parts is corrupt.
     backend.commit(&[del(Table::Meta, b"root-check")]).unwrap();
     assert_eq!(store.header().unwrap_err().code(), "corrupt-record");
 }
@@ -986,7 +1002,7 @@ fn check_store_refuses_headerless_keys(open: Open) {
     let store = Store::new(Arc::clone(&backend));
     create_stored(&store, id(0x71), "orphan", t0());
     assert_eq!(store.header().unwrap(), None);
-    let err = store.initialize(b"check".to_vec()).unwrap_err();
+    let err = store.initialize(b"check".to_vec(), "ch-gva-2").unwrap_err();
     assert_eq!(err.code(), "corrupt-record", "{err}");
     assert_eq!(
         store.header().unwrap(),
@@ -995,6 +1011,7 @@ fn check_store_refuses_headerless_keys(open: Open) {
     );
     assert_eq!(backend.get(Table::Meta, b"format").unwrap(), None);
     assert_eq!(backend.get(Table::Meta, b"root-check").unwrap(), None);
+    assert_eq!(backend.get(Table::Meta, b"zone").unwrap(), None);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1011,7 +1028,9 @@ fn sled_backend_durable_across_reopen() {
     let (record, pending, material, doomed) = {
         let backend = open();
         let store = Store::new(Arc::clone(&backend));
-        store.initialize(b"root-check".to_vec()).unwrap();
+        store
+            .initialize(b"root-check".to_vec(), "de-fra-1")
+            .unwrap();
         let (record, material) = create_stored(&store, id(0x80), "durable", created);
         let pending = changed(
             &record,
@@ -1039,7 +1058,11 @@ fn sled_backend_durable_across_reopen() {
     let store = Store::new(Arc::clone(&backend));
     assert_eq!(
         store.header().unwrap(),
-        Some((STORE_FORMAT_V1, b"root-check".to_vec()))
+        Some(StoreHeader {
+            format: STORE_FORMAT_V1,
+            root_check: b"root-check".to_vec(),
+            zone: "de-fra-1".to_owned(),
+        })
     );
     assert_eq!(store.load(record.id()).unwrap(), Some(pending.clone()));
     assert_eq!(
@@ -1050,8 +1073,8 @@ fn sled_backend_durable_across_reopen() {
     assert_eq!(store.origin_keys().unwrap(), 1);
     assert_eq!(store.reserved(record.id(), 1).unwrap(), 123_456);
     let delete_at = add_days(created + nanos(1), 10).unwrap();
-    assert!(store.due(delete_at - nanos(1), 10).unwrap().is_empty());
-    assert_eq!(store.due(far_future(), 10).unwrap(), vec![record.id()]);
+    assert!(store.due(delete_at - nanos(1), 10).unwrap().ids.is_empty());
+    assert_eq!(store.due(far_future(), 10).unwrap().ids, vec![record.id()]);
     assert_eq!(store.list(None, 10).unwrap(), vec![pending]);
     assert_eq!(store.load(doomed.id()).unwrap(), None);
     assert_eq!(store.id_by_name("deleted").unwrap(), None);

@@ -3,8 +3,9 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::error::Error;
 use super::id::KeyId;
-use super::limits::{DeletionDelay, RotationPeriod};
+use super::limits::{self, DeletionDelay, RotationPeriod};
 use super::record::{KeyRecord, KeyUsage};
 
 /// The arguments of create-key, with the API's field names and defaults.
@@ -39,6 +40,15 @@ impl CreateKey {
     pub fn description(mut self, description: impl Into<String>) -> CreateKey {
         self.description = Some(description.into());
         self
+    }
+
+    /// Checks the arguments alone: the name's and the description's lengths.
+    pub fn validate(&self) -> Result<(), Error> {
+        limits::check_name(&self.name)?;
+        if let Some(description) = &self.description {
+            limits::check_description(description)?;
+        }
+        Ok(())
     }
 
     /// Makes the key multi-zone (replicable).

@@ -154,6 +154,15 @@ pub enum Error {
         /// The backend's message.
         detail: String,
     },
+    /// The backend applied a change but could not make it durable (a failed flush or
+    /// `fsync`): whether it survives a crash is unknown. The `Kms` then refuses every call
+    /// with this error until it is reopened; after reopening, the store is in a consistent
+    /// state, with or without that change.
+    #[error("the store could not make a change durable ({detail}); reopen it")]
+    NotDurable {
+        /// What failed.
+        detail: String,
+    },
     /// The operating system's random source failed; nothing was generated or written.
     #[error("the operating system's random source failed: {detail}")]
     RandomSource {
@@ -188,6 +197,7 @@ impl Error {
             Error::WrongRootKey => "wrong-root-key",
             Error::Corrupt { .. } => "corrupt-record",
             Error::Storage { .. } => "storage",
+            Error::NotDurable { .. } => "not-durable",
             Error::RandomSource { .. } => "random-source",
         }
     }
@@ -205,8 +215,20 @@ impl Error {
             Error::WrongRootKey
             | Error::Corrupt { .. }
             | Error::Storage { .. }
+            | Error::NotDurable { .. }
             | Error::RandomSource { .. } => 500,
             _ => 400,
+        }
+    }
+
+    /// Untrusted text shortened for quoting in a message.
+    pub(crate) fn quote(text: &str) -> String {
+        const MAX: usize = 64;
+        if text.chars().count() <= MAX {
+            format!("{text:?}")
+        } else {
+            let short: String = text.chars().take(MAX).collect();
+            format!("{short:?}…")
         }
     }
 

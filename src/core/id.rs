@@ -44,20 +44,8 @@ impl KeyId {
             .map(KeyId)
             .map_err(|_| Error::BadRequest {
                 field: "id",
-                reason: format!("must be a UUID, got {:?}", truncate_for_message(text)),
+                reason: format!("must be a UUID, got {}", Error::quote(text)),
             })
-    }
-}
-
-/// Shortens untrusted text before it is quoted in an error message.
-fn truncate_for_message(text: &str) -> String {
-    const MAX: usize = 64;
-    if text.chars().count() <= MAX {
-        text.to_owned()
-    } else {
-        let mut short: String = text.chars().take(MAX).collect();
-        short.push('…');
-        short
     }
 }
 

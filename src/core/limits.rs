@@ -145,7 +145,7 @@ impl DataKeySpec {
             (Some("AES-256"), None) | (None, None) => Ok(DataKeySpec::Aes256),
             (Some(other), None) => Err(Error::BadRequest {
                 field: "key-spec",
-                reason: format!("must be \"AES-256\", got {other:?}"),
+                reason: format!("must be \"AES-256\", got {}", Error::quote(other)),
             }),
             (None, Some(count)) => DataKeySpec::Bytes(count).checked(),
         }

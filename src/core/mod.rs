@@ -9,6 +9,7 @@
 //! - [`apply`] decides every change of an existing key ([`Command`]), including what is due
 //!   at `now` ([`Command::RunDue`]).
 //! - [`next_due`] says when a key next needs [`Command::RunDue`]: the store indexes keys by it.
+//! - [`deletion_due`] says whether a key's deletion is due: from then on it no longer exists.
 //! - [`check_crypto`] says whether a key may be used for cryptographic operations.
 
 mod command;
@@ -28,4 +29,4 @@ pub use limits::{DataKeySpec, DeletionDelay, RotationPeriod};
 pub use record::{
     KeyRecord, KeySource, KeyUsage, MaterialMeta, Revision, Role, RotationConfig, Status,
 };
-pub use transition::{add_days, apply, check_crypto, create_key, next_due};
+pub use transition::{add_days, apply, check_crypto, create_key, deletion_due, next_due};

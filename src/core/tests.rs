@@ -1155,7 +1155,7 @@ fn already_applied_and_nothing_due_change_nothing() {
 
 #[test]
 fn expected_seq_mismatch_is_revision_conflict_before_any_other_rule() {
-    let cases: [(&str, KeyRecord, Command); 9] = [
+    let cases: [(&str, KeyRecord, Command); 8] = [
         ("would succeed: disable", fresh(), Command::Disable),
         ("would succeed: rotate", fresh(), Command::Rotate),
         ("would be already-applied: enable", fresh(), Command::Enable),
@@ -1176,13 +1176,14 @@ fn expected_seq_mismatch_is_revision_conflict_before_any_other_rule() {
             replica(),
             Command::ScheduleDeletion { delay: delay(7) },
         ),
-        ("would be deleted", pending(), Command::RunDue),
     ];
     for (case, mut record, command) in cases {
         record.revision.seq = 5;
         for expected_seq in [4, 6, 0] {
             let before = record.clone();
-            let err = apply(&record, &command, pending_delete_at(), Some(expected_seq));
+            // Just before the deletion is due: at it, the key no longer exists.
+            let at = pending_delete_at() - nanos(1);
+            let err = apply(&record, &command, at, Some(expected_seq));
             assert_eq!(record, before, "{case}: input modified");
             let err = err.unwrap_err();
             assert_eq!(
@@ -1408,4 +1409,61 @@ fn error_http_status_follows_the_contract() {
         assert_eq!(err.http_status(), status, "{err:?}");
         assert_eq!(err.code(), code, "{err:?}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// A due deletion comes before everything else
+// ---------------------------------------------------------------------------------------
+
+/// From `delete-at` on the key no longer exists: every command that reaches it destroys it,
+/// even with a stale expected revision, and even cancel-deletion can no longer save it.
+#[test]
+fn a_due_deletion_precedes_every_command() {
+    let commands = [
+        Command::Enable,
+        Command::Disable,
+        Command::ScheduleDeletion { delay: delay(7) },
+        Command::CancelDeletion,
+        Command::Rotate,
+        Command::EnableRotation {
+            period: RotationPeriod::default(),
+        },
+        Command::DisableRotation,
+        Command::RunDue,
+        Command::RetireExhausted { version: 1 },
+    ];
+    let record = pending();
+    assert!(deletion_due(&record, pending_delete_at()));
+    assert!(!deletion_due(&record, pending_delete_at() - nanos(1)));
+    for command in commands {
+        for expected_seq in [None, Some(record.revision.seq), Some(99)] {
+            assert_eq!(
+                run(&record, command, pending_delete_at()),
+                Ok(Transition::Deleted),
+                "{command:?}"
+            );
+            assert_eq!(
+                apply(
+                    &record,
+                    &command,
+                    pending_delete_at() + nanos(1),
+                    expected_seq
+                ),
+                Ok(Transition::Deleted),
+                "{command:?} with {expected_seq:?}"
+            );
+        }
+    }
+    // One nanosecond before, cancel-deletion still saves it.
+    let saved = changed(
+        run(
+            &record,
+            Command::CancelDeletion,
+            pending_delete_at() - nanos(1),
+        )
+        .unwrap(),
+    );
+    assert_eq!(saved.status, Status::Disabled);
+    // A replica's deletion follows its origin: nothing happens by itself.
+    assert!(!deletion_due(&as_replica(pending()), pending_delete_at()));
 }

@@ -5,7 +5,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::command::{Command, CreateContext, CreateKey, Event, Transition};
 use super::error::Error;
 use super::id::KeyId;
-use super::limits::{self, MAX_MANUAL_ROTATIONS, ROTATION_PERIOD_DEFAULT_DAYS};
+use super::limits::{MAX_MANUAL_ROTATIONS, ROTATION_PERIOD_DEFAULT_DAYS};
 use super::record::{
     KeyRecord, KeySource, KeyUsage, MaterialMeta, Revision, Role, RotationConfig, Status,
 };
@@ -26,10 +26,7 @@ pub fn add_days(at: Timestamp, days: u32) -> Result<Timestamp, Error> {
 /// Checks, in order: the name's length, the description's length, the name's uniqueness
 /// (`ctx.name_taken`) and the zone's quota.
 pub fn create_key(request: &CreateKey, ctx: &CreateContext<'_>) -> Result<KeyRecord, Error> {
-    limits::check_name(&request.name)?;
-    if let Some(description) = &request.description {
-        limits::check_description(description)?;
-    }
+    request.validate()?;
     if ctx.name_taken {
         return Err(Error::NameConflict {
             name: request.name.clone(),
@@ -72,9 +69,12 @@ pub fn create_key(request: &CreateKey, ctx: &CreateContext<'_>) -> Result<KeyRec
 
 /// Applies `command` to `record` at `now`.
 ///
-/// When `expected_seq` is given and is not the record's `revision.seq`, nothing is applied and
-/// the answer is [`Error::RevisionConflict`], before any other rule. Otherwise the rules of
-/// lifecycle.md decide: the result is the new record and what happened, an unchanged key
+/// First, a key whose deletion is due ([`deletion_due`]) is destroyed, whatever the command:
+/// from `delete-at` on, the key no longer exists, even if no [`Command::RunDue`] ran yet
+/// (the shell then answers key-not-found). Then, when `expected_seq` is given and is not the
+/// record's `revision.seq`, nothing is applied and the answer is
+/// [`Error::RevisionConflict`], before any other rule. Otherwise the rules of lifecycle.md
+/// decide: the result is the new record and what happened, an unchanged key
 /// (`already-applied`, or nothing due), the key's destruction, or the error of the rule
 /// broken. The record given is never modified.
 pub fn apply(
@@ -83,6 +83,9 @@ pub fn apply(
     now: Timestamp,
     expected_seq: Option<u64>,
 ) -> Result<Transition, Error> {
+    if deletion_due(record, now) {
+        return Ok(Transition::Deleted);
+    }
     if let Some(expected) = expected_seq
         && expected != record.revision.seq
     {
@@ -195,13 +198,22 @@ pub fn apply(
     }
 }
 
-/// Performs what is due at `now`. A replica does nothing by itself: it follows its origin.
+/// Whether the key's deletion is due at `now`: it is pending deletion with `delete-at <= now`,
+/// in its origin zone (a replica's deletion follows its origin). Such a key is destroyed by
+/// the first command that reaches it, [`Command::RunDue`] or any other.
+#[must_use]
+pub fn deletion_due(record: &KeyRecord, now: Timestamp) -> bool {
+    record.role == Role::Origin
+        && matches!(record.status, Status::PendingDeletion { delete_at } if delete_at <= now)
+}
+
+/// Performs the automatic rotation due at `now` (a due deletion was handled by [`apply`]).
+/// A replica does nothing by itself: it follows its origin.
 fn run_due(record: &KeyRecord, now: Timestamp) -> Result<Transition, Error> {
     if record.role == Role::Replica {
         return Ok(Transition::Unchanged);
     }
     match record.status {
-        Status::PendingDeletion { delete_at } if delete_at <= now => Ok(Transition::Deleted),
         Status::Enabled if record.rotation.automatic && record.rotation.next_at <= now => {
             let next_at = add_days(now, record.rotation.period_days)?;
             rotate(record, now, true, |next| {

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
 
 use super::secret::KeyBytes;
 
@@ -31,8 +31,9 @@ pub(crate) struct SealFailed;
 impl Cipher {
     /// Builds the key schedule of `key`.
     pub(crate) fn new(key: &KeyBytes) -> Cipher {
-        // `new` cannot fail for a 32-byte key; `KeyBytes` is always 32 bytes.
-        Cipher(Aes256Gcm::new(&(*key.expose()).into()))
+        // Borrowed as an array reference: no copy of the key is left on the stack.
+        let key: &Key<Aes256Gcm> = key.expose().into();
+        Cipher(Aes256Gcm::new(key))
     }
 
     /// Encrypts `buffer` in place under `nonce` with `aad` authenticated, and returns the tag.

@@ -13,6 +13,8 @@
 //! The associated data is the whole 33-byte header followed by the encryption context, so a
 //! header cannot be changed without the tag failing, and the context is bound to the message.
 
+use zeroize::Zeroizing;
+
 use super::aead::{Cipher, NONCE_LEN, TAG_LEN};
 use super::secret::SecretBytes;
 use crate::core::{Error, KeyId};
@@ -91,7 +93,8 @@ fn with_aad<T>(header: &[u8], context: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
     if context.is_empty() {
         f(header)
     } else {
-        let mut aad = Vec::with_capacity(header.len() + context.len());
+        // The context may be sensitive (it names what the data is): wiped after use.
+        let mut aad = Zeroizing::new(Vec::with_capacity(header.len() + context.len()));
         aad.extend_from_slice(header);
         aad.extend_from_slice(context);
         f(&aad)

@@ -97,8 +97,23 @@ impl fmt::Debug for RootKey {
 ///
 /// `Debug` prints only the length. `Serialize` writes base64, for the API's response bodies
 /// (the one place a plaintext must leave); nothing else prints the bytes.
-#[derive(Default, PartialEq, Eq)]
+#[derive(Default)]
 pub struct SecretBytes(Zeroizing<Vec<u8>>);
+
+impl PartialEq for SecretBytes {
+    /// Compares in time that depends on the lengths only, not on where the bytes differ.
+    fn eq(&self, other: &SecretBytes) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(other.0.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+impl Eq for SecretBytes {}
 
 impl SecretBytes {
     /// Wraps `bytes`; they are wiped when the container drops.

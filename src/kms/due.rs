@@ -18,6 +18,8 @@ pub struct DueReport {
     /// Keys whose due work failed (for example a storage error); they stay due and are
     /// retried by the next run. The other keys were not affected.
     pub failed: Vec<(KeyId, Error)>,
+    /// Entries of the due index that name no key (only a damaged store has them); skipped.
+    pub unreadable: Vec<Error>,
 }
 
 impl Kms {
@@ -27,9 +29,14 @@ impl Kms {
     /// probe, whatever the number of keys. One key's failure does not stop the others; it is
     /// in the report. An error is returned only when the index itself cannot be read.
     pub fn run_due(&self) -> Result<DueReport, Error> {
+        self.live()?;
         let now = self.clock.now();
-        let mut report = DueReport::default();
-        for id in self.store.due(now, usize::MAX)? {
+        let due = self.store.due(now, usize::MAX)?;
+        let mut report = DueReport {
+            unreadable: due.unreadable,
+            ..DueReport::default()
+        };
+        for id in due.ids {
             match self.mutate(id, Command::RunDue, None) {
                 Ok(applied) => match applied.transition {
                     Transition::Changed {

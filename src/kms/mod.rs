@@ -8,8 +8,10 @@ mod due;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use due::{DueReport, DueRunner};
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use jiff::Timestamp;
@@ -33,7 +35,9 @@ use crate::core::{
 use crate::crypto::{
     self, Header, MaterialKey, OVERHEAD, RootKey, RootSealer, SecretBytes, envelope,
 };
-use crate::store::{Backend, MemoryBackend, NewMaterial, STORE_FORMAT_V1, SledBackend, Store};
+use crate::store::{
+    Backend, MemoryBackend, NewMaterial, STORE_FORMAT_V1, SledBackend, Store, StoreHeader,
+};
 
 /// Encryptions reserved durably at a time under one material version: encrypt writes to the
 /// store once per this many encryptions (and once after each open), never otherwise.
@@ -151,6 +155,36 @@ pub struct Kms {
     cache: Cache,
     key_locks: Box<[Mutex<()>]>,
     create_lock: Mutex<()>,
+    /// Set when a change could not be made durable: every call is refused from then on.
+    failed: AtomicBool,
+    _claim: Claim,
+}
+
+/// Backends in use by a live `Kms` in this process, by address: two `Kms` over one backend
+/// would each keep their own locks, cache and encryption counts, and undo each other.
+static CLAIMED: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
+
+/// A backend claimed by one `Kms`, released when that `Kms` drops.
+struct Claim(usize);
+
+impl Claim {
+    fn take(backend: &Arc<dyn Backend>) -> Result<Claim, Error> {
+        let address = Arc::as_ptr(backend).cast::<()>() as usize;
+        if lock(&CLAIMED).insert(address) {
+            Ok(Claim(address))
+        } else {
+            Err(Error::Storage {
+                detail: "this backend is already in use by another Kms; drop that one first"
+                    .to_owned(),
+            })
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        lock(&CLAIMED).remove(&self.0);
+    }
 }
 
 impl fmt::Debug for Kms {
@@ -238,20 +272,31 @@ impl Kms {
                 limits.max_encryptions_per_version,
             ));
         }
+        let claim = Claim::take(&backend)?;
         let sealer = RootSealer::new(&root_key);
         drop(root_key);
         let store = Store::new(backend);
         match store.header()? {
-            None => store.initialize(sealer.check_value()?)?,
-            Some((format, _)) if format != STORE_FORMAT_V1 => {
+            None => store.initialize(sealer.check_value()?, &zone)?,
+            Some(StoreHeader { format, .. }) if format != STORE_FORMAT_V1 => {
                 return Err(Error::Corrupt {
                     record: "store header".to_owned(),
                     detail: format!("unknown store format {format}"),
                 });
             }
-            Some((_, check)) => {
-                if !sealer.verify_check_value(&check) {
+            Some(header) => {
+                if !sealer.verify_check_value(&header.root_check) {
                     return Err(Error::WrongRootKey);
+                }
+                if header.zone != zone {
+                    return Err(Error::BadRequest {
+                        field: "zone",
+                        reason: format!(
+                            "this store serves zone {}, not {}",
+                            Error::quote(&header.zone),
+                            Error::quote(&zone)
+                        ),
+                    });
                 }
             }
         }
@@ -264,6 +309,8 @@ impl Kms {
             cache: Cache::default(),
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             create_lock: Mutex::new(()),
+            failed: AtomicBool::new(false),
+            _claim: claim,
         })
     }
 
@@ -292,6 +339,26 @@ impl Kms {
         lock(&self.key_locks[stripe])
     }
 
+    /// Refuses every call once a change could not be made durable.
+    fn live(&self) -> Result<(), Error> {
+        if self.failed.load(Ordering::Relaxed) {
+            Err(Error::NotDurable {
+                detail: "an earlier change could not be made durable".to_owned(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Passes on the result of a write, stopping this `Kms` if the write's durability is
+    /// unknown (the change is applied in the backend but may be lost in a crash).
+    fn written<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(Error::NotDurable { .. }) = &result {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
     fn reservation_block(&self) -> u64 {
         RESERVATION_BLOCK.min(self.limits.max_encryptions_per_version)
     }
@@ -303,6 +370,9 @@ impl Kms {
     /// Errors: [`Error::BadRequest`] (name or description length), [`Error::NameConflict`],
     /// [`Error::QuotaExceeded`].
     pub fn create_key(&self, request: &CreateKey) -> Result<CreatedKey, Error> {
+        self.live()?;
+        // The core checks these too; checking first spares the store an oversized lookup.
+        request.validate()?;
         let _create = lock(&self.create_lock);
         let now = self.clock.now();
         let id = new_key_id(now);
@@ -319,7 +389,7 @@ impl Kms {
         )?;
         let _key = self.lock_key(id);
         let (material, sealed) = self.new_material(&record, 1)?;
-        self.store.put(None, &record, Some(&sealed))?;
+        self.written(self.store.put(None, &record, Some(&sealed)))?;
         // The key exists from here on: a caching failure must not turn into an error (the key
         // would then load on first use), and with fresh material nothing is read anyway.
         let _ = self.load_state(&record, Some((material, sealed.reserved)));
@@ -328,23 +398,35 @@ impl Kms {
 
     /// get-kms-key.
     pub fn get_key(&self, id: KeyId) -> Result<KeyDetails, Error> {
-        Ok(KeyDetails::from(&self.load(id)?))
+        Ok(KeyDetails::from(&self.read(id)?))
     }
 
     /// list-kms-keys: every key of the zone, replicas included, in id order.
     ///
     /// A stored record that does not decode fails the listing with [`Error::Corrupt`] naming
-    /// it; every other key stays usable by id.
+    /// it; every other key stays usable by id. Keys whose deletion is due are destroyed on the
+    /// way and not listed.
     pub fn list_keys(&self) -> Result<KeyList, Error> {
-        let records = self.store.list(None, usize::MAX)?;
-        Ok(KeyList {
-            kms_keys: records.iter().map(KeySummary::from).collect(),
-        })
+        self.live()?;
+        let now = self.clock.now();
+        let mut kms_keys = Vec::new();
+        for record in self.store.list(None, usize::MAX)? {
+            if core::deletion_due(&record, now) {
+                match self.read(record.id()) {
+                    Err(Error::KeyNotFound { .. }) => continue,
+                    Err(error) => return Err(error),
+                    Ok(record) => kms_keys.push(KeySummary::from(&record)),
+                }
+            } else {
+                kms_keys.push(KeySummary::from(&record));
+            }
+        }
+        Ok(KeyList { kms_keys })
     }
 
     /// list-kms-key-rotations: versions 2 and up, oldest first. Works in every status.
     pub fn list_key_rotations(&self, id: KeyId) -> Result<RotationList, Error> {
-        Ok(RotationList::from(&self.load(id)?))
+        Ok(RotationList::from(&self.read(id)?))
     }
 
     /// enable-kms-key. `already-applied` if enabled.
@@ -369,7 +451,8 @@ impl Kms {
     }
 
     /// schedule-kms-key-deletion: the key is destroyed `delay_days` (7–30, default 30) from
-    /// now, unless the deletion is cancelled first.
+    /// now, unless the deletion is cancelled first. From `delete-at` on, the key no longer
+    /// exists: the first call that reaches it (or [`Kms::run_due`]) destroys it.
     pub fn schedule_key_deletion(
         &self,
         id: KeyId,
@@ -385,7 +468,7 @@ impl Kms {
             .ok_or(Error::NotPendingDeletion { id })
     }
 
-    /// cancel-kms-key-deletion: the key becomes disabled.
+    /// cancel-kms-key-deletion: the key becomes disabled. Too late once `delete-at` is past.
     pub fn cancel_key_deletion(
         &self,
         id: KeyId,
@@ -433,14 +516,37 @@ impl Kms {
         self.store.load(id)?.ok_or(Error::KeyNotFound { id })
     }
 
+    /// The record of key `id` for a read, under the key's lock (so that a change still being
+    /// made durable is not seen). A key whose deletion is due is destroyed now and is not
+    /// found.
+    fn read(&self, id: KeyId) -> Result<KeyRecord, Error> {
+        self.live()?;
+        let _key = self.lock_key(id);
+        let record = self.load(id)?;
+        if core::deletion_due(&record, self.clock.now()) {
+            self.destroy(&record)?;
+            return Err(Error::KeyNotFound { id });
+        }
+        Ok(record)
+    }
+
+    /// Destroys key `record` (with its lock held): store first, then memory.
+    fn destroy(&self, record: &KeyRecord) -> Result<(), Error> {
+        self.written(self.store.delete(record))?;
+        self.cache.remove(record.id());
+        Ok(())
+    }
+
     /// Applies `command` to key `id` under its lock: load, decide (core), generate material
-    /// if a version was added, write durably, then update the cache.
+    /// if a version was added, write durably, then update the cache. A key whose deletion is
+    /// due is destroyed, and then not found for any command but [`Command::RunDue`].
     fn mutate(
         &self,
         id: KeyId,
         command: Command,
         expected_seq: Option<u64>,
     ) -> Result<Applied, Error> {
+        self.live()?;
         let _key = self.lock_key(id);
         let before = self.load(id)?;
         let transition = core::apply(&before, &command, self.clock.now(), expected_seq)?;
@@ -449,16 +555,18 @@ impl Kms {
             Transition::Changed { record, event } => {
                 if let Event::Rotated { version, .. } = *event {
                     let (material, sealed) = self.new_material(record, version)?;
-                    self.store.put(Some(&before), record, Some(&sealed))?;
+                    self.written(self.store.put(Some(&before), record, Some(&sealed)))?;
                     self.refresh_cache(record, Some((material, sealed.reserved)));
                 } else {
-                    self.store.put(Some(&before), record, None)?;
+                    self.written(self.store.put(Some(&before), record, None))?;
                     self.refresh_cache(record, None);
                 }
             }
             Transition::Deleted => {
-                self.store.delete(&before)?;
-                self.cache.remove(id);
+                self.destroy(&before)?;
+                if command != Command::RunDue {
+                    return Err(Error::KeyNotFound { id });
+                }
             }
         }
         Ok(Applied { before, transition })
@@ -495,13 +603,25 @@ impl Kms {
             }
             return;
         };
+        let newest_version = record.newest_material().version;
+        let expected_len = if new_material.is_some() {
+            old.ciphers.len() + 1
+        } else {
+            old.ciphers.len()
+        };
+        if usize::try_from(newest_version).ok() != Some(expected_len) {
+            // The cached state is not the one this change started from: let the key load
+            // again from the store on first use.
+            self.cache.remove(record.id());
+            return;
+        }
         let mut ciphers = old.ciphers.clone();
         let mut newest = Arc::clone(&old.newest);
         let mut budget = Arc::clone(&old.budget);
         if let Some((material, reserved)) = new_material {
             newest = Arc::new(material.cipher());
             ciphers.push(Arc::clone(&newest));
-            budget = Arc::new(Budget::new(record.newest_material().version, 0, reserved));
+            budget = Arc::new(Budget::new(newest_version, 0, reserved));
         }
         self.cache.insert(KeyState {
             id: record.id(),
@@ -523,6 +643,23 @@ impl Kms {
         }
         let record = self.load(id)?;
         self.load_state(&record, None)
+    }
+
+    /// The cached state of key `id` if the key may be used for cryptography. A key pending
+    /// deletion whose `delete-at` has passed is destroyed now and is not found.
+    fn usable(&self, id: KeyId) -> Result<Arc<KeyState>, Error> {
+        let state = self.state(id)?;
+        match core::check_crypto(id, state.status) {
+            Ok(()) => Ok(state),
+            Err(refusal @ Error::KeyPendingDeletion { delete_at, .. })
+                if delete_at <= self.clock.now() =>
+            {
+                // `read` destroys the key if its deletion is due (not for a replica).
+                self.read(id)?;
+                Err(refusal)
+            }
+            Err(refusal) => Err(refusal),
+        }
     }
 
     /// Builds and caches the state of `record` (with its key's lock held): every material
@@ -609,6 +746,7 @@ impl Kms {
         plaintext: &[u8],
         context: Option<&[u8]>,
     ) -> Result<Ciphertext, Error> {
+        self.live()?;
         self.check_plaintext(plaintext)?;
         let context = self.context(context)?;
         let ciphertext = self.seal(id, plaintext, context)?;
@@ -627,10 +765,10 @@ impl Kms {
         ciphertext: &[u8],
         context: Option<&[u8]>,
     ) -> Result<Plaintext, Error> {
+        self.live()?;
         self.check_ciphertext(ciphertext)?;
         let context = self.context(context)?;
-        let state = self.state(id)?;
-        core::check_crypto(id, state.status)?;
+        let state = self.usable(id)?;
         let plaintext = open(&state, ciphertext, context)?;
         Ok(Plaintext { plaintext })
     }
@@ -646,13 +784,12 @@ impl Kms {
         destination: KeyId,
         destination_context: Option<&[u8]>,
     ) -> Result<Ciphertext, Error> {
+        self.live()?;
         self.check_ciphertext(ciphertext)?;
         let source_context = self.context(source_context)?;
         let destination_context = self.context(destination_context)?;
-        let source_state = self.state(source)?;
-        core::check_crypto(source, source_state.status)?;
-        let destination_state = self.state(destination)?;
-        core::check_crypto(destination, destination_state.status)?;
+        let source_state = self.usable(source)?;
+        self.usable(destination)?;
         let plaintext = open(&source_state, ciphertext, source_context)?;
         let ciphertext = self.seal(destination, plaintext.as_bytes(), destination_context)?;
         Ok(Ciphertext { ciphertext })
@@ -667,10 +804,11 @@ impl Kms {
         spec: DataKeySpec,
         context: Option<&[u8]>,
     ) -> Result<DataKey, Error> {
+        self.live()?;
         let spec = spec.checked()?;
         let context = self.context(context)?;
         // Refuse before generating anything if the key cannot be used.
-        core::check_crypto(id, self.state(id)?.status)?;
+        self.usable(id)?;
         let mut plaintext = SecretBytes::new(vec![0; spec.len()]);
         crypto::fill_from_os(plaintext.as_mut_slice())?;
         let ciphertext = self.seal(id, plaintext.as_bytes(), context)?;
@@ -687,8 +825,7 @@ impl Kms {
         // when concurrent calls spend each new version's budget first.
         const PASSES: usize = 8;
         for _ in 0..PASSES {
-            let state = self.state(id)?;
-            core::check_crypto(id, state.status)?;
+            let state = self.usable(id)?;
             let budget = &state.budget;
             let count = budget.used.fetch_add(1, Ordering::Relaxed);
             if count >= self.limits.max_encryptions_per_version {
@@ -736,7 +873,7 @@ impl Kms {
         let next = count
             .saturating_add(self.reservation_block())
             .min(self.limits.max_encryptions_per_version);
-        self.store.reserve(state.id, budget.version, next)?;
+        self.written(self.store.reserve(state.id, budget.version, next))?;
         budget.reserved.store(next, Ordering::Release);
         Ok(())
     }

@@ -104,8 +104,9 @@ pub trait Backend: Send + Sync {
     ) -> Result<Entries, Error>;
 
     /// Applies every write of `batch`, in order, as one atomic change, and makes it durable
-    /// before returning `Ok`: after `Ok` a crash of the process loses none of it; after `Err`
-    /// none of it happened.
+    /// before returning `Ok`: after `Ok` a crash of the process loses none of it. After
+    /// [`Error::NotDurable`] the batch was applied but may not survive a crash (the caller must
+    /// stop using the store until it is reopened); after any other error none of it happened.
     fn commit(&self, batch: &[Write]) -> Result<(), Error>;
 }
 

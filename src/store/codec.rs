@@ -82,7 +82,7 @@ fn time(t: Timestamp) -> TimeV1 {
 }
 
 /// Encodes a key record.
-pub fn encode_record(record: &KeyRecord) -> Vec<u8> {
+pub fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, Error> {
     let layout = RecordV1 {
         id: *record.id.as_bytes(),
         name: record.name.clone(),
@@ -124,9 +124,11 @@ pub fn encode_record(record: &KeyRecord) -> Vec<u8> {
         rotation_manual_count: record.rotation.manual_count,
     };
     let mut out = vec![RECORD_FORMAT_V1];
-    // Serializing plain data into a Vec cannot fail; an error here would be a bug in postcard.
-    out.extend(postcard::to_stdvec(&layout).unwrap_or_default());
-    out
+    let body = postcard::to_stdvec(&layout).map_err(|e| Error::Storage {
+        detail: format!("could not encode the record of key {}: {e}", record.id),
+    })?;
+    out.extend(body);
+    Ok(out)
 }
 
 /// Decodes the record stored under `id`.
@@ -267,7 +269,7 @@ mod tests {
     #[test]
     fn record_round_trips() {
         let record = record();
-        let bytes = encode_record(&record);
+        let bytes = encode_record(&record).unwrap();
         assert_eq!(bytes[0], RECORD_FORMAT_V1);
         assert_eq!(decode_record(record.id, &bytes).unwrap(), record);
     }
@@ -275,7 +277,7 @@ mod tests {
     #[test]
     fn damaged_records_are_errors_naming_the_key() {
         let record = record();
-        let bytes = encode_record(&record);
+        let bytes = encode_record(&record).unwrap();
         for cut in 0..bytes.len() {
             let err = decode_record(record.id, &bytes[..cut]).unwrap_err();
             assert_eq!(err.code(), "corrupt-record");

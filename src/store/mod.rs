@@ -27,6 +27,27 @@ pub const STORE_FORMAT_V1: u8 = 1;
 const META_FORMAT: &[u8] = b"format";
 const META_ROOT_CHECK: &[u8] = b"root-check";
 const META_ORIGIN_KEYS: &[u8] = b"origin-keys";
+const META_ZONE: &[u8] = b"zone";
+
+/// What a store says about itself: written once, when it is initialized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHeader {
+    /// The store format ([`STORE_FORMAT_V1`]).
+    pub format: u8,
+    /// The root key's check value.
+    pub root_check: Vec<u8>,
+    /// The zone the store serves.
+    pub zone: String,
+}
+
+/// Due keys found by [`Store::due`].
+#[derive(Debug, Default)]
+pub struct Due {
+    /// The due keys, earliest first.
+    pub ids: Vec<KeyId>,
+    /// Entries of the index that do not hold a key id (a damaged store): skipped.
+    pub unreadable: Vec<Error>,
+}
 
 /// Sealed material of one new version, to be written with its record.
 #[derive(Debug)]
@@ -57,24 +78,36 @@ impl Store {
         Store { backend }
     }
 
-    /// The store's format byte and root-key check value, if the store was initialized.
-    pub fn header(&self) -> Result<Option<(u8, Vec<u8>)>, Error> {
+    /// The store's header, if the store was initialized.
+    pub fn header(&self) -> Result<Option<StoreHeader>, Error> {
         let format = self.backend.get(Table::Meta, META_FORMAT)?;
         let check = self.backend.get(Table::Meta, META_ROOT_CHECK)?;
-        match (format, check) {
-            (None, None) => Ok(None),
-            (Some(format), Some(check)) if format.len() == 1 => Ok(Some((format[0], check))),
+        let zone = self.backend.get(Table::Meta, META_ZONE)?;
+        match (format, check, zone) {
+            (None, None, None) => Ok(None),
+            (Some(format), Some(root_check), Some(zone)) if format.len() == 1 => {
+                let zone = String::from_utf8(zone).map_err(|_| Error::Corrupt {
+                    record: "store header".to_owned(),
+                    detail: "the zone name is not UTF-8".to_owned(),
+                })?;
+                Ok(Some(StoreHeader {
+                    format: format[0],
+                    root_check,
+                    zone,
+                }))
+            }
             _ => Err(Error::Corrupt {
                 record: "store header".to_owned(),
-                detail: "the format byte or the root-key check value is missing or malformed"
+                detail: "the format byte, the root-key check value or the zone is missing or \
+                         malformed"
                     .to_owned(),
             }),
         }
     }
 
-    /// Initializes an empty store with its format and root-key check value. Refuses a store
-    /// that holds keys but no header.
-    pub fn initialize(&self, check_value: Vec<u8>) -> Result<(), Error> {
+    /// Initializes an empty store for `zone` with its format and root-key check value.
+    /// Refuses a store that holds keys but no header.
+    pub fn initialize(&self, check_value: Vec<u8>, zone: &str) -> Result<(), Error> {
         if !self.backend.scan(Table::Keys, &[], None, 1)?.is_empty() {
             return Err(Error::Corrupt {
                 record: "store header".to_owned(),
@@ -91,6 +124,11 @@ impl Store {
                 table: Table::Meta,
                 key: META_ROOT_CHECK.to_vec(),
                 value: check_value,
+            },
+            Write::Put {
+                table: Table::Meta,
+                key: META_ZONE.to_vec(),
+                value: zone.as_bytes().to_vec(),
             },
         ])
     }
@@ -180,22 +218,23 @@ impl Store {
 
     /// Up to `limit` keys whose due time is at or before `now`, earliest first. Reads only the
     /// due part of the index: the cost grows with the number of due keys.
-    pub fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<KeyId>, Error> {
+    pub fn due(&self, now: Timestamp, limit: usize) -> Result<Due, Error> {
         // Every key with a due time <= now sorts before the prefix of `now` + 1 ns.
         let end = match now.checked_add(jiff::SignedDuration::from_nanos(1)) {
             Ok(after) => Some(due_prefix(after).to_vec()),
             Err(_) => None,
         };
-        self.backend
-            .scan(Table::Due, &[], end.as_deref(), limit)?
-            .into_iter()
-            .map(|(key, _)| {
-                due_key_id(&key).ok_or_else(|| Error::Corrupt {
+        let mut due = Due::default();
+        for (key, _) in self.backend.scan(Table::Due, &[], end.as_deref(), limit)? {
+            match due_key_id(&key) {
+                Some(id) => due.ids.push(id),
+                None => due.unreadable.push(Error::Corrupt {
                     record: "due index entry".to_owned(),
                     detail: format!("a key of {} bytes", key.len()),
-                })
-            })
-            .collect()
+                }),
+            }
+        }
+        Ok(due)
     }
 
     /// Writes `record` (new when `old` is `None`, else replacing `old`, which must be the
@@ -211,7 +250,7 @@ impl Store {
         batch.push(Write::Put {
             table: Table::Keys,
             key: id.as_bytes().to_vec(),
-            value: encode_record(record),
+            value: encode_record(record)?,
         });
         let old_due = old.and_then(next_due);
         let new_due = next_due(record);

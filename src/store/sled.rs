@@ -11,7 +11,11 @@ use crate::core::Error;
 
 /// A backend on a sled 0.34 database: one tree per [`Table`]; every commit is one sled
 /// transaction over the trees it touches, followed by a flush of the database.
-#[derive(Debug, Clone)]
+///
+/// sled applies a transaction in memory before the flush makes it durable, and cannot take it
+/// back: when the flush fails, the commit answers [`Error::NotDurable`] (not
+/// [`Error::Storage`], which means nothing was applied).
+#[derive(Debug)]
 pub struct SledBackend {
     db: sled::Db,
     trees: Vec<sled::Tree>,
@@ -141,7 +145,9 @@ impl Backend for SledBackend {
             Err(TransactionError::Abort(error)) => return Err(error),
             Err(TransactionError::Storage(error)) => return Err(storage(error)),
         }
-        self.db.flush().map_err(storage)?;
+        self.db.flush().map_err(|error| Error::NotDurable {
+            detail: format!("sled could not flush: {error}"),
+        })?;
         Ok(())
     }
 }
