@@ -749,7 +749,7 @@ impl<S: Storage> StateMachineTest for KmsTest<S> {
 
 prop_state_machine! {
     #![proptest_config(ProptestConfig {
-        cases: 256,
+        cases: 1024,
         max_shrink_iters: 4096,
         .. ProptestConfig::default()
     })]
@@ -760,7 +760,7 @@ prop_state_machine! {
 
 prop_state_machine! {
     #![proptest_config(ProptestConfig {
-        cases: 24,
+        cases: 64,
         max_shrink_iters: 1024,
         .. ProptestConfig::default()
     })]
