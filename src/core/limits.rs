@@ -171,17 +171,11 @@ impl DataKeySpec {
 
     /// The data key's length in bytes.
     #[must_use]
-    pub const fn len(self) -> usize {
+    pub const fn byte_len(self) -> usize {
         match self {
             DataKeySpec::Aes256 => AES_256_KEY_BYTES as usize,
             DataKeySpec::Bytes(count) => count as usize,
         }
-    }
-
-    /// True for `Bytes(0)`, which [`DataKeySpec::checked`] refuses.
-    #[must_use]
-    pub const fn is_empty(self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -1019,14 +1019,14 @@ fn rotation_period_range_90_to_2560() {
 fn data_key_spec_neither_means_aes_256() {
     let spec = DataKeySpec::from_request(None, None).unwrap();
     assert_eq!(spec, DataKeySpec::Aes256);
-    assert_eq!(spec.len(), 32);
+    assert_eq!(spec.byte_len(), 32);
 }
 
 #[test]
 fn data_key_spec_aes_256_gives_32_bytes() {
     let spec = DataKeySpec::from_request(Some("AES-256"), None).unwrap();
     assert_eq!(spec, DataKeySpec::Aes256);
-    assert_eq!(spec.len(), 32);
+    assert_eq!(spec.byte_len(), 32);
 }
 
 #[test]
@@ -1045,7 +1045,7 @@ fn data_key_spec_bytes_count_1_to_1024() {
     for count in [1, 2, 32, 1023, 1024] {
         let spec = DataKeySpec::from_request(None, Some(count)).unwrap();
         assert_eq!(spec, DataKeySpec::Bytes(count));
-        assert_eq!(spec.len(), count as usize);
+        assert_eq!(spec.byte_len(), count as usize);
     }
     for count in [0, 1025, u32::MAX] {
         assert_bad_request(

@@ -392,7 +392,7 @@ impl Kms {
         self.written(self.store.put(None, &record, Some(&sealed)))?;
         // The key exists from here on: a caching failure must not turn into an error (the key
         // would then load on first use), and with fresh material nothing is read anyway.
-        let _ = self.load_state(&record, Some((material, sealed.reserved)));
+        let _ = self.load_state(&record, None, Some((material, sealed.reserved)));
         Ok(CreatedKey::from(&record))
     }
 
@@ -553,14 +553,13 @@ impl Kms {
         match &transition {
             Transition::Unchanged => {}
             Transition::Changed { record, event } => {
-                if let Event::Rotated { version, .. } = *event {
-                    let (material, sealed) = self.new_material(record, version)?;
-                    self.written(self.store.put(Some(&before), record, Some(&sealed)))?;
-                    self.refresh_cache(record, Some((material, sealed.reserved)));
-                } else {
-                    self.written(self.store.put(Some(&before), record, None))?;
-                    self.refresh_cache(record, None);
-                }
+                let fresh = match *event {
+                    Event::Rotated { version, .. } => Some(self.new_material(record, version)?),
+                    _ => None,
+                };
+                let sealed = fresh.as_ref().map(|(_, sealed)| sealed);
+                self.written(self.store.put(Some(&before), record, sealed))?;
+                self.refresh_cache(record, fresh.map(|(m, sealed)| (m, sealed.reserved)));
             }
             Transition::Deleted => {
                 self.destroy(&before)?;
@@ -591,45 +590,19 @@ impl Kms {
         ))
     }
 
-    /// Brings the cached state of key `record` up to the record just written. Called with the
-    /// key's lock held, after the write. A key not in memory stays out of it, unless a
-    /// version was added: then it is loaded now, so that the new version's budget starts
-    /// from zero rather than from its first reservation.
-    fn refresh_cache(&self, record: &KeyRecord, new_material: Option<(MaterialKey, u64)>) {
-        let Some(old) = self.cache.get(record.id()) else {
-            if let Some((material, reserved)) = new_material {
-                // On failure the key simply loads on first use.
-                let _ = self.load_state(record, Some((material, reserved)));
-            }
+    /// Brings the cached state of key `record` up to the record just written (with the key's
+    /// lock held, after the write). A key not in memory stays out of it, unless a version was
+    /// added: then it is loaded now, so that the new version's budget starts from zero rather
+    /// than from its first reservation. If the state cannot be built, the key is dropped from
+    /// memory and loads from the store on first use.
+    fn refresh_cache(&self, record: &KeyRecord, fresh: Option<(MaterialKey, u64)>) {
+        let old = self.cache.get(record.id());
+        if old.is_none() && fresh.is_none() {
             return;
-        };
-        let newest_version = record.newest_material().version;
-        let expected_len = if new_material.is_some() {
-            old.ciphers.len() + 1
-        } else {
-            old.ciphers.len()
-        };
-        if usize::try_from(newest_version).ok() != Some(expected_len) {
-            // The cached state is not the one this change started from: let the key load
-            // again from the store on first use.
+        }
+        if self.load_state(record, old.as_deref(), fresh).is_err() {
             self.cache.remove(record.id());
-            return;
         }
-        let mut ciphers = old.ciphers.clone();
-        let mut newest = Arc::clone(&old.newest);
-        let mut budget = Arc::clone(&old.budget);
-        if let Some((material, reserved)) = new_material {
-            newest = Arc::new(material.cipher());
-            ciphers.push(Arc::clone(&newest));
-            budget = Arc::new(Budget::new(newest_version, 0, reserved));
-        }
-        self.cache.insert(KeyState {
-            id: record.id(),
-            status: record.status(),
-            ciphers,
-            newest,
-            budget,
-        });
     }
 
     /// The cached state of key `id`, loading it on first use.
@@ -642,7 +615,7 @@ impl Kms {
             return Ok(state);
         }
         let record = self.load(id)?;
-        self.load_state(&record, None)
+        self.load_state(&record, None, None)
     }
 
     /// The cached state of key `id` if the key may be used for cryptography. A key pending
@@ -662,35 +635,39 @@ impl Kms {
         }
     }
 
-    /// Builds and caches the state of `record` (with its key's lock held): every material
-    /// version unsealed from the store, except the newest when it is `fresh` (just made, with
-    /// its first reservation). Without `fresh`, the newest version counts as having used
-    /// everything reserved for it: after a crash the count never goes backwards.
+    /// Builds and caches the state of `record` (with its key's lock held). Each version's
+    /// cipher is the `fresh` material for the newest version if given, else the one `old`
+    /// already holds, else unsealed from the store. The newest version's budget is new with
+    /// `fresh`, kept from `old` if `old` counted that version, else read from the store: then
+    /// everything reserved counts as used, so that after a crash the count never goes back.
     fn load_state(
         &self,
         record: &KeyRecord,
+        old: Option<&KeyState>,
         fresh: Option<(MaterialKey, u64)>,
     ) -> Result<Arc<KeyState>, Error> {
         let id = record.id();
         let newest = record.newest_material().version;
         let mut ciphers = Vec::with_capacity(record.materials().len());
         for meta in record.materials() {
-            let cipher = match &fresh {
-                Some((material, _)) if meta.version == newest => material.cipher(),
+            let known = old.and_then(|old| old.ciphers.get(ciphers.len()));
+            let cipher = match (&fresh, known) {
+                (Some((material, _)), _) if meta.version == newest => Arc::new(material.cipher()),
+                (_, Some(known)) => Arc::clone(known),
                 _ => {
                     let sealed = self.store.load_material(id, meta.version)?;
-                    self.sealer
-                        .open_material(id, meta.version, &sealed)?
-                        .cipher()
+                    let material = self.sealer.open_material(id, meta.version, &sealed)?;
+                    Arc::new(material.cipher())
                 }
             };
-            ciphers.push(Arc::new(cipher));
+            ciphers.push(cipher);
         }
-        let budget = match fresh {
-            Some((_, reserved)) => Budget::new(newest, 0, reserved),
-            None => {
+        let budget = match (fresh, old) {
+            (Some((_, reserved)), _) => Arc::new(Budget::new(newest, 0, reserved)),
+            (None, Some(old)) if old.budget.version == newest => Arc::clone(&old.budget),
+            (None, _) => {
                 let reserved = self.store.reserved(id, newest)?;
-                Budget::new(newest, reserved, reserved)
+                Arc::new(Budget::new(newest, reserved, reserved))
             }
         };
         let newest_cipher = ciphers.last().cloned().ok_or_else(|| Error::Corrupt {
@@ -702,7 +679,7 @@ impl Kms {
             status: record.status(),
             ciphers,
             newest: newest_cipher,
-            budget: Arc::new(budget),
+            budget,
         }))
     }
 
@@ -749,7 +726,7 @@ impl Kms {
         self.live()?;
         self.check_plaintext(plaintext)?;
         let context = self.context(context)?;
-        let ciphertext = self.seal(id, plaintext, context)?;
+        let ciphertext = self.seal(self.usable(id)?, plaintext, context)?;
         Ok(Ciphertext { ciphertext })
     }
 
@@ -789,9 +766,9 @@ impl Kms {
         let source_context = self.context(source_context)?;
         let destination_context = self.context(destination_context)?;
         let source_state = self.usable(source)?;
-        self.usable(destination)?;
+        let destination_state = self.usable(destination)?;
         let plaintext = open(&source_state, ciphertext, source_context)?;
-        let ciphertext = self.seal(destination, plaintext.as_bytes(), destination_context)?;
+        let ciphertext = self.seal(destination_state, plaintext.as_bytes(), destination_context)?;
         Ok(Ciphertext { ciphertext })
     }
 
@@ -808,24 +785,30 @@ impl Kms {
         let spec = spec.checked()?;
         let context = self.context(context)?;
         // Refuse before generating anything if the key cannot be used.
-        self.usable(id)?;
-        let mut plaintext = SecretBytes::new(vec![0; spec.len()]);
+        let state = self.usable(id)?;
+        let mut plaintext = SecretBytes::new(vec![0; spec.byte_len()]);
         crypto::fill_from_os(plaintext.as_mut_slice())?;
-        let ciphertext = self.seal(id, plaintext.as_bytes(), context)?;
+        let ciphertext = self.seal(state, plaintext.as_bytes(), context)?;
         Ok(DataKey {
             plaintext,
             ciphertext,
         })
     }
 
-    /// Encrypts under the newest version of key `id`, counting the encryption against the
-    /// version's budget and rotating the key when the budget is spent.
-    fn seal(&self, id: KeyId, plaintext: &[u8], context: &[u8]) -> Result<Vec<u8>, Error> {
+    /// Encrypts under the newest version of a usable key (`state`, from [`Kms::usable`]),
+    /// counting the encryption against the version's budget and rotating the key when the
+    /// budget is spent.
+    fn seal(
+        &self,
+        mut state: Arc<KeyState>,
+        plaintext: &[u8],
+        context: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let id = state.id;
         // Each pass either encrypts or makes a new version; more than a few passes happen only
         // when concurrent calls spend each new version's budget first.
         const PASSES: usize = 8;
         for _ in 0..PASSES {
-            let state = self.usable(id)?;
             let budget = &state.budget;
             let count = budget.used.fetch_add(1, Ordering::Relaxed);
             if count >= self.limits.max_encryptions_per_version {
@@ -836,6 +819,7 @@ impl Kms {
                     },
                     None,
                 )?;
+                state = self.usable(id)?;
                 continue;
             }
             // Acquire pairs with the Release below: a reservation seen is durable.
