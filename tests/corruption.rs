@@ -25,9 +25,11 @@ fn a_damaged_record_fails_only_its_key() {
     let sealed = kms.encrypt(good.id, b"p", None).unwrap().ciphertext;
     drop(kms);
 
-    assert!(backend.corrupt(Table::Keys, bad.id.as_bytes(), |bytes| {
-        bytes.truncate(bytes.len() / 2)
-    }));
+    assert!(
+        backend.danger_edit_raw(Table::Keys, bad.id.as_bytes(), |bytes| {
+            bytes.truncate(bytes.len() / 2)
+        })
+    );
     let kms = kms_on(backend.clone(), &clock, Default::default());
     let err = kms.get_key(bad.id).unwrap_err();
     assert_eq!(err.code(), "corrupt-record");
@@ -75,7 +77,7 @@ fn damaged_or_moved_material_fails_only_its_key() {
 
     // Flip one bit of a's sealed material: it no longer authenticates under the root key.
     assert!(
-        backend.corrupt(Table::Materials, &material_key(a.id, 1), |bytes| bytes
+        backend.danger_edit_raw(Table::Materials, &material_key(a.id, 1), |bytes| bytes
             [20] ^=
             1)
     );
@@ -98,11 +100,11 @@ fn damaged_or_moved_material_fails_only_its_key() {
     // Put b's sealed material in a's place: sealing binds a blob to its key, so it is refused.
     let mut moved = Vec::new();
     assert!(
-        backend.corrupt(Table::Materials, &material_key(b.id, 1), |bytes| moved =
+        backend.danger_edit_raw(Table::Materials, &material_key(b.id, 1), |bytes| moved =
             bytes.clone())
     );
     assert!(
-        backend.corrupt(Table::Materials, &material_key(a.id, 1), |bytes| *bytes =
+        backend.danger_edit_raw(Table::Materials, &material_key(a.id, 1), |bytes| *bytes =
             moved.clone())
     );
     let kms = kms_on(backend, &clock, Default::default());

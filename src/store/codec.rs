@@ -224,8 +224,8 @@ pub fn due_prefix(at: Timestamp) -> [u8; 12] {
     let mut key = [0; 12];
     let ordered = (at.as_second() as u64) ^ (1 << 63);
     key[..8].copy_from_slice(&ordered.to_be_bytes());
-    // Nanoseconds of a timestamp are in 0..1e9 once seconds are negative-adjusted; jiff keeps
-    // them with the sign of the seconds, so shift them into the positive range.
+    // jiff gives the fraction the sign of the timestamp (-999_999_999..=999_999_999 ns);
+    // shifted by 1e9 it is positive and still in time order within one `as_second` value.
     let nanos = u32::try_from(i64::from(at.subsec_nanosecond()) + 1_000_000_000).unwrap_or(0);
     key[8..].copy_from_slice(&nanos.to_be_bytes());
     key

@@ -32,8 +32,9 @@ impl MemoryBackend {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Runs `f` on the raw value at `key` (for tests that damage stored bytes).
-    pub fn corrupt(&self, table: Table, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> bool {
+    /// Runs `f` on the raw stored value at `key`, bypassing every check: for tests that damage
+    /// stored bytes. Returns false if there is no such entry.
+    pub fn danger_edit_raw(&self, table: Table, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> bool {
         let mut tables = self.lock();
         match tables[table.index()].get_mut(key) {
             Some(value) => {
