@@ -225,7 +225,7 @@ impl From<&KeyRecord> for KeySummary {
                 at: revision.at,
             },
             delete_at: record.status().delete_at(),
-            replicas: Vec::new(),
+            replicas: record.replicas().to_vec(),
         }
     }
 }

@@ -47,6 +47,6 @@ pub use crate::api::{
 pub use crate::core::{CreateKey, DataKeySpec, Error, KeyId};
 pub use crate::crypto::{RootKey, SecretBytes};
 pub use crate::kms::{
-    Clock, DueReport, DueRunner, Kms, KmsOptions, Limits, ManualClock, RESERVATION_BLOCK,
-    SystemClock,
+    Ack, Clock, DueReport, DueRunner, Kms, KmsOptions, Limits, Link, LocalLink, ManualClock,
+    RESERVATION_BLOCK, ReplicaUpdate, SyncReport, SystemClock,
 };

@@ -114,7 +114,9 @@ fn material(version: u32, seed: u8, reserved: u64) -> NewMaterial {
 fn create_stored(store: &Store, id: KeyId, name: &str, now: Timestamp) -> (KeyRecord, NewMaterial) {
     let record = new_key(id, name, now);
     let material = material(1, id.as_bytes()[0], 4096);
-    store.put(None, &record, Some(&material)).unwrap();
+    store
+        .put(None, &record, std::slice::from_ref(&material))
+        .unwrap();
     (record, material)
 }
 
@@ -532,7 +534,8 @@ fn check_concurrent_counters(open: Open) {
 /// random scan agree with the model; a batch that fails changes nothing.
 fn check_random_batches_match_model(open: Open) {
     let backend = open();
-    let model: RefCell<[BTreeMap<Vec<u8>, Vec<u8>>; 6]> = RefCell::new(Default::default());
+    let model: RefCell<[BTreeMap<Vec<u8>, Vec<u8>>; Table::ALL.len()]> =
+        RefCell::new(Default::default());
 
     let table = proptest::sample::select(Table::ALL.to_vec());
     let key = proptest::collection::vec(
@@ -654,7 +657,9 @@ fn check_store_put_and_load(open: Open) {
     // Replacing the record (a rotation with material v2) keeps the count and the name.
     let rotated = changed(&record, Command::Rotate, now + nanos(1_000));
     let v2 = material(2, 0x99, 8192);
-    store.put(Some(&record), &rotated, Some(&v2)).unwrap();
+    store
+        .put(Some(&record), &rotated, std::slice::from_ref(&v2))
+        .unwrap();
     assert_eq!(store.load(key_id).unwrap(), Some(rotated.clone()));
     assert_eq!(store.load_material(key_id, 1).unwrap(), v1.sealed);
     assert_eq!(store.load_material(key_id, 2).unwrap(), v2.sealed);
@@ -727,7 +732,7 @@ fn check_store_due_follows_changes(open: Open) {
     let delete_at = add_days(now, 7).unwrap();
     assert_eq!(pending.status(), Status::PendingDeletion { delete_at });
     assert_eq!(next_due(&pending), Some(delete_at));
-    store.put(Some(&record), &pending, None).unwrap();
+    store.put(Some(&record), &pending, &[]).unwrap();
     assert_eq!(store.load(record.id()).unwrap(), Some(pending.clone()));
 
     assert!(store.due(delete_at - nanos(1), 10).unwrap().ids.is_empty());
@@ -750,13 +755,13 @@ fn check_store_due_follows_changes(open: Open) {
     // Cancelling leaves the key disabled: nothing is due any more.
     let cancelled = changed(&pending, Command::CancelDeletion, now + nanos(5));
     assert_eq!(next_due(&cancelled), None);
-    store.put(Some(&pending), &cancelled, None).unwrap();
+    store.put(Some(&pending), &cancelled, &[]).unwrap();
     assert!(store.due(far_future(), 10).unwrap().ids.is_empty());
     assert!(all(&*backend, Table::Due).is_empty());
 
     // Enabling again brings back the (already past) rotation time.
     let enabled = changed(&cancelled, Command::Enable, now + nanos(6));
-    store.put(Some(&cancelled), &enabled, None).unwrap();
+    store.put(Some(&cancelled), &enabled, &[]).unwrap();
     assert_eq!(store.due(rotation_at - nanos(1), 10).unwrap().ids, vec![]);
     assert_eq!(store.due(rotation_at, 10).unwrap().ids, vec![record.id()]);
     assert_eq!(all(&*backend, Table::Due).len(), 1);
@@ -765,7 +770,7 @@ fn check_store_due_follows_changes(open: Open) {
     let rotated = changed(&enabled, Command::Rotate, now + nanos(7));
     assert_eq!(next_due(&rotated), next_due(&enabled));
     store
-        .put(Some(&enabled), &rotated, Some(&material(2, 3, 0)))
+        .put(Some(&enabled), &rotated, &[material(2, 3, 0)])
         .unwrap();
     assert_eq!(store.due(far_future(), 10).unwrap().ids, vec![record.id()]);
     assert_eq!(all(&*backend, Table::Due).len(), 1);
@@ -837,13 +842,13 @@ fn check_store_delete(open: Open) {
     let (record, _) = create_stored(&store, id(0x51), "gone", t0());
     let rotated = changed(&record, Command::Rotate, t0() + nanos(10));
     store
-        .put(Some(&record), &rotated, Some(&material(2, 8, 77)))
+        .put(Some(&record), &rotated, &[material(2, 8, 77)])
         .unwrap();
     store.reserve(record.id(), 1, 9999).unwrap();
     assert_eq!(store.origin_keys().unwrap(), 2);
     assert_eq!(store.due(far_future(), 10).unwrap().ids.len(), 2);
 
-    store.delete(&rotated).unwrap();
+    store.delete(&rotated, None).unwrap();
 
     let gone = record.id();
     assert_eq!(store.load(gone).unwrap(), None);
@@ -887,8 +892,8 @@ fn check_store_delete(open: Open) {
         },
         t0() + nanos(20),
     );
-    store.put(Some(&keep), &pending, None).unwrap();
-    store.delete(&pending).unwrap();
+    store.put(Some(&keep), &pending, &[]).unwrap();
+    store.delete(&pending, None).unwrap();
     assert_eq!(store.origin_keys().unwrap(), 0);
     assert!(store.due(far_future(), 10).unwrap().ids.is_empty());
     for table in [
@@ -969,7 +974,7 @@ fn check_store_corrupt_record(open: Open) {
     }
 
     // Writing a good record back heals it.
-    store.put(Some(&victim), &victim, None).unwrap();
+    store.put(Some(&victim), &victim, &[]).unwrap();
     assert_eq!(store.load(bad).unwrap(), Some(victim.clone()));
     assert_eq!(store.list(None, 10).unwrap(), vec![healthy, victim, after]);
 }
@@ -1039,10 +1044,10 @@ fn sled_backend_durable_across_reopen() {
             },
             created + nanos(1),
         );
-        store.put(Some(&record), &pending, None).unwrap();
+        store.put(Some(&record), &pending, &[]).unwrap();
         store.reserve(record.id(), 1, 123_456).unwrap();
         let (doomed, _) = create_stored(&store, id(0x81), "deleted", created);
-        store.delete(&doomed).unwrap();
+        store.delete(&doomed, None).unwrap();
         backend
             .commit(&[
                 put(Table::Usage, b"raw", b"bytes"),

@@ -78,7 +78,7 @@ pub struct CreateContext<'a> {
 }
 
 /// A change asked of an existing key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// enable-kms-key.
     Enable,
@@ -100,6 +100,13 @@ pub enum Command {
     },
     /// disable-kms-key-rotation.
     DisableRotation,
+    /// replicate-kms-key: add a replica in `zone`.
+    Replicate {
+        /// The target zone.
+        zone: String,
+        /// Whether the shell can reach a zone of that name (its link knows it).
+        known: bool,
+    },
     /// Do what is due at `now`: the automatic rotation or the final deletion.
     RunDue,
     /// The newest material `version` has used its encryption budget: make a new version
@@ -122,6 +129,7 @@ impl Command {
             Command::Rotate => "rotate",
             Command::EnableRotation { .. } => "enable-key-rotation",
             Command::DisableRotation => "disable-key-rotation",
+            Command::Replicate { .. } => "replicate",
             Command::RunDue => "run-due",
             Command::RetireExhausted { .. } => "retire-exhausted-version",
         }
@@ -170,4 +178,6 @@ pub enum Event {
     RotationEnabled,
     /// Automatic rotation was turned off.
     RotationDisabled,
+    /// A replica zone was added.
+    ReplicaAdded,
 }

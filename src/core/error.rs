@@ -93,6 +93,15 @@ pub enum Error {
         /// The limit ([`crate::core::limits::MAX_MANUAL_ROTATIONS`]).
         limit: u32,
     },
+    /// A replica zone could not be reached (or did not answer) through the link. Recorded as
+    /// a replica's `last-failure`; the delivery is retried.
+    #[error("zone {zone} is unreachable: {detail}")]
+    ZoneUnreachable {
+        /// The zone.
+        zone: String,
+        /// What the link saw.
+        detail: String,
+    },
     /// The operation needs a key of usage `encrypt-decrypt`. Every key keylife creates has that
     /// usage, so this version never returns it; it exists so that the error vocabulary is the
     /// contract's.
@@ -199,6 +208,7 @@ impl Error {
             Error::Storage { .. } => "storage",
             Error::NotDurable { .. } => "not-durable",
             Error::RandomSource { .. } => "random-source",
+            Error::ZoneUnreachable { .. } => "zone-unreachable",
         }
     }
 
@@ -217,6 +227,7 @@ impl Error {
             | Error::Storage { .. }
             | Error::NotDurable { .. }
             | Error::RandomSource { .. } => 500,
+            Error::ZoneUnreachable { .. } => 503,
             _ => 400,
         }
     }

@@ -17,6 +17,7 @@ mod error;
 mod id;
 pub mod limits;
 mod record;
+pub mod replication;
 mod transition;
 
 #[cfg(test)]

@@ -133,6 +133,13 @@ pub struct KeyRecord {
     pub(crate) revision: Revision,
     pub(crate) materials: Vec<MaterialMeta>,
     pub(crate) rotation: RotationConfig,
+    /// The zones holding a replica: set by replicate at the origin, copied to replicas.
+    pub(crate) replicas: Vec<String>,
+    /// For a replica, the origin's `revision.seq` it has applied; 0 for an origin key.
+    pub(crate) applied_watermark: u64,
+    /// The origin revision that last cancelled a deletion (0 if none): replicas that missed
+    /// it still become disabled.
+    pub(crate) last_cancel_seq: u64,
 }
 
 impl KeyRecord {
@@ -222,5 +229,21 @@ impl KeyRecord {
     #[must_use]
     pub fn rotation(&self) -> RotationConfig {
         self.rotation
+    }
+    /// The zones holding a replica of the key (for a replica: as of the last origin revision
+    /// it applied).
+    #[must_use]
+    pub fn replicas(&self) -> &[String] {
+        &self.replicas
+    }
+    /// For a replica, the origin's `revision.seq` it has applied; 0 for an origin key.
+    #[must_use]
+    pub fn applied_watermark(&self) -> u64 {
+        self.applied_watermark
+    }
+    /// The origin revision that last cancelled the key's deletion, 0 if none.
+    #[must_use]
+    pub fn last_cancel_seq(&self) -> u64 {
+        self.last_cancel_seq
     }
 }

@@ -323,7 +323,7 @@ fn schedule_deletion_on_pending_deletion_is_refused() {
 #[test]
 fn schedule_deletion_on_replica_is_refused() {
     let cmd = Command::ScheduleDeletion { delay: delay(7) };
-    assert_not_on_replica(run(&replica(), cmd, later()), "schedule-deletion");
+    assert_not_on_replica(run(&replica(), cmd.clone(), later()), "schedule-deletion");
     assert_not_on_replica(
         run(&as_replica(disabled()), cmd, later()),
         "schedule-deletion",
@@ -363,6 +363,8 @@ fn cancel_deletion_on_pending_becomes_disabled_not_enabled() {
         expected(&before, later(), |r| {
             r.status = Status::Disabled;
             r.status_since = later();
+            // Replicas that miss this revision still learn that a deletion was cancelled.
+            r.last_cancel_seq = before.revision.seq + 1;
         })
     );
 }
@@ -847,6 +849,9 @@ fn create_key_defaults() {
                 next_at: now() + days(365),
                 manual_count: 0,
             },
+            replicas: Vec::new(),
+            applied_watermark: 0,
+            last_cancel_seq: 0,
         }
     );
     assert_eq!(record.usage.as_str(), "encrypt-decrypt");
@@ -1438,7 +1443,7 @@ fn a_due_deletion_precedes_every_command() {
     for command in commands {
         for expected_seq in [None, Some(record.revision.seq), Some(99)] {
             assert_eq!(
-                run(&record, command, pending_delete_at()),
+                run(&record, command.clone(), pending_delete_at()),
                 Ok(Transition::Deleted),
                 "{command:?}"
             );

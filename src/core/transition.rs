@@ -64,6 +64,9 @@ pub fn create_key(request: &CreateKey, ctx: &CreateContext<'_>) -> Result<KeyRec
             next_at: add_days(now, ROTATION_PERIOD_DEFAULT_DAYS)?,
             manual_count: 0,
         },
+        replicas: Vec::new(),
+        applied_watermark: 0,
+        last_cancel_seq: 0,
     })
 }
 
@@ -95,7 +98,7 @@ pub fn apply(
             actual: record.revision.seq,
         });
     }
-    match *command {
+    match command {
         Command::Enable => match record.status {
             Status::Enabled => Ok(Transition::Unchanged),
             Status::Disabled => change(record, now, Event::Enabled, |next| {
@@ -113,7 +116,7 @@ pub fn apply(
             Status::PendingDeletion { delete_at } => Err(pending(record.id, delete_at)),
         },
         Command::ScheduleDeletion { delay } => {
-            origin_only(record, command)?;
+            origin_only(record, command.name())?;
             if let Status::PendingDeletion { delete_at } = record.status {
                 return Err(pending(record.id, delete_at));
             }
@@ -129,11 +132,12 @@ pub fn apply(
             )
         }
         Command::CancelDeletion => {
-            origin_only(record, command)?;
+            origin_only(record, command.name())?;
             match record.status {
                 Status::PendingDeletion { .. } => {
                     change(record, now, Event::DeletionCancelled, |next| {
                         set_status(next, Status::Disabled, now);
+                        next.last_cancel_seq = record.revision.seq.saturating_add(1);
                         Ok(())
                     })
                 }
@@ -141,7 +145,7 @@ pub fn apply(
             }
         }
         Command::Rotate => {
-            origin_only(record, command)?;
+            origin_only(record, command.name())?;
             require_enabled(record)?;
             if record.rotation.manual_count >= MAX_MANUAL_ROTATIONS {
                 return Err(Error::ManualRotationLimit {
@@ -155,7 +159,7 @@ pub fn apply(
             })
         }
         Command::EnableRotation { period } => {
-            origin_only(record, command)?;
+            origin_only(record, command.name())?;
             require_enabled(record)?;
             if record.rotation.automatic {
                 return Err(Error::Conflict {
@@ -172,7 +176,7 @@ pub fn apply(
             })
         }
         Command::DisableRotation => {
-            origin_only(record, command)?;
+            origin_only(record, command.name())?;
             require_enabled(record)?;
             if !record.rotation.automatic {
                 return Err(Error::Conflict {
@@ -185,17 +189,55 @@ pub fn apply(
                 Ok(())
             })
         }
+        Command::Replicate { zone, known } => replicate(record, zone, *known, now),
         Command::RunDue => run_due(record, now),
         Command::RetireExhausted { version } => {
-            origin_only(record, command)?;
+            origin_only(record, command.name())?;
             require_enabled(record)?;
-            if record.newest_material().version != version {
+            if record.newest_material().version != *version {
                 // Another call already made a newer version.
                 return Ok(Transition::Unchanged);
             }
             rotate(record, now, true, |_| Ok(()))
         }
     }
+}
+
+/// replicate-kms-key, in the order of lifecycle.md: a multi-zone key, at its origin, to a
+/// known zone other than its own, not twice, neither pending deletion nor disabled.
+fn replicate(
+    record: &KeyRecord,
+    zone: &str,
+    known: bool,
+    now: Timestamp,
+) -> Result<Transition, Error> {
+    if !record.multi_zone {
+        return Err(Error::NotMultiZone { id: record.id });
+    }
+    origin_only(record, "replicate")?;
+    if zone == record.origin_zone {
+        return Err(Error::InvalidArgument {
+            field: "zone",
+            reason: format!("{} is the key's own zone", Error::quote(zone)),
+        });
+    }
+    if !known {
+        return Err(Error::InvalidArgument {
+            field: "zone",
+            reason: format!("{} is not a known zone", Error::quote(zone)),
+        });
+    }
+    if record.replicas.iter().any(|z| z == zone) {
+        return Err(Error::Conflict {
+            id: record.id,
+            reason: "the key is already replicated to this zone",
+        });
+    }
+    require_enabled(record)?;
+    change(record, now, Event::ReplicaAdded, |next| {
+        next.replicas.push(zone.to_owned());
+        Ok(())
+    })
 }
 
 /// Whether the key's deletion is due at `now`: it is pending deletion with `delete-at <= now`,
@@ -255,13 +297,13 @@ fn pending(id: KeyId, delete_at: Timestamp) -> Error {
     Error::KeyPendingDeletion { id, delete_at }
 }
 
-fn origin_only(record: &KeyRecord, command: &Command) -> Result<(), Error> {
+fn origin_only(record: &KeyRecord, operation: &'static str) -> Result<(), Error> {
     match record.role {
         Role::Origin => Ok(()),
         Role::Replica => Err(Error::NotOnReplica {
             id: record.id,
             origin_zone: record.origin_zone.clone(),
-            operation: command.name(),
+            operation,
         }),
     }
 }

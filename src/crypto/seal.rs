@@ -30,6 +30,13 @@ impl MaterialKey {
     pub(crate) fn cipher(&self) -> Cipher {
         Cipher::new(&self.0)
     }
+
+    /// A second wiping copy, for material in transit to a replica zone (a link may have to
+    /// send it again). Nothing else copies material.
+    pub(crate) fn duplicate(&self) -> MaterialKey {
+        let mut bytes = *self.0.expose();
+        MaterialKey(KeyBytes::take(&mut bytes))
+    }
 }
 
 /// Seals and opens with the root key.

@@ -5,7 +5,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::Kms;
+use super::{Kms, SyncReport};
 use crate::core::{Command, Error, Event, KeyId, Transition};
 
 /// What one [`Kms::run_due`] did.
@@ -20,10 +20,13 @@ pub struct DueReport {
     pub failed: Vec<(KeyId, Error)>,
     /// Entries of the due index that name no key (only a damaged store has them); skipped.
     pub unreadable: Vec<Error>,
+    /// The deliveries to replicas that were waiting (retries in backoff left for later).
+    pub replication: SyncReport,
 }
 
 impl Kms {
-    /// Performs every automatic rotation and final deletion due at the clock's `now`.
+    /// Performs every automatic rotation and final deletion due at the clock's `now`, then
+    /// the deliveries to replicas that wait and whose retry is due.
     ///
     /// Reads only the due part of the due-time index: with nothing due it costs one index
     /// probe, whatever the number of keys. One key's failure does not stop the others; it is
@@ -51,6 +54,12 @@ impl Kms {
                 Err(error) => report.failed.push((id, error)),
             }
         }
+        report.replication = self
+            .deliver_outbox(false)
+            .unwrap_or_else(|error| SyncReport {
+                unreadable: vec![error],
+                ..SyncReport::default()
+            });
         Ok(report)
     }
 

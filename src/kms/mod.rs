@@ -4,9 +4,11 @@
 mod cache;
 mod clock;
 mod due;
+mod replication;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use due::{DueReport, DueRunner};
+pub use replication::{Ack, Link, LocalLink, ReplicaUpdate, SyncReport};
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -80,6 +82,9 @@ pub struct KmsOptions {
     pub clock: Arc<dyn Clock>,
     /// Quota and size limits.
     pub limits: Limits,
+    /// How updates reach the replicas of this zone's keys, and which zones exist. Default
+    /// none: keys cannot be replicated.
+    pub link: Option<Arc<dyn Link>>,
 }
 
 impl KmsOptions {
@@ -105,6 +110,13 @@ impl KmsOptions {
         self.limits = limits;
         self
     }
+
+    /// Reaches other zones through `link` (for example a [`LocalLink`]).
+    #[must_use]
+    pub fn link(mut self, link: Arc<dyn Link>) -> KmsOptions {
+        self.link = Some(link);
+        self
+    }
 }
 
 impl Default for KmsOptions {
@@ -113,6 +125,7 @@ impl Default for KmsOptions {
             zone: "local".to_owned(),
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
+            link: None,
         }
     }
 }
@@ -123,6 +136,7 @@ impl fmt::Debug for KmsOptions {
             .field("zone", &self.zone)
             .field("clock", &self.clock)
             .field("limits", &self.limits)
+            .field("link", &self.link)
             .finish()
     }
 }
@@ -152,6 +166,7 @@ pub struct Kms {
     sealer: RootSealer,
     clock: Arc<dyn Clock>,
     limits: Limits,
+    link: Option<Arc<dyn Link>>,
     cache: Cache,
     key_locks: Box<[Mutex<()>]>,
     create_lock: Mutex<()>,
@@ -256,6 +271,7 @@ impl Kms {
             zone,
             clock,
             limits,
+            link,
         } = options;
         if zone.is_empty() {
             return Err(Error::BadRequest {
@@ -306,6 +322,7 @@ impl Kms {
             sealer,
             clock,
             limits,
+            link,
             cache: Cache::default(),
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             create_lock: Mutex::new(()),
@@ -389,7 +406,7 @@ impl Kms {
         )?;
         let _key = self.lock_key(id);
         let (material, sealed) = self.new_material(&record, 1)?;
-        self.written(self.store.put(None, &record, Some(&sealed)))?;
+        self.written(self.store.put(None, &record, std::slice::from_ref(&sealed)))?;
         // The key exists from here on: a caching failure must not turn into an error (the key
         // would then load on first use), and with fresh material nothing is read anyway.
         let _ = self.load_state(&record, None, Some((material, sealed.reserved)));
@@ -397,8 +414,13 @@ impl Kms {
     }
 
     /// get-kms-key.
+    ///
+    /// For an origin key with replicas, `replicas-status` tells how far each has followed.
     pub fn get_key(&self, id: KeyId) -> Result<KeyDetails, Error> {
-        Ok(KeyDetails::from(&self.read(id)?))
+        let record = self.read(id)?;
+        let mut details = KeyDetails::from(&record);
+        details.replicas_status = self.replica_states(&record)?;
+        Ok(details)
     }
 
     /// list-kms-keys: every key of the zone, replicas included, in id order.
@@ -521,18 +543,31 @@ impl Kms {
     /// found.
     fn read(&self, id: KeyId) -> Result<KeyRecord, Error> {
         self.live()?;
-        let _key = self.lock_key(id);
-        let record = self.load(id)?;
-        if core::deletion_due(&record, self.clock.now()) {
-            self.destroy(&record)?;
-            return Err(Error::KeyNotFound { id });
-        }
-        Ok(record)
+        let record = {
+            let _key = self.lock_key(id);
+            let record = self.load(id)?;
+            if !core::deletion_due(&record, self.clock.now()) {
+                return Ok(record);
+            }
+            self.destroy_origin(&record)?;
+            record
+        };
+        self.push(id, record.replicas());
+        Err(Error::KeyNotFound { id })
     }
 
-    /// Destroys key `record` (with its lock held): store first, then memory.
-    fn destroy(&self, record: &KeyRecord) -> Result<(), Error> {
-        self.written(self.store.delete(record))?;
+    /// Destroys origin key `record` (with its lock held): store first, then memory. A key
+    /// with replicas is remembered as gone, and its replicas as waiting for the news.
+    fn destroy_origin(&self, record: &KeyRecord) -> Result<(), Error> {
+        let gone = (!record.replicas().is_empty())
+            .then(|| core::replication::deletion_snapshot(record).seq);
+        self.destroy(record, gone)
+    }
+
+    /// Destroys key `record` (with its lock held), remembering it as gone since origin
+    /// revision `gone` if given.
+    fn destroy(&self, record: &KeyRecord, gone: Option<u64>) -> Result<(), Error> {
+        self.written(self.store.delete(record, gone))?;
         self.cache.remove(record.id());
         Ok(())
     }
@@ -540,7 +575,25 @@ impl Kms {
     /// Applies `command` to key `id` under its lock: load, decide (core), generate material
     /// if a version was added, write durably, then update the cache. A key whose deletion is
     /// due is destroyed, and then not found for any command but [`Command::RunDue`].
+    ///
+    /// Once the change is durable and the lock released, the key's replicas, if any, are
+    /// brought up to date (see [`Kms::sync`]).
     fn mutate(
+        &self,
+        id: KeyId,
+        command: Command,
+        expected_seq: Option<u64>,
+    ) -> Result<Applied, Error> {
+        let run_due = command == Command::RunDue;
+        let applied = self.mutate_locked(id, command, expected_seq)?;
+        self.push(id, &Kms::push_zones(&applied));
+        if !run_due && matches!(applied.transition, Transition::Deleted) {
+            return Err(Error::KeyNotFound { id });
+        }
+        Ok(applied)
+    }
+
+    fn mutate_locked(
         &self,
         id: KeyId,
         command: Command,
@@ -557,16 +610,16 @@ impl Kms {
                     Event::Rotated { version, .. } => Some(self.new_material(record, version)?),
                     _ => None,
                 };
-                let sealed = fresh.as_ref().map(|(_, sealed)| sealed);
-                self.written(self.store.put(Some(&before), record, sealed))?;
+                let sealed = fresh
+                    .as_ref()
+                    .map(|(_, sealed)| std::slice::from_ref(sealed));
+                self.written(
+                    self.store
+                        .put(Some(&before), record, sealed.unwrap_or_default()),
+                )?;
                 self.refresh_cache(record, fresh.map(|(m, sealed)| (m, sealed.reserved)));
             }
-            Transition::Deleted => {
-                self.destroy(&before)?;
-                if command != Command::RunDue {
-                    return Err(Error::KeyNotFound { id });
-                }
-            }
+            Transition::Deleted => self.destroy_origin(&before)?,
         }
         Ok(Applied { before, transition })
     }

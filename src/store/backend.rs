@@ -18,17 +18,28 @@ pub enum Table {
     Usage,
     /// Store-wide values: format version, root-key check value, counters.
     Meta,
+    /// Key id + zone → delivery state of that zone's replica (at the origin).
+    Replicas,
+    /// Key id + zone → nothing: the replica has not confirmed the key's latest revision (at
+    /// the origin). Written with every change of a replicated key, in the same batch.
+    Outbox,
+    /// Key id → the revision of its final deletion: the key was replicated and is gone; late
+    /// updates must not bring it back.
+    Gone,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 9] = [
         Table::Keys,
         Table::Materials,
         Table::Names,
         Table::Due,
         Table::Usage,
         Table::Meta,
+        Table::Replicas,
+        Table::Outbox,
+        Table::Gone,
     ];
 
     /// The table's name in a backend (sled tree name).
@@ -41,6 +52,9 @@ impl Table {
             Table::Due => "due",
             Table::Usage => "usage",
             Table::Meta => "meta",
+            Table::Replicas => "replicas",
+            Table::Outbox => "outbox",
+            Table::Gone => "gone",
         }
     }
 

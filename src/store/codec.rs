@@ -8,13 +8,16 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::{Delivery, DeliveryFailure};
 use crate::core::{
     Error, KeyId, KeyRecord, KeySource, KeyUsage, MaterialMeta, Revision, Role, RotationConfig,
     Status,
 };
 
-/// Format byte of key records written by this version.
+/// Format byte of the first key records (before replication): still read.
 pub const RECORD_FORMAT_V1: u8 = 1;
+/// Format byte of key records written by this version: V1 plus the replication fields.
+pub const RECORD_FORMAT_V2: u8 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct TimeV1 {
@@ -74,6 +77,15 @@ struct RecordV1 {
     rotation_manual_count: u32,
 }
 
+/// [`RecordV1`] and the replication fields. A V1 record reads as one with no replicas.
+#[derive(Serialize, Deserialize)]
+struct RecordV2 {
+    v1: RecordV1,
+    replicas: Vec<String>,
+    applied_watermark: u64,
+    last_cancel_seq: u64,
+}
+
 fn time(t: Timestamp) -> TimeV1 {
     TimeV1 {
         second: t.as_second(),
@@ -83,7 +95,7 @@ fn time(t: Timestamp) -> TimeV1 {
 
 /// Encodes a key record.
 pub fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, Error> {
-    let layout = RecordV1 {
+    let v1 = RecordV1 {
         id: *record.id.as_bytes(),
         name: record.name.clone(),
         description: record.description.clone(),
@@ -123,7 +135,13 @@ pub fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, Error> {
         rotation_next_at: time(record.rotation.next_at),
         rotation_manual_count: record.rotation.manual_count,
     };
-    let mut out = vec![RECORD_FORMAT_V1];
+    let layout = RecordV2 {
+        v1,
+        replicas: record.replicas.clone(),
+        applied_watermark: record.applied_watermark,
+        last_cancel_seq: record.last_cancel_seq,
+    };
+    let mut out = vec![RECORD_FORMAT_V2];
     let body = postcard::to_stdvec(&layout).map_err(|e| Error::Storage {
         detail: format!("could not encode the record of key {}: {e}", record.id),
     })?;
@@ -140,14 +158,21 @@ pub fn decode_record(id: KeyId, bytes: &[u8]) -> Result<KeyRecord, Error> {
     let (&format, body) = bytes
         .split_first()
         .ok_or_else(|| corrupt("empty record".to_owned()))?;
-    if format != RECORD_FORMAT_V1 {
-        return Err(corrupt(format!("unknown record format {format}")));
-    }
-    let (layout, rest): (RecordV1, &[u8]) =
-        postcard::take_from_bytes(body).map_err(|e| corrupt(format!("does not decode: {e}")))?;
-    if !rest.is_empty() {
-        return Err(corrupt(format!("{} bytes after the record", rest.len())));
-    }
+    let RecordV2 {
+        v1: layout,
+        replicas,
+        applied_watermark,
+        last_cancel_seq,
+    } = match format {
+        RECORD_FORMAT_V1 => RecordV2 {
+            v1: whole(body).map_err(corrupt)?,
+            replicas: Vec::new(),
+            applied_watermark: 0,
+            last_cancel_seq: 0,
+        },
+        RECORD_FORMAT_V2 => whole(body).map_err(corrupt)?,
+        _ => return Err(corrupt(format!("unknown record format {format}"))),
+    };
     if layout.id != *id.as_bytes() {
         return Err(corrupt(format!(
             "holds the record of key {}",
@@ -207,7 +232,19 @@ pub fn decode_record(id: KeyId, bytes: &[u8]) -> Result<KeyRecord, Error> {
             next_at: ts(layout.rotation_next_at)?,
             manual_count: layout.rotation_manual_count,
         },
+        replicas,
+        applied_watermark,
+        last_cancel_seq,
     })
+}
+
+/// Decodes all of `body` as a `T`, or says why not.
+fn whole<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
+    match postcard::take_from_bytes(body) {
+        Err(e) => Err(format!("does not decode: {e}")),
+        Ok((_, rest)) if !rest.is_empty() => Err(format!("{} bytes after the record", rest.len())),
+        Ok((layout, _)) => Ok(layout),
+    }
 }
 
 /// Key of the due-time index: the time (so that entries sort by it), then the key id.
@@ -245,6 +282,83 @@ pub fn version_key(id: KeyId, version: u32) -> [u8; 20] {
     key
 }
 
+/// Format byte of delivery states.
+pub const DELIVERY_FORMAT_V1: u8 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct DeliveryV1 {
+    confirmed_seq: u64,
+    confirmed_versions: u32,
+    failure: Option<(u64, String, TimeV1)>,
+    attempts: u32,
+    retry_at: Option<TimeV1>,
+}
+
+/// Encodes the delivery state of one replica.
+pub fn encode_delivery(state: &Delivery) -> Result<Vec<u8>, Error> {
+    let layout = DeliveryV1 {
+        confirmed_seq: state.confirmed_seq,
+        confirmed_versions: state.confirmed_versions,
+        failure: state
+            .failure
+            .as_ref()
+            .map(|f| (f.attempted_seq, f.error.clone(), time(f.failed_at))),
+        attempts: state.attempts,
+        retry_at: state.retry_at.map(time),
+    };
+    let mut out = vec![DELIVERY_FORMAT_V1];
+    out.extend(postcard::to_stdvec(&layout).map_err(|e| Error::Storage {
+        detail: format!("could not encode a delivery state: {e}"),
+    })?);
+    Ok(out)
+}
+
+/// Decodes the delivery state stored for key `id`'s replica in `zone`.
+pub fn decode_delivery(id: KeyId, zone: &str, bytes: &[u8]) -> Result<Delivery, Error> {
+    let corrupt = |detail: String| Error::Corrupt {
+        record: format!("delivery state {id}/{}", Error::quote(zone)),
+        detail,
+    };
+    let layout: DeliveryV1 = match bytes.split_first() {
+        Some((&DELIVERY_FORMAT_V1, body)) => whole(body).map_err(corrupt)?,
+        Some((format, _)) => return Err(corrupt(format!("unknown format {format}"))),
+        None => return Err(corrupt("empty".to_owned())),
+    };
+    let ts = |t: TimeV1| {
+        Timestamp::new(t.second, t.nanosecond)
+            .map_err(|e| corrupt(format!("holds an invalid time: {e}")))
+    };
+    Ok(Delivery {
+        confirmed_seq: layout.confirmed_seq,
+        confirmed_versions: layout.confirmed_versions,
+        failure: match layout.failure {
+            None => None,
+            Some((attempted_seq, error, failed_at)) => Some(DeliveryFailure {
+                attempted_seq,
+                error,
+                failed_at: ts(failed_at)?,
+            }),
+        },
+        attempts: layout.attempts,
+        retry_at: layout.retry_at.map(ts).transpose()?,
+    })
+}
+
+/// Key of a per-replica entry (replicas, outbox): key id then zone name.
+pub fn zone_key(id: KeyId, zone: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + zone.len());
+    key.extend_from_slice(id.as_bytes());
+    key.extend_from_slice(zone.as_bytes());
+    key
+}
+
+/// The key id and zone of a [`zone_key`].
+pub fn split_zone_key(key: &[u8]) -> Option<(KeyId, String)> {
+    let (id, zone) = key.split_at_checked(16)?;
+    let id = KeyId::from_bytes(id.try_into().ok()?);
+    Some((id, String::from_utf8(zone.to_vec()).ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,7 +384,7 @@ mod tests {
     fn record_round_trips() {
         let record = record();
         let bytes = encode_record(&record).unwrap();
-        assert_eq!(bytes[0], RECORD_FORMAT_V1);
+        assert_eq!(bytes[0], RECORD_FORMAT_V2);
         assert_eq!(decode_record(record.id, &bytes).unwrap(), record);
     }
 

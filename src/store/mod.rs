@@ -19,7 +19,10 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use self::backend::decode_counter;
-use self::codec::{decode_record, due_key, due_key_id, due_prefix, encode_record, version_key};
+use self::codec::{
+    decode_delivery, decode_record, due_key, due_key_id, due_prefix, encode_delivery,
+    encode_record, split_zone_key, version_key, zone_key,
+};
 use crate::core::{Error, KeyId, KeyRecord, Role, next_due};
 
 /// Format of a whole store, in [`Table::Meta`] under `format`.
@@ -49,6 +52,15 @@ pub struct Due {
     pub unreadable: Vec<Error>,
 }
 
+/// Replicas waiting for a delivery, found by [`Store::outbox`].
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// (key, zone) pairs, in key order.
+    pub entries: Vec<(KeyId, String)>,
+    /// Entries that do not name a key and a zone (a damaged store): skipped.
+    pub unreadable: Vec<Error>,
+}
+
 /// Sealed material of one new version, to be written with its record.
 #[derive(Debug)]
 pub struct NewMaterial {
@@ -58,6 +70,33 @@ pub struct NewMaterial {
     pub sealed: Vec<u8>,
     /// Encryptions reserved for it at once (see [`Store::reserve`]).
     pub reserved: u64,
+}
+
+/// How far one replica of an origin key has followed it: the origin's bookkeeping, not part of
+/// the key (changing it leaves the key's revision as it is).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// The origin revision the replica confirmed having applied.
+    pub confirmed_seq: u64,
+    /// Material versions the replica confirmed holding: later deliveries carry only newer ones.
+    pub confirmed_versions: u32,
+    /// The last failed attempt, until an attempt succeeds.
+    pub failure: Option<DeliveryFailure>,
+    /// Failed attempts in a row.
+    pub attempts: u32,
+    /// When a retry is next due after failures (`None`: at once).
+    pub retry_at: Option<Timestamp>,
+}
+
+/// A failed delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryFailure {
+    /// The origin revision the delivery carried.
+    pub attempted_seq: u64,
+    /// What went wrong.
+    pub error: String,
+    /// When.
+    pub failed_at: Timestamp,
 }
 
 /// The typed view of a [`Backend`].
@@ -238,12 +277,14 @@ impl Store {
     }
 
     /// Writes `record` (new when `old` is `None`, else replacing `old`, which must be the
-    /// stored record) with its new material, if any, and every index, in one durable commit.
+    /// stored record) with its new material versions and every index, in one durable commit.
+    /// For an origin key with replicas, the same commit marks the change as waiting to be
+    /// delivered to each replica, and starts the delivery state of a replica just added.
     pub fn put(
         &self,
         old: Option<&KeyRecord>,
         record: &KeyRecord,
-        material: Option<&NewMaterial>,
+        materials: &[NewMaterial],
     ) -> Result<(), Error> {
         let id = record.id();
         let mut batch = Vec::with_capacity(6);
@@ -284,7 +325,7 @@ impl Store {
                 delta: 1,
             });
         }
-        if let Some(material) = material {
+        for material in materials {
             batch.push(Write::Put {
                 table: Table::Materials,
                 key: version_key(id, material.version).to_vec(),
@@ -292,12 +333,27 @@ impl Store {
             });
             batch.push(reservation(id, material.version, material.reserved));
         }
+        if record.role() == Role::Origin {
+            let known = old.map(KeyRecord::replicas).unwrap_or_default();
+            for zone in record.replicas() {
+                if !known.contains(zone) {
+                    batch.push(Write::Put {
+                        table: Table::Replicas,
+                        key: zone_key(id, zone),
+                        value: encode_delivery(&Delivery::default())?,
+                    });
+                }
+                batch.push(outbox(id, zone));
+            }
+        }
         self.backend.commit(&batch)
     }
 
     /// Destroys key `record` (the stored record): the record, every material version, every
-    /// index entry and reservation, in one durable commit.
-    pub fn delete(&self, record: &KeyRecord) -> Result<(), Error> {
+    /// index entry and reservation, in one durable commit. With `gone`, the same commit
+    /// remembers the key as gone since that origin revision; an origin key's replicas are then
+    /// marked as waiting for the news.
+    pub fn delete(&self, record: &KeyRecord, gone: Option<u64>) -> Result<(), Error> {
         let id = record.id();
         let mut batch = vec![
             Write::Delete {
@@ -330,6 +386,113 @@ impl Store {
                 delta: -1,
             });
         }
+        if let Some(seq) = gone {
+            batch.push(Write::Put {
+                table: Table::Gone,
+                key: id.as_bytes().to_vec(),
+                value: seq.to_be_bytes().to_vec(),
+            });
+            if record.role() == Role::Origin {
+                batch.extend(record.replicas().iter().map(|zone| outbox(id, zone)));
+            }
+        }
+        self.backend.commit(&batch)
+    }
+
+    /// Remembers that key `id`, which this zone does not hold, is gone since origin revision
+    /// `seq` (a replica told of a deletion before it ever received the key).
+    pub fn bury(&self, id: KeyId, seq: u64) -> Result<(), Error> {
+        self.backend.commit(&[Write::Put {
+            table: Table::Gone,
+            key: id.as_bytes().to_vec(),
+            value: seq.to_be_bytes().to_vec(),
+        }])
+    }
+
+    /// The revision of key `id`'s final deletion, if it was replicated and is gone.
+    pub fn gone(&self, id: KeyId) -> Result<Option<u64>, Error> {
+        self.backend
+            .get(Table::Gone, id.as_bytes())?
+            .map(|bytes| {
+                <[u8; 8]>::try_from(bytes.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| Error::Corrupt {
+                        record: format!("tombstone of key {id}"),
+                        detail: format!("expected 8 bytes, found {}", bytes.len()),
+                    })
+            })
+            .transpose()
+    }
+
+    /// The delivery state of each replica of key `id`, by zone name.
+    pub fn deliveries(&self, id: KeyId) -> Result<Vec<(String, Delivery)>, Error> {
+        let start = id.as_bytes().to_vec();
+        let end = u128::from_be_bytes(*id.as_bytes())
+            .checked_add(1)
+            .map(|next| next.to_be_bytes().to_vec());
+        self.backend
+            .scan(Table::Replicas, &start, end.as_deref(), usize::MAX)?
+            .into_iter()
+            .map(|(key, value)| {
+                let zone = String::from_utf8_lossy(key.get(16..).unwrap_or_default()).into_owned();
+                let delivery = decode_delivery(id, &zone, &value)?;
+                Ok((zone, delivery))
+            })
+            .collect()
+    }
+
+    /// The delivery state of key `id`'s replica in `zone`, if it has one.
+    pub fn delivery(&self, id: KeyId, zone: &str) -> Result<Option<Delivery>, Error> {
+        self.backend
+            .get(Table::Replicas, &zone_key(id, zone))?
+            .map(|bytes| decode_delivery(id, zone, &bytes))
+            .transpose()
+    }
+
+    /// Up to `limit` (key, zone) pairs waiting for a delivery, in key order.
+    pub fn outbox(&self, limit: usize) -> Result<Outbox, Error> {
+        let mut outbox = Outbox::default();
+        for (key, _) in self.backend.scan(Table::Outbox, &[], None, limit)? {
+            match split_zone_key(&key) {
+                Some(entry) => outbox.entries.push(entry),
+                None => outbox.unreadable.push(Error::Corrupt {
+                    record: "outbox entry".to_owned(),
+                    detail: format!("a key of {} bytes", key.len()),
+                }),
+            }
+        }
+        Ok(outbox)
+    }
+
+    /// Records the outcome of a delivery to key `id`'s replica in `zone`, in one commit:
+    /// its new state (or, with `None`, forgets the replica: the key is gone and the replica
+    /// knows), and whether it is now up to date (the outbox entry is removed).
+    pub fn settle(
+        &self,
+        id: KeyId,
+        zone: &str,
+        state: Option<&Delivery>,
+        up_to_date: bool,
+    ) -> Result<(), Error> {
+        let key = zone_key(id, zone);
+        let mut batch = Vec::with_capacity(2);
+        batch.push(match state {
+            Some(state) => Write::Put {
+                table: Table::Replicas,
+                key: key.clone(),
+                value: encode_delivery(state)?,
+            },
+            None => Write::Delete {
+                table: Table::Replicas,
+                key: key.clone(),
+            },
+        });
+        if up_to_date {
+            batch.push(Write::Delete {
+                table: Table::Outbox,
+                key,
+            });
+        }
         self.backend.commit(&batch)
     }
 
@@ -338,6 +501,14 @@ impl Store {
     /// count never goes backwards.
     pub fn reserve(&self, id: KeyId, version: u32, reserved: u64) -> Result<(), Error> {
         self.backend.commit(&[reservation(id, version, reserved)])
+    }
+}
+
+fn outbox(id: KeyId, zone: &str) -> Write {
+    Write::Put {
+        table: Table::Outbox,
+        key: zone_key(id, zone),
+        value: Vec::new(),
     }
 }
 

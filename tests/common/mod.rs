@@ -41,3 +41,50 @@ pub fn kms_on(backend: Arc<dyn Backend>, clock: &ManualClock, limits: Limits) ->
 pub fn memory() -> Arc<dyn Backend> {
     Arc::new(MemoryBackend::new())
 }
+
+/// Zones of one test, connected by a link, sharing one manual clock.
+pub struct Zones {
+    /// The shared clock.
+    pub clock: ManualClock,
+    /// The link they share.
+    pub link: Arc<dyn keylife::Link>,
+    /// The zones, in the order given.
+    pub kms: Vec<Arc<Kms>>,
+}
+
+impl Zones {
+    /// In-memory zones named `names`, connected by a [`keylife::LocalLink`]; each zone's root
+    /// key differs.
+    pub fn memory(names: &[&str]) -> Zones {
+        let local = keylife::LocalLink::new();
+        Zones::on(names, local.clone(), |kms| local.attach(kms))
+    }
+
+    /// In-memory zones connected by `link`, each attached with `attach`.
+    pub fn on(names: &[&str], link: Arc<dyn keylife::Link>, attach: impl Fn(&Arc<Kms>)) -> Zones {
+        let clock = ManualClock::new(start());
+        let kms = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let kms = Arc::new(
+                    Kms::open_in_memory(
+                        root(10 + u8::try_from(i).unwrap()),
+                        KmsOptions::new(*name)
+                            .clock(clock.clone())
+                            .link(Arc::clone(&link)),
+                    )
+                    .unwrap(),
+                );
+                attach(&kms);
+                kms
+            })
+            .collect();
+        Zones { clock, link, kms }
+    }
+
+    /// Zone number `i`.
+    pub fn zone(&self, i: usize) -> &Kms {
+        &self.kms[i]
+    }
+}
