@@ -21,6 +21,8 @@ pub mod replication;
 mod transition;
 
 #[cfg(test)]
+mod replication_tests;
+#[cfg(test)]
 mod tests;
 
 pub use command::{Command, CreateContext, CreateKey, Event, Transition};

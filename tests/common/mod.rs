@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod fault;
+
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -58,6 +60,13 @@ impl Zones {
     pub fn memory(names: &[&str]) -> Zones {
         let local = keylife::LocalLink::new();
         Zones::on(names, local.clone(), |kms| local.attach(kms))
+    }
+
+    /// In-memory zones connected by a [`fault::FaultLink`], returned with them.
+    pub fn faulty(names: &[&str]) -> (Zones, Arc<fault::FaultLink>) {
+        let faulty = fault::FaultLink::new(keylife::LocalLink::new());
+        let zones = Zones::on(names, faulty.clone(), |kms| faulty.inner().attach(kms));
+        (zones, faulty)
     }
 
     /// In-memory zones connected by `link`, each attached with `attach`.

@@ -1,0 +1,1 @@
+//! Tests of the replication rules (replicate-key in `apply`, `snapshot`, `follow`).
