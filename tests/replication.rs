@@ -133,3 +133,549 @@ fn scenario_replicate_rotate_delete_across_three_zones() {
     // Nothing is left to deliver.
     assert_eq!(a.sync().unwrap(), keylife::SyncReport::default());
 }
+
+/// Zones A, B, C with one multi-zone key made in A and replicated to B (synced).
+fn replicated() -> (Zones, keylife::KeyId) {
+    let zones = three_zones();
+    let id = zones
+        .zone(A)
+        .create_key(&CreateKey::new("orders").multi_zone(true))
+        .unwrap()
+        .id;
+    zones.zone(A).replicate_key(id, "de-fra-1", None).unwrap();
+    zones.zone(A).sync().unwrap();
+    assert!(zones.zone(B).get_key(id).is_ok());
+    (zones, id)
+}
+
+fn assert_not_on_replica<T: std::fmt::Debug>(result: Result<T, Error>, operation: &str) {
+    match result {
+        Err(Error::NotOnReplica {
+            origin_zone,
+            operation: got,
+            ..
+        }) => {
+            assert_eq!(origin_zone, "ch-gva-2");
+            assert_eq!(got, operation);
+        }
+        other => panic!("expected not-on-replica for {operation}, got {other:?}"),
+    }
+}
+
+#[test]
+fn rotate_on_replica_is_refused() {
+    let (zones, id) = replicated();
+    assert_not_on_replica(zones.zone(B).rotate_key(id, None), "rotate");
+}
+
+#[test]
+fn enable_rotation_on_replica_is_refused() {
+    let (zones, id) = replicated();
+    zones.zone(A).disable_key_rotation(id, None).unwrap();
+    zones.zone(A).sync().unwrap();
+    assert_not_on_replica(
+        zones.zone(B).enable_key_rotation(id, Some(90), None),
+        "enable-key-rotation",
+    );
+}
+
+#[test]
+fn disable_rotation_on_replica_is_refused() {
+    let (zones, id) = replicated();
+    assert_not_on_replica(
+        zones.zone(B).disable_key_rotation(id, None),
+        "disable-key-rotation",
+    );
+}
+
+#[test]
+fn schedule_deletion_on_replica_is_refused() {
+    let (zones, id) = replicated();
+    assert_not_on_replica(
+        zones.zone(B).schedule_key_deletion(id, Some(7), None),
+        "schedule-deletion",
+    );
+}
+
+#[test]
+fn cancel_deletion_on_replica_is_refused() {
+    let (zones, id) = replicated();
+    zones.zone(A).schedule_key_deletion(id, None, None).unwrap();
+    zones.zone(A).sync().unwrap();
+    assert_not_on_replica(
+        zones.zone(B).cancel_key_deletion(id, None),
+        "cancel-deletion",
+    );
+}
+
+#[test]
+fn replicate_from_replica_is_refused() {
+    let (zones, id) = replicated();
+    assert_not_on_replica(
+        zones.zone(B).replicate_key(id, "at-vie-1", None),
+        "replicate",
+    );
+}
+
+#[test]
+fn crypto_operations_work_on_replica() {
+    let (zones, id) = replicated();
+    let (a, b) = (zones.zone(A), zones.zone(B));
+    let other = b.create_key(&CreateKey::new("local to b")).unwrap().id;
+    let sealed = b.encrypt(id, b"made in b", Some(b"ctx")).unwrap();
+    assert_eq!(
+        b.decrypt(id, &sealed.ciphertext, Some(b"ctx"))
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"made in b"
+    );
+    assert_eq!(
+        a.decrypt(id, &sealed.ciphertext, Some(b"ctx"))
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"made in b"
+    );
+    let moved = b
+        .re_encrypt(id, &sealed.ciphertext, Some(b"ctx"), other, None)
+        .unwrap();
+    assert_eq!(
+        b.decrypt(other, &moved.ciphertext, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"made in b"
+    );
+    let data_key = b
+        .generate_data_key(id, keylife::DataKeySpec::Aes256, None)
+        .unwrap();
+    assert_eq!(
+        a.decrypt(id, &data_key.ciphertext, None).unwrap().plaintext,
+        data_key.plaintext
+    );
+}
+
+#[test]
+fn replica_enable_and_disable_are_its_own() {
+    let (zones, id) = replicated();
+    let (a, b) = (zones.zone(A), zones.zone(B));
+    let replica_seq = b.get_key(id).unwrap().key.revision.seq;
+    assert_eq!(
+        b.disable_key(id, Some(replica_seq)).unwrap().status,
+        SuccessStatus::Success
+    );
+    a.sync().unwrap();
+    assert_eq!(
+        a.get_key(id).unwrap().key.status,
+        keylife::KeyStatus::Enabled
+    );
+    assert_eq!(
+        a.sync().unwrap(),
+        keylife::SyncReport::default(),
+        "nothing to send"
+    );
+    // And the origin's disable does not disable the replica.
+    b.enable_key(id, None).unwrap();
+    a.disable_key(id, None).unwrap();
+    a.sync().unwrap();
+    assert_eq!(
+        b.get_key(id).unwrap().key.status,
+        keylife::KeyStatus::Enabled
+    );
+    assert!(b.encrypt(id, b"still works", None).is_ok());
+    // The origin's revision moved; the replica confirmed it.
+    let origin = a.get_key(id).unwrap();
+    assert_eq!(
+        origin.replicas_status[0].last_applied_watermark,
+        origin.key.revision.seq
+    );
+}
+
+#[test]
+fn replicate_a_single_zone_key_is_refused() {
+    let zones = three_zones();
+    let id = zones
+        .zone(A)
+        .create_key(&CreateKey::new("local"))
+        .unwrap()
+        .id;
+    assert!(matches!(
+        zones.zone(A).replicate_key(id, "de-fra-1", None),
+        Err(Error::NotMultiZone { .. })
+    ));
+}
+
+#[test]
+fn replicate_to_own_zone_is_invalid() {
+    let (zones, id) = replicated();
+    assert!(matches!(
+        zones.zone(A).replicate_key(id, "ch-gva-2", None),
+        Err(Error::InvalidArgument { field: "zone", .. })
+    ));
+}
+
+#[test]
+fn replicate_to_unknown_zone_is_invalid() {
+    let (zones, id) = replicated();
+    let err = zones
+        .zone(A)
+        .replicate_key(id, "xx-nowhere-9", None)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidArgument { field: "zone", .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("xx-nowhere-9"), "{err}");
+}
+
+#[test]
+fn replicate_without_a_link_is_invalid() {
+    let (kms, _clock) = common::memory_kms();
+    let id = kms
+        .create_key(&CreateKey::new("k").multi_zone(true))
+        .unwrap()
+        .id;
+    assert!(matches!(
+        kms.replicate_key(id, "de-fra-1", None),
+        Err(Error::InvalidArgument { field: "zone", .. })
+    ));
+}
+
+#[test]
+fn replicate_twice_to_one_zone_is_a_conflict() {
+    let (zones, id) = replicated();
+    let before = zones.zone(A).get_key(id).unwrap().key.revision;
+    assert!(matches!(
+        zones.zone(A).replicate_key(id, "de-fra-1", None),
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(zones.zone(A).get_key(id).unwrap().key.revision, before);
+}
+
+#[test]
+fn replicate_while_pending_deletion_is_refused() {
+    let (zones, id) = replicated();
+    zones.zone(A).schedule_key_deletion(id, None, None).unwrap();
+    assert!(matches!(
+        zones.zone(A).replicate_key(id, "at-vie-1", None),
+        Err(Error::KeyPendingDeletion { .. })
+    ));
+}
+
+#[test]
+fn replicate_while_disabled_is_refused() {
+    let (zones, id) = replicated();
+    zones.zone(A).disable_key(id, None).unwrap();
+    assert!(matches!(
+        zones.zone(A).replicate_key(id, "at-vie-1", None),
+        Err(Error::KeyDisabled { .. })
+    ));
+    assert!(zones.zone(C).get_key(id).is_err());
+}
+
+#[test]
+fn list_keys_shows_replicas_with_their_origin_and_quota_ignores_them() {
+    let (zones, id) = replicated();
+    let b = zones.zone(B);
+    let own = b.create_key(&CreateKey::new("b's own")).unwrap().id;
+    let listed = b.list_keys().unwrap().kms_keys;
+    assert_eq!(listed.len(), 2);
+    let replica = listed.iter().find(|k| k.id == id).unwrap();
+    assert_eq!(replica.origin_zone, "ch-gva-2");
+    assert_eq!(replica.replicas, vec!["de-fra-1"]);
+    let mine = listed.iter().find(|k| k.id == own).unwrap();
+    assert_eq!(mine.origin_zone, "de-fra-1");
+    // Names are unique among the zone's keys, replicas included.
+    assert!(matches!(
+        b.create_key(&CreateKey::new("orders")),
+        Err(Error::NameConflict { .. })
+    ));
+}
+
+#[test]
+fn replica_quota_does_not_count_replicas() {
+    let clock = keylife::ManualClock::new(common::start());
+    let link = keylife::LocalLink::new();
+    let open = |zone: &str, quota: usize| {
+        let kms = std::sync::Arc::new(
+            keylife::Kms::open_in_memory(
+                common::root(3),
+                keylife::KmsOptions::new(zone)
+                    .clock(clock.clone())
+                    .link(link.clone())
+                    .limits(keylife::Limits {
+                        key_quota: quota,
+                        ..keylife::Limits::default()
+                    }),
+            )
+            .unwrap(),
+        );
+        link.attach(&kms);
+        kms
+    };
+    let a = open("a", 10);
+    let b = open("b", 1);
+    let id = a
+        .create_key(&CreateKey::new("r").multi_zone(true))
+        .unwrap()
+        .id;
+    a.replicate_key(id, "b", None).unwrap();
+    a.sync().unwrap();
+    assert!(b.get_key(id).is_ok());
+    assert!(
+        b.create_key(&CreateKey::new("own")).is_ok(),
+        "the replica is not counted"
+    );
+    assert!(matches!(
+        b.create_key(&CreateKey::new("second")),
+        Err(Error::QuotaExceeded { .. })
+    ));
+}
+
+#[test]
+fn name_taken_in_target_zone_is_a_recorded_failure_until_resolved() {
+    let zones = three_zones();
+    let (a, b) = (zones.zone(A), zones.zone(B));
+    let squatter = b.create_key(&CreateKey::new("shared")).unwrap().id;
+    let id = a
+        .create_key(&CreateKey::new("shared").multi_zone(true))
+        .unwrap()
+        .id;
+    assert_eq!(
+        a.replicate_key(id, "de-fra-1", None).unwrap().status,
+        SuccessStatus::TargetRegistered
+    );
+    let report = a.sync().unwrap();
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].2.code(), "name-conflict");
+    let state = &a.get_key(id).unwrap().replicas_status[0];
+    assert_eq!(state.last_applied_watermark, 0);
+    let failure = state.last_failure.as_ref().expect("failure recorded");
+    assert_eq!(failure.attempted_watermark, 2);
+    assert!(failure.error.contains("shared"), "{}", failure.error);
+    assert_eq!(failure.failed_at, keylife::Clock::now(&zones.clock));
+    // Free the name in B; the next sync delivers and clears the failure.
+    b.schedule_key_deletion(squatter, Some(7), None).unwrap();
+    zones.clock.advance_days(7);
+    b.run_due().unwrap();
+    a.sync().unwrap();
+    let state = &a.get_key(id).unwrap().replicas_status[0];
+    assert_eq!(state.last_failure, None);
+    assert_eq!(state.last_applied_watermark, 2);
+    assert_eq!(b.get_key(id).unwrap().key.name, "shared");
+}
+
+#[test]
+fn failed_deliveries_back_off_in_run_due_but_not_in_sync() {
+    let (zones, faulty) = Zones::faulty(&["ch-gva-2", "de-fra-1"]);
+    let a = zones.zone(A);
+    let id = a
+        .create_key(&CreateKey::new("k").multi_zone(true))
+        .unwrap()
+        .id;
+    faulty.cut("de-fra-1");
+    a.replicate_key(id, "de-fra-1", None).unwrap();
+    assert_eq!(faulty.counts().cut_off, 1, "the first attempt is immediate");
+    // The retry is not due yet: run_due leaves it for later.
+    let report = a.run_due().unwrap();
+    assert_eq!(
+        report.replication.deferred,
+        vec![(id, "de-fra-1".to_owned())]
+    );
+    assert_eq!(faulty.counts().cut_off, 1);
+    // One second later it is due (first retry after 1 s), and fails again.
+    zones.clock.advance(jiff::SignedDuration::from_secs(1));
+    assert_eq!(a.run_due().unwrap().replication.failed.len(), 1);
+    assert_eq!(faulty.counts().cut_off, 2);
+    // Now the wait is 2 s: 1 s later it is still deferred.
+    zones.clock.advance(jiff::SignedDuration::from_secs(1));
+    assert_eq!(a.run_due().unwrap().replication.deferred.len(), 1);
+    // sync does not wait.
+    faulty.heal("de-fra-1");
+    let report = a.sync().unwrap();
+    assert_eq!(report.delivered, vec![(id, "de-fra-1".to_owned())]);
+    assert!(zones.zone(B).get_key(id).is_ok());
+    assert_eq!(a.get_key(id).unwrap().replicas_status[0].last_failure, None);
+}
+
+#[test]
+fn replica_status_serializes_with_the_spec_field_names() {
+    let (zones, faulty) = Zones::faulty(&["ch-gva-2", "de-fra-1"]);
+    let a = zones.zone(A);
+    let id = a
+        .create_key(&CreateKey::new("k").multi_zone(true))
+        .unwrap()
+        .id;
+    faulty.cut("de-fra-1");
+    a.replicate_key(id, "de-fra-1", None).unwrap();
+    let json = serde_json::to_value(a.get_key(id).unwrap()).unwrap();
+    assert_eq!(json["replicas"], serde_json::json!(["de-fra-1"]));
+    let state = &json["replicas-status"][0];
+    assert_eq!(state["zone"], "de-fra-1");
+    assert_eq!(state["last-applied-watermark"], 0);
+    assert_eq!(state["last-failure"]["attempted-watermark"], 2);
+    assert!(
+        state["last-failure"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("de-fra-1")
+    );
+    assert_eq!(state["last-failure"]["failed-at"], "2026-01-01T00:00:00Z");
+}
+
+/// A link that carries every message back to the sending zone itself.
+#[derive(Debug, Default)]
+struct Loopback(std::sync::OnceLock<std::sync::Weak<keylife::Kms>>);
+
+impl keylife::Link for Loopback {
+    fn knows(&self, _zone: &str) -> bool {
+        true
+    }
+
+    fn deliver(&self, _zone: &str, update: &keylife::ReplicaUpdate) -> Result<keylife::Ack, Error> {
+        let kms = self.0.get().and_then(std::sync::Weak::upgrade).unwrap();
+        kms.receive(update)
+    }
+
+    fn request_rotation(
+        &self,
+        _zone: &str,
+        _id: keylife::KeyId,
+        _version: u32,
+    ) -> Result<(), Error> {
+        Err(Error::ZoneUnreachable {
+            zone: "loopback".to_owned(),
+            detail: "not carried".to_owned(),
+        })
+    }
+}
+
+#[test]
+fn an_update_arriving_at_its_own_origin_is_refused() {
+    let loopback = std::sync::Arc::new(Loopback::default());
+    let a = std::sync::Arc::new(
+        keylife::Kms::open_in_memory(
+            common::root(4),
+            keylife::KmsOptions::new("ch-gva-2").link(loopback.clone()),
+        )
+        .unwrap(),
+    );
+    loopback.0.set(std::sync::Arc::downgrade(&a)).unwrap();
+    let id = a
+        .create_key(&CreateKey::new("k").multi_zone(true))
+        .unwrap()
+        .id;
+    let before = a.get_key(id).unwrap().key;
+    a.replicate_key(id, "de-fra-1", None).unwrap();
+    let report = a.sync().unwrap();
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].2.code(), "conflict");
+    // The origin key is untouched by its own update: still an origin, one change later.
+    let after = a.get_key(id).unwrap();
+    assert_eq!(after.key.origin_zone, "ch-gva-2");
+    assert_eq!(after.key.revision.seq, before.revision.seq + 1);
+    assert!(after.replicas_status[0].last_failure.is_some());
+}
+
+fn budget_zones(budget: u64) -> (Zones, std::sync::Arc<common::fault::FaultLink>) {
+    let faulty = common::fault::FaultLink::new(keylife::LocalLink::new());
+    let clock = keylife::ManualClock::new(common::start());
+    let kms = ["ch-gva-2", "de-fra-1"]
+        .iter()
+        .enumerate()
+        .map(|(i, zone)| {
+            let kms = std::sync::Arc::new(
+                keylife::Kms::open_in_memory(
+                    common::root(20 + u8::try_from(i).unwrap()),
+                    keylife::KmsOptions::new(*zone)
+                        .clock(clock.clone())
+                        .link(faulty.clone())
+                        .limits(keylife::Limits {
+                            max_encryptions_per_version: budget,
+                            ..keylife::Limits::default()
+                        }),
+                )
+                .unwrap(),
+            );
+            faulty.inner().attach(&kms);
+            kms
+        })
+        .collect();
+    let link: std::sync::Arc<dyn keylife::Link> = faulty.clone();
+    (Zones { clock, link, kms }, faulty)
+}
+
+#[test]
+fn a_replica_that_spends_its_budget_gets_a_new_version_from_its_origin() {
+    let (zones, _faulty) = budget_zones(2);
+    let (a, b) = (zones.zone(A), zones.zone(B));
+    let id = a
+        .create_key(&CreateKey::new("hot").multi_zone(true))
+        .unwrap()
+        .id;
+    a.replicate_key(id, "de-fra-1", None).unwrap();
+    let version = |ciphertext: &[u8]| {
+        keylife::crypto::Header::parse(ciphertext)
+            .unwrap()
+            .0
+            .version
+    };
+    let sealed: Vec<_> = (0..3)
+        .map(|i| b.encrypt(id, &[i], None).unwrap().ciphertext)
+        .collect();
+    assert_eq!(
+        sealed.iter().map(|c| version(c)).collect::<Vec<_>>(),
+        [1, 1, 2]
+    );
+    // The origin made version 2 (automatic, as for its own spent budget) and delivered it.
+    let origin = a.get_key(id).unwrap();
+    assert_eq!(origin.key.material.version, 2);
+    assert!(origin.key.material.automatic);
+    assert_eq!(
+        origin.replicas_status[0].last_applied_watermark,
+        origin.key.revision.seq
+    );
+    for (i, ciphertext) in sealed.iter().enumerate() {
+        assert_eq!(
+            a.decrypt(id, ciphertext, None)
+                .unwrap()
+                .plaintext
+                .as_bytes(),
+            [i as u8]
+        );
+    }
+}
+
+#[test]
+fn a_replica_whose_origin_is_unreachable_answers_rotation_pending() {
+    let (zones, faulty) = budget_zones(1);
+    let (a, b) = (zones.zone(A), zones.zone(B));
+    let id = a
+        .create_key(&CreateKey::new("hot").multi_zone(true))
+        .unwrap()
+        .id;
+    a.replicate_key(id, "de-fra-1", None).unwrap();
+    b.encrypt(id, b"first", None).unwrap();
+    faulty.cut("ch-gva-2");
+    let err = b.encrypt(id, b"second", None).unwrap_err();
+    assert!(
+        matches!(&err, Error::RotationPending { version: 1, origin_zone, .. } if origin_zone == "ch-gva-2"),
+        "{err:?}"
+    );
+    assert_eq!(err.http_status(), 503);
+    assert_eq!(
+        a.get_key(id).unwrap().key.material.version,
+        1,
+        "no rotation happened"
+    );
+    faulty.heal("ch-gva-2");
+    let sealed = b.encrypt(id, b"third", None).unwrap();
+    assert_eq!(
+        keylife::crypto::Header::parse(&sealed.ciphertext)
+            .unwrap()
+            .0
+            .version,
+        2
+    );
+}

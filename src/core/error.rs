@@ -102,6 +102,20 @@ pub enum Error {
         /// What the link saw.
         detail: String,
     },
+    /// A replica's newest material version used its encryption budget in this zone, and the
+    /// new version it asked its origin zone for has not arrived yet. Retry shortly.
+    #[error(
+        "key {id}: version {version} used its encryption budget in this zone; a new version \
+         was asked of the origin zone {origin_zone}: retry shortly"
+    )]
+    RotationPending {
+        /// The replica key.
+        id: KeyId,
+        /// The spent version.
+        version: u32,
+        /// The zone that must rotate the key.
+        origin_zone: String,
+    },
     /// The operation needs a key of usage `encrypt-decrypt`. Every key keylife creates has that
     /// usage, so this version never returns it; it exists so that the error vocabulary is the
     /// contract's.
@@ -209,6 +223,7 @@ impl Error {
             Error::NotDurable { .. } => "not-durable",
             Error::RandomSource { .. } => "random-source",
             Error::ZoneUnreachable { .. } => "zone-unreachable",
+            Error::RotationPending { .. } => "rotation-pending",
         }
     }
 
@@ -227,7 +242,7 @@ impl Error {
             | Error::Storage { .. }
             | Error::NotDurable { .. }
             | Error::RandomSource { .. } => 500,
-            Error::ZoneUnreachable { .. } => 503,
+            Error::ZoneUnreachable { .. } | Error::RotationPending { .. } => 503,
             _ => 400,
         }
     }

@@ -865,13 +865,7 @@ impl Kms {
             let budget = &state.budget;
             let count = budget.used.fetch_add(1, Ordering::Relaxed);
             if count >= self.limits.max_encryptions_per_version {
-                self.mutate(
-                    id,
-                    Command::RetireExhausted {
-                        version: budget.version,
-                    },
-                    None,
-                )?;
+                self.retire(id, budget.version)?;
                 state = self.usable(id)?;
                 continue;
             }

@@ -34,6 +34,11 @@ pub trait Link: Send + Sync + fmt::Debug {
     /// or does not answer is [`Error::ZoneUnreachable`]; the zone's own refusals come back as
     /// its errors.
     fn deliver(&self, zone: &str, update: &ReplicaUpdate) -> Result<Ack, Error>;
+
+    /// Asks zone `zone`, the origin of key `id`, for a new material version because
+    /// `version` used its encryption budget in this zone: the receiving side calls
+    /// [`Kms::retire_version`]. The new version reaches this zone as a normal update.
+    fn request_rotation(&self, zone: &str, id: KeyId, version: u32) -> Result<(), Error>;
 }
 
 /// One replication message: the replicated state of an origin key at one revision, and the
@@ -150,16 +155,24 @@ impl Link for LocalLink {
     }
 
     fn deliver(&self, zone: &str, update: &ReplicaUpdate) -> Result<Ack, Error> {
+        self.reach(zone)?.receive(update)
+    }
+
+    fn request_rotation(&self, zone: &str, id: KeyId, version: u32) -> Result<(), Error> {
+        self.reach(zone)?.retire_version(id, version)
+    }
+}
+
+impl LocalLink {
+    fn reach(&self, zone: &str) -> Result<Arc<Kms>, Error> {
+        let unreachable = |detail: &str| Error::ZoneUnreachable {
+            zone: zone.to_owned(),
+            detail: detail.to_owned(),
+        };
         match self.zone(zone) {
-            Some(Some(kms)) => kms.receive(update),
-            Some(None) => Err(Error::ZoneUnreachable {
-                zone: zone.to_owned(),
-                detail: "its Kms is closed".to_owned(),
-            }),
-            None => Err(Error::ZoneUnreachable {
-                zone: zone.to_owned(),
-                detail: "no such zone on this link".to_owned(),
-            }),
+            Some(Some(kms)) => Ok(kms),
+            Some(None) => Err(unreachable("its Kms is closed")),
+            None => Err(unreachable("no such zone on this link")),
         }
     }
 }
@@ -225,6 +238,51 @@ impl Kms {
         Ok(SuccessResponse {
             status: SuccessStatus::TargetRegistered,
         })
+    }
+
+    /// Version `version` of key `id` used its encryption budget in this zone. An origin key
+    /// gets a new version at once. A replica asks its origin through the link, which makes
+    /// the version and delivers it (with [`LocalLink`], before answering); if it has not
+    /// arrived, the answer is [`Error::RotationPending`].
+    #[cold]
+    pub(super) fn retire(&self, id: KeyId, version: u32) -> Result<(), Error> {
+        let record = self.read(id)?;
+        if record.role() == Role::Origin {
+            self.mutate(id, Command::RetireExhausted { version }, None)?;
+            return Ok(());
+        }
+        let pending = Error::RotationPending {
+            id,
+            version,
+            origin_zone: record.origin_zone().to_owned(),
+        };
+        let Some(link) = self.link.as_ref() else {
+            return Err(pending);
+        };
+        // Whatever went wrong on the way, the caller's answer is the same: not yet.
+        if link
+            .request_rotation(record.origin_zone(), id, version)
+            .is_err()
+            || self.usable(id)?.budget.version <= version
+        {
+            return Err(pending);
+        }
+        Ok(())
+    }
+
+    /// The receiving side of [`Link::request_rotation`]: a replica zone spent the encryption
+    /// budget of version `version` of origin key `id`. Makes a new version (recorded as
+    /// automatic) unless one was made since, and brings the replicas up to date.
+    ///
+    /// Errors: those of rotation ([`Error::KeyDisabled`], [`Error::KeyPendingDeletion`],
+    /// [`Error::NotOnReplica`] if this zone is not the key's origin).
+    pub fn retire_version(&self, id: KeyId, version: u32) -> Result<(), Error> {
+        let applied = self.mutate(id, Command::RetireExhausted { version }, None)?;
+        if matches!(applied.transition, core::Transition::Unchanged) {
+            // A newer version exists already: the asking replica is behind.
+            self.push(id, applied.after().replicas());
+        }
+        Ok(())
     }
 
     /// Delivers every waiting update to every replica now, retries whose backoff has not

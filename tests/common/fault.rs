@@ -132,8 +132,9 @@ impl FaultLink {
         let mut batch = {
             let mut state = self.state();
             let held = std::mem::take(&mut state.held);
-            let (go, stay): (Vec<_>, Vec<_>) =
-                held.into_iter().partition(|(zone, _)| !state.cut.contains(zone));
+            let (go, stay): (Vec<_>, Vec<_>) = held
+                .into_iter()
+                .partition(|(zone, _)| !state.cut.contains(zone));
             state.held = stay;
             go
         };
@@ -196,5 +197,12 @@ impl Link for FaultLink {
             }
             Some(Fault::Delay) => Err(unreachable(zone, "message delayed")),
         }
+    }
+
+    fn request_rotation(&self, zone: &str, id: keylife::KeyId, version: u32) -> Result<(), Error> {
+        if self.state().cut.contains(zone) {
+            return Err(unreachable(zone, "cut off"));
+        }
+        self.inner.request_rotation(zone, id, version)
     }
 }
