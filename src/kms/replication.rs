@@ -108,6 +108,30 @@ pub struct Ack {
 /// A zone is known once [`LocalLink::attach`]ed, and stays known when its `Kms` is dropped
 /// (it is then unreachable until a new `Kms` of that zone is attached). The link holds its
 /// `Kms` weakly, so that dropping a `Kms` closes it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use keylife::{CreateKey, Kms, KmsOptions, LocalLink, RootKey};
+///
+/// # fn main() -> Result<(), keylife::Error> {
+/// let link = LocalLink::new();
+/// let zone = |name: &str| -> Result<Arc<Kms>, keylife::Error> {
+///     let kms = Arc::new(Kms::open_in_memory(
+///         RootKey::generate()?,
+///         KmsOptions::new(name).link(link.clone()),
+///     )?);
+///     link.attach(&kms);
+///     Ok(kms)
+/// };
+/// let (gva, fra) = (zone("ch-gva-2")?, zone("de-fra-1")?);
+/// let key = gva.create_key(&CreateKey::new("orders").multi_zone(true))?;
+/// gva.replicate_key(key.id, "de-fra-1", None)?;
+/// let sealed = gva.encrypt(key.id, b"data", None)?;
+/// assert_eq!(fra.decrypt(key.id, &sealed.ciphertext, None)?.plaintext.as_bytes(), b"data");
+/// assert_eq!(fra.get_key(key.id)?.key.origin_zone, "ch-gva-2");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Default)]
 pub struct LocalLink {
     zones: RwLock<HashMap<String, Weak<Kms>>>,
