@@ -679,3 +679,79 @@ fn a_replica_whose_origin_is_unreachable_answers_rotation_pending() {
         2
     );
 }
+
+/// A link that runs a hook once, before carrying the next message; messages sent while the
+/// hook runs are lost.
+#[derive(Default)]
+struct Interposer {
+    inner: std::sync::Arc<keylife::LocalLink>,
+    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    in_hook: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Interposer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interposer")
+    }
+}
+
+impl keylife::Link for Interposer {
+    fn knows(&self, zone: &str) -> bool {
+        self.inner.knows(zone)
+    }
+
+    fn deliver(&self, zone: &str, update: &keylife::ReplicaUpdate) -> Result<keylife::Ack, Error> {
+        use std::sync::atomic::Ordering;
+        if self.in_hook.load(Ordering::SeqCst) {
+            return Err(Error::ZoneUnreachable {
+                zone: zone.to_owned(),
+                detail: "lost while the hook ran".to_owned(),
+            });
+        }
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(hook) = hook {
+            self.in_hook.store(true, Ordering::SeqCst);
+            hook();
+            self.in_hook.store(false, Ordering::SeqCst);
+        }
+        self.inner.deliver(zone, update)
+    }
+
+    fn request_rotation(&self, zone: &str, id: keylife::KeyId, version: u32) -> Result<(), Error> {
+        self.inner.request_rotation(zone, id, version)
+    }
+}
+
+#[test]
+fn a_deletion_made_while_an_older_update_is_in_flight_still_reaches_the_replica() {
+    let interposer = std::sync::Arc::new(Interposer::default());
+    let local = std::sync::Arc::clone(&interposer.inner);
+    let zones = Zones::on(&["ch-gva-2", "de-fra-1"], interposer.clone(), |kms| {
+        local.attach(kms);
+    });
+    let (a, b) = (std::sync::Arc::clone(&zones.kms[A]), zones.zone(B));
+    let id = a
+        .create_key(&CreateKey::new("k").multi_zone(true))
+        .unwrap()
+        .id;
+    a.replicate_key(id, "de-fra-1", None).unwrap();
+    assert!(b.get_key(id).is_ok());
+    // The delivery of the next change is overtaken: before it arrives, the key is scheduled
+    // for deletion and destroyed at the origin, and the news of both is lost.
+    let clock = zones.clock.clone();
+    let origin = std::sync::Arc::clone(&a);
+    *interposer.hook.lock().unwrap() = Some(Box::new(move || {
+        origin.schedule_key_deletion(id, Some(7), None).unwrap();
+        clock.advance_days(7);
+        assert_eq!(origin.run_due().unwrap().deleted, vec![id]);
+    }));
+    a.disable_key(id, None).unwrap();
+    // The old update was applied and answered; the destruction must still be delivered.
+    a.sync().unwrap();
+    assert!(
+        matches!(b.get_key(id), Err(Error::KeyNotFound { .. })),
+        "{:?}",
+        b.get_key(id)
+    );
+    assert_eq!(a.sync().unwrap(), keylife::SyncReport::default());
+}

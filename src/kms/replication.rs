@@ -431,9 +431,13 @@ impl Kms {
                 delivery.failure = None;
                 delivery.attempts = 0;
                 delivery.retry_at = None;
-                // A change made meanwhile keeps the mark for the next delivery.
-                let latest = self.store.load(id)?.map(|r| r.revision().seq);
-                let up_to_date = latest.is_none_or(|seq| delivery.confirmed_seq >= seq);
+                // A change made meanwhile (the destruction included) keeps the mark for the
+                // next delivery.
+                let latest = match self.store.load(id)? {
+                    Some(record) => record.revision().seq,
+                    None => self.store.gone(id)?.unwrap_or(0),
+                };
+                let up_to_date = delivery.confirmed_seq >= latest;
                 self.written(self.store.settle(id, zone, Some(&delivery), up_to_date))?;
                 return Ok(if up_to_date {
                     Outcome::Delivered

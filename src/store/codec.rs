@@ -93,9 +93,9 @@ fn time(t: Timestamp) -> TimeV1 {
     }
 }
 
-/// Encodes a key record.
-pub fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, Error> {
-    let v1 = RecordV1 {
+/// The V1 part of a record's layout.
+fn layout_v1(record: &KeyRecord) -> RecordV1 {
+    RecordV1 {
         id: *record.id.as_bytes(),
         name: record.name.clone(),
         description: record.description.clone(),
@@ -134,9 +134,13 @@ pub fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, Error> {
         rotation_period_days: record.rotation.period_days,
         rotation_next_at: time(record.rotation.next_at),
         rotation_manual_count: record.rotation.manual_count,
-    };
+    }
+}
+
+/// Encodes a key record.
+pub fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, Error> {
     let layout = RecordV2 {
-        v1,
+        v1: layout_v1(record),
         replicas: record.replicas.clone(),
         applied_watermark: record.applied_watermark,
         last_cancel_seq: record.last_cancel_seq,
@@ -386,6 +390,24 @@ mod tests {
         let bytes = encode_record(&record).unwrap();
         assert_eq!(bytes[0], RECORD_FORMAT_V2);
         assert_eq!(decode_record(record.id, &bytes).unwrap(), record);
+    }
+
+    #[test]
+    fn format_1_records_still_read_as_keys_without_replicas() {
+        let record = record();
+        let mut bytes = vec![RECORD_FORMAT_V1];
+        bytes.extend(postcard::to_stdvec(&layout_v1(&record)).unwrap());
+        let read = decode_record(record.id, &bytes).unwrap();
+        assert_eq!(read, record);
+        assert!(read.replicas.is_empty());
+        // And the replication fields round-trip in format 2.
+        let mut replicated = record;
+        replicated.replicas = vec!["de-fra-1".to_owned()];
+        replicated.last_cancel_seq = 7;
+        replicated.applied_watermark = 3;
+        let bytes = encode_record(&replicated).unwrap();
+        assert_eq!(decode_record(replicated.id, &bytes).unwrap(), replicated);
+        assert!(decode_record(replicated.id, &bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]
