@@ -1,16 +1,23 @@
 //! A tour of keylife in one run: create a store, a key, encrypt, rotate, decrypt the old
 //! ciphertext, disable and see the refusal, schedule deletion, move a manual clock past it,
-//! and see the key gone.
+//! and see the key gone; then a second zone, a multi-zone key replicated to it, and a
+//! ciphertext made in one zone opened in the other.
 //!
 //! Run it with `cargo run --example quickstart`.
 
-use keylife::{CreateKey, Kms, KmsOptions, ManualClock, RootKey};
+use std::sync::Arc;
+
+use keylife::{CreateKey, Kms, KmsOptions, LocalLink, ManualClock, RootKey};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let clock = ManualClock::new("2026-01-01T00:00:00Z".parse()?);
-    let options = KmsOptions::new("ch-gva-2").clock(clock.clone());
-    let kms = Kms::open(dir.path(), RootKey::generate()?, options)?;
+    let link = LocalLink::new();
+    let options = KmsOptions::new("ch-gva-2")
+        .clock(clock.clone())
+        .link(link.clone());
+    let kms = Arc::new(Kms::open(dir.path(), RootKey::generate()?, options)?);
+    link.attach(&kms);
     println!(
         "1. opened a store in {} for zone {}",
         dir.path().display(),
@@ -67,5 +74,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(error) => println!("9. the key is gone: [{}] {error}", error.code()),
         Ok(_) => return Err("the key survived its deletion".into()),
     }
+
+    let other_dir = tempfile::tempdir()?;
+    let options = KmsOptions::new("de-fra-1")
+        .clock(clock.clone())
+        .link(link.clone());
+    let fra = Arc::new(Kms::open(other_dir.path(), RootKey::generate()?, options)?);
+    link.attach(&fra);
+    let shared = kms.create_key(&CreateKey::new("orders").multi_zone(true))?;
+    let answer = kms.replicate_key(shared.id, "de-fra-1", None)?;
+    println!(
+        "10. opened zone {} (its own store and root key) and replicated multi-zone key {} to it: {:?}",
+        fra.zone(),
+        shared.id,
+        answer.status
+    );
+
+    let sealed = kms.encrypt(shared.id, b"ship to Bern", None)?;
+    let opened = fra.decrypt(shared.id, &sealed.ciphertext, None)?;
+    println!(
+        "11. encrypted in ch-gva-2, decrypted in de-fra-1: {:?}",
+        String::from_utf8_lossy(opened.plaintext.as_bytes())
+    );
+
+    kms.rotate_key(shared.id, None)?;
+    let origin = kms.get_key(shared.id)?;
+    let replica = fra.get_key(shared.id)?;
+    println!(
+        "12. rotated in ch-gva-2: de-fra-1 holds material version {}; ch-gva-2 sees it at \
+         revision {} of {}",
+        replica.key.material.version,
+        origin.replicas_status[0].last_applied_watermark,
+        origin.key.revision.seq
+    );
     Ok(())
 }
