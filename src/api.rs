@@ -225,7 +225,7 @@ impl From<&KeyRecord> for KeySummary {
                 at: revision.at,
             },
             delete_at: record.status().delete_at(),
-            replicas: record.replicas().to_vec(),
+            replicas: record.replica_zones(),
         }
     }
 }

@@ -30,6 +30,7 @@ pub use error::Error;
 pub use id::KeyId;
 pub use limits::{DataKeySpec, DeletionDelay, RotationPeriod};
 pub use record::{
-    KeyRecord, KeySource, KeyUsage, MaterialMeta, Revision, Role, RotationConfig, Status,
+    KeyRecord, KeySource, KeyUsage, MaterialMeta, ReplicaZone, Revision, Role, RotationConfig,
+    Status,
 };
 pub use transition::{add_days, apply, check_crypto, create_key, deletion_due, next_due};

@@ -112,6 +112,15 @@ pub struct Revision {
     pub at: Timestamp,
 }
 
+/// A zone holding a replica of a key, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReplicaZone {
+    /// The zone.
+    pub zone: String,
+    /// The origin revision that added it (replicate-key's change).
+    pub since_seq: u64,
+}
+
 /// Everything about a key except its secret material.
 ///
 /// Records are made by [`crate::core::create_key`] and changed only by
@@ -134,7 +143,7 @@ pub struct KeyRecord {
     pub(crate) materials: Vec<MaterialMeta>,
     pub(crate) rotation: RotationConfig,
     /// The zones holding a replica: set by replicate at the origin, copied to replicas.
-    pub(crate) replicas: Vec<String>,
+    pub(crate) replicas: Vec<ReplicaZone>,
     /// For a replica, the origin's `revision.seq` it has applied; 0 for an origin key.
     pub(crate) applied_watermark: u64,
     /// The origin revision that last cancelled a deletion (0 if none): replicas that missed
@@ -233,8 +242,13 @@ impl KeyRecord {
     /// The zones holding a replica of the key (for a replica: as of the last origin revision
     /// it applied).
     #[must_use]
-    pub fn replicas(&self) -> &[String] {
+    pub fn replicas(&self) -> &[ReplicaZone] {
         &self.replicas
+    }
+    /// The names of the zones holding a replica, in the order they were added.
+    #[must_use]
+    pub fn replica_zones(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.zone.clone()).collect()
     }
     /// For a replica, the origin's `revision.seq` it has applied; 0 for an origin key.
     #[must_use]

@@ -12,7 +12,8 @@ use jiff::Timestamp;
 use super::error::Error;
 use super::id::KeyId;
 use super::record::{
-    KeyRecord, KeySource, KeyUsage, MaterialMeta, Revision, Role, RotationConfig, Status,
+    KeyRecord, KeySource, KeyUsage, MaterialMeta, ReplicaZone, Revision, Role, RotationConfig,
+    Status,
 };
 
 /// The replicated state of an origin key at one of its revisions.
@@ -61,8 +62,8 @@ pub struct LiveKey {
     pub delete_at: Option<Timestamp>,
     /// The origin revision of the last cancelled deletion (0 if none).
     pub last_cancel_seq: u64,
-    /// The zones holding a replica.
-    pub replicas: Vec<String>,
+    /// The zones holding a replica, each with the revision that added it.
+    pub replicas: Vec<ReplicaZone>,
 }
 
 /// The snapshot of origin key `record` at its current revision.
@@ -157,6 +158,15 @@ pub fn follow(
     }
     let now = ctx.now;
     let Some(current) = current else {
+        // The zone's own entry says since when it is a replica: a deletion scheduled and
+        // cancelled since then disables the new replica, as it would have had it been
+        // reached at once.
+        let Some(me) = live.replicas.iter().find(|r| r.zone == ctx.zone) else {
+            return Err(Error::Conflict {
+                id: snapshot.id,
+                reason: "the update does not list this zone among the key's replicas",
+            });
+        };
         if ctx.name_taken {
             return Err(Error::NameConflict {
                 name: live.name.clone(),
@@ -165,6 +175,7 @@ pub fn follow(
         }
         let status = match live.delete_at {
             Some(delete_at) => Status::PendingDeletion { delete_at },
+            None if live.last_cancel_seq > me.since_seq => Status::Disabled,
             None => Status::Enabled,
         };
         return Ok(Follow::Write(Box::new(replica_record(

@@ -7,7 +7,8 @@ use super::error::Error;
 use super::id::KeyId;
 use super::limits::{MAX_MANUAL_ROTATIONS, ROTATION_PERIOD_DEFAULT_DAYS};
 use super::record::{
-    KeyRecord, KeySource, KeyUsage, MaterialMeta, Revision, Role, RotationConfig, Status,
+    KeyRecord, KeySource, KeyUsage, MaterialMeta, ReplicaZone, Revision, Role, RotationConfig,
+    Status,
 };
 
 /// `at` plus whole `days`, or a bad request if that leaves the representable time range
@@ -227,7 +228,7 @@ fn replicate(
             reason: format!("{} is not a known zone", Error::quote(zone)),
         });
     }
-    if record.replicas.iter().any(|z| z == zone) {
+    if record.replicas.iter().any(|r| r.zone == zone) {
         return Err(Error::Conflict {
             id: record.id,
             reason: "the key is already replicated to this zone",
@@ -235,7 +236,10 @@ fn replicate(
     }
     require_enabled(record)?;
     change(record, now, Event::ReplicaAdded, |next| {
-        next.replicas.push(zone.to_owned());
+        next.replicas.push(ReplicaZone {
+            zone: zone.to_owned(),
+            since_seq: record.revision.seq.saturating_add(1),
+        });
         Ok(())
     })
 }

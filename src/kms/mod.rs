@@ -552,7 +552,7 @@ impl Kms {
             self.destroy_origin(&record)?;
             record
         };
-        self.push(id, record.replicas());
+        self.push(id, &record.replica_zones());
         Err(Error::KeyNotFound { id })
     }
 

@@ -304,7 +304,7 @@ impl Kms {
         let applied = self.mutate(id, Command::RetireExhausted { version }, None)?;
         if matches!(applied.transition, core::Transition::Unchanged) {
             // A newer version exists already: the asking replica is behind.
-            self.push(id, applied.after().replicas());
+            self.push(id, &applied.after().replica_zones());
         }
         Ok(())
     }
@@ -364,7 +364,7 @@ impl Kms {
         if record.role() == Role::Origin
             && !matches!(applied.transition, core::Transition::Unchanged)
         {
-            record.replicas().to_vec()
+            record.replica_zones()
         } else {
             Vec::new()
         }
@@ -567,12 +567,12 @@ impl Kms {
         let mut deliveries: HashMap<String, Delivery> =
             self.store.deliveries(record.id())?.into_iter().collect();
         Ok(record
-            .replicas()
-            .iter()
+            .replica_zones()
+            .into_iter()
             .map(|zone| {
-                let delivery = deliveries.remove(zone).unwrap_or_default();
+                let delivery = deliveries.remove(&zone).unwrap_or_default();
                 crate::api::ReplicaState {
-                    zone: zone.clone(),
+                    zone,
                     last_applied_watermark: delivery.confirmed_seq,
                     last_failure: delivery.failure.map(|f| crate::api::ReplicaFailure {
                         attempted_watermark: f.attempted_seq,

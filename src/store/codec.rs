@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Delivery, DeliveryFailure};
 use crate::core::{
-    Error, KeyId, KeyRecord, KeySource, KeyUsage, MaterialMeta, Revision, Role, RotationConfig,
-    Status,
+    Error, KeyId, KeyRecord, KeySource, KeyUsage, MaterialMeta, ReplicaZone, Revision, Role,
+    RotationConfig, Status,
 };
 
 /// Format byte of the first key records (before replication): still read.
@@ -81,7 +81,8 @@ struct RecordV1 {
 #[derive(Serialize, Deserialize)]
 struct RecordV2 {
     v1: RecordV1,
-    replicas: Vec<String>,
+    /// (zone, revision that added it).
+    replicas: Vec<(String, u64)>,
     applied_watermark: u64,
     last_cancel_seq: u64,
 }
@@ -141,7 +142,11 @@ fn layout_v1(record: &KeyRecord) -> RecordV1 {
 pub fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, Error> {
     let layout = RecordV2 {
         v1: layout_v1(record),
-        replicas: record.replicas.clone(),
+        replicas: record
+            .replicas
+            .iter()
+            .map(|r| (r.zone.clone(), r.since_seq))
+            .collect(),
         applied_watermark: record.applied_watermark,
         last_cancel_seq: record.last_cancel_seq,
     };
@@ -236,7 +241,10 @@ pub fn decode_record(id: KeyId, bytes: &[u8]) -> Result<KeyRecord, Error> {
             next_at: ts(layout.rotation_next_at)?,
             manual_count: layout.rotation_manual_count,
         },
-        replicas,
+        replicas: replicas
+            .into_iter()
+            .map(|(zone, since_seq)| ReplicaZone { zone, since_seq })
+            .collect(),
         applied_watermark,
         last_cancel_seq,
     })
@@ -402,7 +410,10 @@ mod tests {
         assert!(read.replicas.is_empty());
         // And the replication fields round-trip in format 2.
         let mut replicated = record;
-        replicated.replicas = vec!["de-fra-1".to_owned()];
+        replicated.replicas = vec![ReplicaZone {
+            zone: "de-fra-1".to_owned(),
+            since_seq: 2,
+        }];
         replicated.last_cancel_seq = 7;
         replicated.applied_watermark = 3;
         let bytes = encode_record(&replicated).unwrap();

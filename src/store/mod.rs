@@ -335,8 +335,8 @@ impl Store {
         }
         if record.role() == Role::Origin {
             let known = old.map(KeyRecord::replicas).unwrap_or_default();
-            for zone in record.replicas() {
-                if !known.contains(zone) {
+            for zone in record.replicas().iter().map(|r| &r.zone) {
+                if !known.iter().any(|r| &r.zone == zone) {
                     batch.push(Write::Put {
                         table: Table::Replicas,
                         key: zone_key(id, zone),
@@ -393,7 +393,7 @@ impl Store {
                 value: seq.to_be_bytes().to_vec(),
             });
             if record.role() == Role::Origin {
-                batch.extend(record.replicas().iter().map(|zone| outbox(id, zone)));
+                batch.extend(record.replicas().iter().map(|r| outbox(id, &r.zone)));
             }
         }
         self.backend.commit(&batch)
