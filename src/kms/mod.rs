@@ -161,6 +161,9 @@ impl fmt::Debug for KmsOptions {
 /// # }
 /// ```
 pub struct Kms {
+    /// First, so that it is released before the backend is freed (fields drop in order): a
+    /// backend opened meanwhile at the same address is not refused as in use.
+    _claim: Claim,
     zone: String,
     store: Store,
     sealer: RootSealer,
@@ -172,7 +175,6 @@ pub struct Kms {
     create_lock: Mutex<()>,
     /// Set when a change could not be made durable: every call is refused from then on.
     failed: AtomicBool,
-    _claim: Claim,
 }
 
 /// Backends in use by a live `Kms` in this process, by address: two `Kms` over one backend
@@ -317,6 +319,7 @@ impl Kms {
             }
         }
         Ok(Kms {
+            _claim: claim,
             zone,
             store,
             sealer,
@@ -327,7 +330,6 @@ impl Kms {
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             create_lock: Mutex::new(()),
             failed: AtomicBool::new(false),
-            _claim: claim,
         })
     }
 
