@@ -579,9 +579,16 @@ fn an_update_arriving_at_its_own_origin_is_refused() {
 }
 
 fn budget_zones(budget: u64) -> (Zones, std::sync::Arc<common::fault::FaultLink>) {
+    budget_zones_named(&["ch-gva-2", "de-fra-1"], budget)
+}
+
+fn budget_zones_named(
+    names: &[&str],
+    budget: u64,
+) -> (Zones, std::sync::Arc<common::fault::FaultLink>) {
     let faulty = common::fault::FaultLink::new(keylife::LocalLink::new());
     let clock = keylife::ManualClock::new(common::start());
-    let kms = ["ch-gva-2", "de-fra-1"]
+    let kms = names
         .iter()
         .enumerate()
         .map(|(i, zone)| {
@@ -753,5 +760,45 @@ fn a_deletion_made_while_an_older_update_is_in_flight_still_reaches_the_replica(
         "{:?}",
         b.get_key(id)
     );
+    assert_eq!(a.sync().unwrap(), keylife::SyncReport::default());
+}
+
+/// Found by tests/replication_model.rs: a replica asks for a version the origin already has;
+/// the origin pushes to every replica, and the push to an up-to-date one fails. That failure
+/// must be retried and cleared like any other.
+#[test]
+fn a_failed_extra_delivery_to_an_up_to_date_replica_is_retried_and_cleared() {
+    let (zones, faulty) = budget_zones_named(&["a", "b", "c"], 1);
+    let (a, b) = (zones.zone(0), zones.zone(1));
+    let id = a
+        .create_key(&CreateKey::new("n0").multi_zone(true))
+        .unwrap()
+        .id;
+    a.replicate_key(id, "b", None).unwrap(); // seq 2, delivered to b
+    faulty.cut("b");
+    a.rotate_key(id, None).unwrap(); // seq 3: b misses it
+    a.replicate_key(id, "c", None).unwrap(); // seq 4: c is up to date
+    faulty.script("c", common::fault::Fault::Drop);
+    b.encrypt(id, b"x", None).unwrap(); // spends b's budget of version 1
+    // b asks the origin, which already has version 2 and pushes to b (cut) and c (dropped).
+    assert_eq!(
+        b.encrypt(id, b"x", None).unwrap_err().code(),
+        "rotation-pending"
+    );
+    assert!(
+        a.get_key(id).unwrap().replicas_status[1]
+            .last_failure
+            .is_some()
+    );
+    faulty.heal_all();
+    zones.clock.advance(jiff::SignedDuration::from_mins(10));
+    let report = a.run_due().unwrap().replication;
+    assert_eq!(report.failed, vec![]);
+    assert_eq!(report.delivered.len(), 2, "{report:?}");
+    let details = a.get_key(id).unwrap();
+    for state in &details.replicas_status {
+        assert_eq!(state.last_failure, None, "{state:?}");
+        assert_eq!(state.last_applied_watermark, details.key.revision.seq);
+    }
     assert_eq!(a.sync().unwrap(), keylife::SyncReport::default());
 }

@@ -383,7 +383,7 @@ impl Kms {
             let _key = self.lock_key(id);
             let Some(delivery) = self.store.delivery(id, zone)? else {
                 // No such replica (any more): drop the stale mark.
-                self.written(self.store.settle(id, zone, None, true))?;
+                self.written(self.store.settle(id, zone, None, false))?;
                 return Ok(Outcome::Nothing);
             };
             if !force && delivery.retry_at.is_some_and(|at| at > self.clock.now()) {
@@ -404,7 +404,7 @@ impl Kms {
                         materials: Vec::new(),
                     },
                     None => {
-                        self.written(self.store.settle(id, zone, None, true))?;
+                        self.written(self.store.settle(id, zone, None, false))?;
                         return Ok(Outcome::Nothing);
                     }
                 },
@@ -423,7 +423,7 @@ impl Kms {
         let failure = match answer {
             Ok(ack) if ack.applied_seq >= sent_seq => {
                 if deleted {
-                    self.written(self.store.settle(id, zone, None, true))?;
+                    self.written(self.store.settle(id, zone, None, false))?;
                     return Ok(Outcome::Delivered);
                 }
                 delivery.confirmed_seq = delivery.confirmed_seq.max(ack.applied_seq);
@@ -438,7 +438,7 @@ impl Kms {
                     None => self.store.gone(id)?.unwrap_or(0),
                 };
                 let up_to_date = delivery.confirmed_seq >= latest;
-                self.written(self.store.settle(id, zone, Some(&delivery), up_to_date))?;
+                self.written(self.store.settle(id, zone, Some(&delivery), !up_to_date))?;
                 return Ok(if up_to_date {
                     Outcome::Delivered
                 } else {
@@ -464,7 +464,8 @@ impl Kms {
             error: failure.to_string(),
             failed_at: now,
         });
-        self.written(self.store.settle(id, zone, Some(&delivery), false))?;
+        // A recorded failure is always retried, even of a delivery nothing was owed for.
+        self.written(self.store.settle(id, zone, Some(&delivery), true))?;
         Ok(Outcome::Failed(failure))
     }
 

@@ -466,13 +466,13 @@ impl Store {
 
     /// Records the outcome of a delivery to key `id`'s replica in `zone`, in one commit:
     /// its new state (or, with `None`, forgets the replica: the key is gone and the replica
-    /// knows), and whether it is now up to date (the outbox entry is removed).
+    /// knows), and whether a delivery is still owed (the outbox entry is set, else removed).
     pub fn settle(
         &self,
         id: KeyId,
         zone: &str,
         state: Option<&Delivery>,
-        up_to_date: bool,
+        owed: bool,
     ) -> Result<(), Error> {
         let key = zone_key(id, zone);
         let mut batch = Vec::with_capacity(2);
@@ -487,12 +487,14 @@ impl Store {
                 key: key.clone(),
             },
         });
-        if up_to_date {
-            batch.push(Write::Delete {
+        batch.push(if owed {
+            outbox(id, zone)
+        } else {
+            Write::Delete {
                 table: Table::Outbox,
                 key,
-            });
-        }
+            }
+        });
         self.backend.commit(&batch)
     }
 
