@@ -586,31 +586,13 @@ fn budget_zones_named(
     names: &[&str],
     budget: u64,
 ) -> (Zones, std::sync::Arc<common::fault::FaultLink>) {
-    let faulty = common::fault::FaultLink::new(keylife::LocalLink::new());
-    let clock = keylife::ManualClock::new(common::start());
-    let kms = names
-        .iter()
-        .enumerate()
-        .map(|(i, zone)| {
-            let kms = std::sync::Arc::new(
-                keylife::Kms::open_in_memory(
-                    common::root(20 + u8::try_from(i).unwrap()),
-                    keylife::KmsOptions::new(*zone)
-                        .clock(clock.clone())
-                        .link(faulty.clone())
-                        .limits(keylife::Limits {
-                            max_encryptions_per_version: budget,
-                            ..keylife::Limits::default()
-                        }),
-                )
-                .unwrap(),
-            );
-            faulty.inner().attach(&kms);
-            kms
-        })
-        .collect();
-    let link: std::sync::Arc<dyn keylife::Link> = faulty.clone();
-    (Zones { clock, link, kms }, faulty)
+    Zones::faulty_with(
+        names,
+        keylife::Limits {
+            max_encryptions_per_version: budget,
+            ..keylife::Limits::default()
+        },
+    )
 }
 
 #[test]

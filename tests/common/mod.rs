@@ -69,8 +69,28 @@ impl Zones {
         (zones, faulty)
     }
 
+    /// In-memory zones connected by a [`fault::FaultLink`] whose `Kms` use `limits`.
+    pub fn faulty_with(names: &[&str], limits: Limits) -> (Zones, Arc<fault::FaultLink>) {
+        let faulty = fault::FaultLink::new(keylife::LocalLink::new());
+        let zones = Zones::on_with(names, faulty.clone(), limits, |kms| {
+            faulty.inner().attach(kms);
+        });
+        (zones, faulty)
+    }
+
     /// In-memory zones connected by `link`, each attached with `attach`.
     pub fn on(names: &[&str], link: Arc<dyn keylife::Link>, attach: impl Fn(&Arc<Kms>)) -> Zones {
+        Zones::on_with(names, link, Limits::default(), attach)
+    }
+
+    /// In-memory zones connected by `link` whose `Kms` use `limits`, each attached with
+    /// `attach`.
+    pub fn on_with(
+        names: &[&str],
+        link: Arc<dyn keylife::Link>,
+        limits: Limits,
+        attach: impl Fn(&Arc<Kms>),
+    ) -> Zones {
         let clock = ManualClock::new(start());
         let kms = names
             .iter()
@@ -81,6 +101,7 @@ impl Zones {
                         root(10 + u8::try_from(i).unwrap()),
                         KmsOptions::new(*name)
                             .clock(clock.clone())
+                            .limits(limits)
                             .link(Arc::clone(&link)),
                     )
                     .unwrap(),
