@@ -9,6 +9,7 @@ pub mod envelope;
 mod seal;
 mod secret;
 
+pub use aead::BACKEND;
 pub use envelope::{FORMAT_V1, HEADER_LEN, Header, OVERHEAD, ParseError};
 pub use seal::{MaterialKey, SEALED_MATERIAL_LEN};
 pub use secret::{KEY_LEN, RootKey, SecretBytes};
