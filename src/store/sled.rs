@@ -1,6 +1,8 @@
 //! The sled backend: the default, on disk.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,12 @@ use super::backend::{Backend, Entries, Table, Write, decode_counter};
 use crate::core::Error;
 
 /// A backend on a sled 0.34 database: one tree per [`Table`]; every commit is one sled
-/// transaction over the trees it touches, followed by a flush of the database.
+/// transaction over the trees, followed by a flush of the database.
+///
+/// Commits are grouped: sled 0.34 does not apply a transaction while a flush runs, so
+/// concurrent commits queue, and one of them (the leader) applies every queued batch, each as
+/// its own transaction, then flushes once for all of them. One thread alone pays one
+/// transaction and one flush per commit, as before; N threads pay about one flush per group.
 ///
 /// sled applies a transaction in memory before the flush makes it durable, and cannot take it
 /// back: when the flush fails, the commit answers [`Error::NotDurable`] (not
@@ -19,6 +26,32 @@ use crate::core::Error;
 pub struct SledBackend {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    group: CommitGroup,
+}
+
+/// The queue of a group commit.
+#[derive(Debug, Default)]
+struct CommitGroup {
+    state: Mutex<GroupState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    next_ticket: u64,
+    /// Batches waiting for a leader, by ticket.
+    queued: Vec<(u64, Vec<Write>)>,
+    /// Outcomes not yet picked up by their committer, by ticket.
+    outcomes: HashMap<u64, Result<(), Error>>,
+    /// Whether a leader is applying and flushing a group.
+    leading: bool,
+}
+
+impl CommitGroup {
+    fn lock(&self) -> MutexGuard<'_, GroupState> {
+        // Every update of the state is completed before the lock is released.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl SledBackend {
@@ -63,7 +96,11 @@ impl SledBackend {
             .map(|table| db.open_tree(table.name()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
-        Ok(SledBackend { db, trees })
+        Ok(SledBackend {
+            db,
+            trees,
+            group: CommitGroup::default(),
+        })
     }
 
     fn tree(&self, table: Table) -> &sled::Tree {
@@ -117,17 +154,116 @@ impl Backend for SledBackend {
     }
 
     fn commit(&self, batch: &[Write]) -> Result<(), Error> {
-        let result = self.trees.as_slice().transaction(|trees| {
+        let mut state = self.group.lock();
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.queued.push((ticket, batch.to_vec()));
+        loop {
+            if let Some(outcome) = state.outcomes.remove(&ticket) {
+                return outcome;
+            }
+            if state.leading {
+                state = self
+                    .group
+                    .done
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            // Lead a group: every batch queued so far, this one included.
+            state.leading = true;
+            let group = std::mem::take(&mut state.queued);
+            let mut leader = Leader {
+                group: &self.group,
+                tickets: group.iter().map(|(ticket, _)| *ticket).collect(),
+            };
+            drop(state);
+            let outcomes = self.apply_group(group);
+            state = self.group.lock();
+            state.outcomes.extend(outcomes);
+            leader.tickets.clear();
+            drop(state);
+            drop(leader);
+            state = self.group.lock();
+        }
+    }
+}
+
+/// The leader's duty, done on drop even if it panicked: hand over the lead, wake the
+/// waiters, and give an error to every commit of the group left without an outcome.
+struct Leader<'a> {
+    group: &'a CommitGroup,
+    tickets: Vec<u64>,
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        let mut state = self.group.lock();
+        for ticket in self.tickets.drain(..) {
+            state.outcomes.insert(
+                ticket,
+                Err(Error::Storage {
+                    detail: "the commit that applied this batch's group failed".to_owned(),
+                }),
+            );
+        }
+        state.leading = false;
+        self.group.done.notify_all();
+    }
+}
+
+impl SledBackend {
+    /// Applies each batch of `group` as its own transaction, then makes them durable with one
+    /// flush. A batch whose transaction failed is not applied (its own error); if the flush
+    /// fails, every applied batch answers [`Error::NotDurable`].
+    fn apply_group(&self, group: Vec<(u64, Vec<Write>)>) -> Vec<(u64, Result<(), Error>)> {
+        let mut outcomes: Vec<_> = group
+            .into_iter()
+            .map(|(ticket, batch)| (ticket, self.apply(&batch)))
+            .collect();
+        if outcomes.iter().any(|(_, outcome)| outcome.is_ok())
+            && let Err(error) = self.db.flush()
+        {
+            for (_, outcome) in &mut outcomes {
+                if outcome.is_ok() {
+                    *outcome = Err(Error::NotDurable {
+                        detail: format!("sled could not flush: {error}"),
+                    });
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// Applies `batch` as one sled transaction over the trees it touches (not yet durable):
+    /// a transaction costs more with every tree it spans.
+    fn apply(&self, batch: &[Write]) -> Result<(), Error> {
+        if batch.is_empty() {
+            // sled cannot run a transaction over no tree; nothing to do.
+            return Ok(());
+        }
+        let mut slot = [usize::MAX; Table::ALL.len()];
+        let mut touched = Vec::with_capacity(4);
+        for write in batch {
+            let (Write::Put { table, .. }
+            | Write::Delete { table, .. }
+            | Write::AddCounter { table, .. }) = write;
+            if slot[table.index()] == usize::MAX {
+                slot[table.index()] = touched.len();
+                touched.push(self.trees[table.index()].clone());
+            }
+        }
+        let result = touched.as_slice().transaction(|trees| {
             for write in batch {
                 match write {
                     Write::Put { table, key, value } => {
-                        trees[table.index()].insert(key.as_slice(), value.as_slice())?;
+                        trees[slot[table.index()]].insert(key.as_slice(), value.as_slice())?;
                     }
                     Write::Delete { table, key } => {
-                        trees[table.index()].remove(key.as_slice())?;
+                        trees[slot[table.index()]].remove(key.as_slice())?;
                     }
                     Write::AddCounter { table, key, delta } => {
-                        let tree = &trees[table.index()];
+                        let tree = &trees[slot[table.index()]];
                         let current = match tree.get(key.as_slice())? {
                             Some(bytes) => decode_counter(*table, key, &bytes)
                                 .map_err(ConflictableTransactionError::Abort)?,
@@ -141,13 +277,9 @@ impl Backend for SledBackend {
             Ok(())
         });
         match result {
-            Ok(()) => {}
-            Err(TransactionError::Abort(error)) => return Err(error),
-            Err(TransactionError::Storage(error)) => return Err(storage(error)),
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(error)) => Err(error),
+            Err(TransactionError::Storage(error)) => Err(storage(error)),
         }
-        self.db.flush().map_err(|error| Error::NotDurable {
-            detail: format!("sled could not flush: {error}"),
-        })?;
-        Ok(())
     }
 }
