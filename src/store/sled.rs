@@ -1,7 +1,8 @@
 //! The sled backend: the default, on disk.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,7 +28,14 @@ pub struct SledBackend {
     db: sled::Db,
     trees: Vec<sled::Tree>,
     group: CommitGroup,
+    /// The file that says this directory holds data ([`MARKER`]), and whether it exists.
+    marker: Option<(PathBuf, AtomicBool)>,
 }
+
+/// A file written beside sled's own once a store's first commit is durable. sled's recovery
+/// silently drops a log whose first message is damaged; without this file, such a store would
+/// be taken for a new, empty one. With it, [`SledBackend::open`] refuses the store.
+pub const MARKER: &str = "keylife-store";
 
 /// The queue of a group commit.
 #[derive(Debug, Default)]
@@ -86,7 +94,42 @@ impl SledBackend {
                 Err(error) => return Err(storage(error)),
             }
         };
-        SledBackend::from_db(db)
+        let mut backend = SledBackend::from_db(db)?;
+        let marker = path.join(MARKER);
+        let marked = marker.exists();
+        if marked && backend.tree(Table::Meta).is_empty() {
+            return Err(Error::Corrupt {
+                record: "store".to_owned(),
+                detail: format!(
+                    "{} held a keylife store, but sled recovered no data from it (its log is \
+                     damaged); restore it from a backup",
+                    path.display()
+                ),
+            });
+        }
+        backend.marker = Some((marker, AtomicBool::new(marked)));
+        Ok(backend)
+    }
+
+    /// Writes [`MARKER`] once, after the first durable commit.
+    fn mark(&self) -> Result<(), Error> {
+        let Some((path, marked)) = &self.marker else {
+            return Ok(());
+        };
+        if marked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let written = std::fs::File::create(path).and_then(|file| {
+            std::io::Write::write_all(&mut &file, b"keylife store: do not delete\n")?;
+            file.sync_all()?;
+            // And the directory entry.
+            std::fs::File::open(path.parent().unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
+        });
+        written.map_err(|error| Error::NotDurable {
+            detail: format!("could not write {}: {error}", path.display()),
+        })?;
+        marked.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Uses an open sled database.
@@ -100,6 +143,7 @@ impl SledBackend {
             db,
             trees,
             group: CommitGroup::default(),
+            marker: None,
         })
     }
 
@@ -222,12 +266,16 @@ impl SledBackend {
             .map(|(ticket, batch)| (ticket, self.apply(&batch)))
             .collect();
         if outcomes.iter().any(|(_, outcome)| outcome.is_ok())
-            && let Err(error) = self.db.flush()
+            && let Err(error) = self
+                .db
+                .flush()
+                .map_err(|error| error.to_string())
+                .and_then(|_| self.mark().map_err(|error| error.to_string()))
         {
             for (_, outcome) in &mut outcomes {
                 if outcome.is_ok() {
                     *outcome = Err(Error::NotDurable {
-                        detail: format!("sled could not flush: {error}"),
+                        detail: format!("the commit could not be made durable: {error}"),
                     });
                 }
             }
