@@ -4,9 +4,8 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use keylife::store::{Backend, Entries, MemoryBackend, Store, Table, Write};
+use keylife::store::{Backend, MemoryBackend, Store};
 use keylife::{CreateKey, Error, Kms, KmsOptions, Limits, ManualClock};
 
 use common::{kms_on, root, start};
@@ -68,125 +67,7 @@ fn one_nanosecond_before_delete_at_the_deletion_can_be_cancelled() {
     );
 }
 
-/// A backend that fails its `fail_at`-th commit (1-based), either before applying it
-/// (`Storage`) or after (`NotDurable`, as sled does when its flush fails).
-struct Faulty {
-    inner: MemoryBackend,
-    commits: AtomicUsize,
-    fail_at: usize,
-    apply_first: bool,
-}
-
-impl Backend for Faulty {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.inner.get(table, key)
-    }
-    fn scan(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, Error> {
-        self.inner.scan(table, start, end, limit)
-    }
-    fn commit(&self, batch: &[Write]) -> Result<(), Error> {
-        if self.commits.fetch_add(1, Ordering::SeqCst) + 1 != self.fail_at {
-            return self.inner.commit(batch);
-        }
-        if self.apply_first {
-            self.inner.commit(batch)?;
-            Err(Error::NotDurable {
-                detail: "injected flush failure".into(),
-            })
-        } else {
-            Err(Error::Storage {
-                detail: "injected write failure".into(),
-            })
-        }
-    }
-}
-
-fn faulty(fail_at: usize, apply_first: bool) -> Arc<Faulty> {
-    Arc::new(Faulty {
-        inner: MemoryBackend::new(),
-        commits: AtomicUsize::new(0),
-        fail_at,
-        apply_first,
-    })
-}
-
-#[test]
-fn a_write_that_fails_before_applying_changes_nothing_and_the_kms_goes_on() {
-    // Commits: 1 initialize, 2 create, 3 rotate (fails).
-    let backend = faulty(3, false);
-    let clock = ManualClock::new(start());
-    let kms = kms_on(backend.clone(), &clock, Limits::default());
-    let key = kms.create_key(&CreateKey::new("k")).unwrap();
-    let sealed = kms.encrypt(key.id, b"v1", None).unwrap().ciphertext;
-    let before = kms.get_key(key.id).unwrap();
-    assert_eq!(kms.rotate_key(key.id, None).unwrap_err().code(), "storage");
-    assert_eq!(
-        kms.get_key(key.id).unwrap(),
-        before,
-        "the key is exactly as before"
-    );
-    let again = kms.encrypt(key.id, b"again", None).unwrap().ciphertext;
-    assert_eq!(
-        u32::from_be_bytes(again[17..21].try_into().unwrap()),
-        1,
-        "still version 1"
-    );
-    // The Kms keeps working.
-    kms.rotate_key(key.id, None).unwrap();
-    assert_eq!(kms.get_key(key.id).unwrap().key.material.version, 2);
-    assert_eq!(
-        kms.decrypt(key.id, &sealed, None)
-            .unwrap()
-            .plaintext
-            .as_bytes(),
-        b"v1"
-    );
-}
-
-#[test]
-fn a_write_of_unknown_durability_stops_the_kms_until_reopened() {
-    // Commits: 1 initialize, 2 create, 3 rotate (applied, then "flush" fails).
-    let backend = faulty(3, true);
-    let clock = ManualClock::new(start());
-    let kms = kms_on(backend.clone(), &clock, Limits::default());
-    let key = kms.create_key(&CreateKey::new("k")).unwrap();
-    let sealed = kms.encrypt(key.id, b"v1", None).unwrap().ciphertext;
-    assert_eq!(
-        kms.rotate_key(key.id, None).unwrap_err().code(),
-        "not-durable"
-    );
-    // Nothing may build on a change that might be lost: every call is refused...
-    for err in [
-        kms.encrypt(key.id, b"p", None).map(|_| ()).unwrap_err(),
-        kms.decrypt(key.id, &sealed, None).map(|_| ()).unwrap_err(),
-        kms.get_key(key.id).map(|_| ()).unwrap_err(),
-        kms.list_keys().map(|_| ()).unwrap_err(),
-        kms.disable_key(key.id, None).map(|_| ()).unwrap_err(),
-        kms.create_key(&CreateKey::new("other"))
-            .map(|_| ())
-            .unwrap_err(),
-        kms.run_due().map(|_| ()).unwrap_err(),
-    ] {
-        assert_eq!(err.code(), "not-durable", "{err}");
-    }
-    // ...until the store is opened again, in a consistent state.
-    drop(kms);
-    let kms = kms_on(backend, &clock, Limits::default());
-    assert_eq!(
-        kms.decrypt(key.id, &sealed, None)
-            .unwrap()
-            .plaintext
-            .as_bytes(),
-        b"v1"
-    );
-    kms.encrypt(key.id, b"p", None).unwrap();
-}
+// Failed writes and flushes of every mutating call: tests/faults.rs.
 
 #[test]
 fn one_backend_serves_one_kms_at_a_time() {

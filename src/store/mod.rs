@@ -434,7 +434,10 @@ impl Store {
             .scan(Table::Replicas, &start, end.as_deref(), usize::MAX)?
             .into_iter()
             .map(|(key, value)| {
-                let zone = String::from_utf8_lossy(key.get(16..).unwrap_or_default()).into_owned();
+                let (_, zone) = split_zone_key(&key).ok_or_else(|| Error::Corrupt {
+                    record: format!("delivery state of key {id}"),
+                    detail: "its zone name is not UTF-8".to_owned(),
+                })?;
                 let delivery = decode_delivery(id, &zone, &value)?;
                 Ok((zone, delivery))
             })
