@@ -29,7 +29,8 @@
 //! - [`core`]: the pure lifecycle rules (no clock, no randomness, no I/O);
 //! - [`crypto`]: secret containers, the AEAD seam, the ciphertext format, sealing at rest;
 //! - [`store`]: the storage trait, its sled and in-memory backends, the typed store;
-//! - [`Kms`]: the shell that ties them together; [`api`]: what it returns.
+//! - [`Kms`]: the shell that ties them together; [`api`]: what it returns;
+//! - `server` (cargo feature `server`): the HTTP API of the `keylife` binary, outermost.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -38,6 +39,8 @@ pub mod api;
 pub mod core;
 pub mod crypto;
 mod kms;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod store;
 
 pub use crate::api::{

@@ -1,0 +1,61 @@
+//! `keylife`: serves Exoscale's KMS API over HTTP (`keylife serve`), or acts on a local store
+//! from a shell (`keylife key ...`, `keylife encrypt`, ...). Built with the cargo feature
+//! `server`.
+//!
+//! Exit codes: 0 on success, 1 when the operation or the store refused, 2 for a usage error.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use keylife::server::config::RootKeyBytes;
+
+/// An embedded key management service with the semantics of Exoscale's KMS API.
+#[derive(Debug, Parser)]
+#[command(name = "keylife", version, propagate_version = true)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve Exoscale's KMS API over HTTP, one address per zone.
+    Serve(serve::ServeArgs),
+    /// Root key utilities.
+    #[command(subcommand)]
+    RootKey(RootKeyCommand),
+    #[command(flatten)]
+    Local(cli::LocalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RootKeyCommand {
+    /// Print a new random root key (base64 of 32 bytes) on standard output.
+    ///
+    /// Store it in a file readable only by the server's user, away from the data directory:
+    /// `keylife root-key generate > root.key && chmod 600 root.key`.
+    Generate,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.command {
+        Command::Serve(serve) => serve::run(serve),
+        Command::RootKey(RootKeyCommand::Generate) => match RootKeyBytes::generate_base64() {
+            Ok(text) => {
+                println!("{}", text.as_str());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("keylife: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Local(command) => cli::run(command),
+    }
+}

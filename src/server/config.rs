@@ -1,0 +1,198 @@
+//! What the `keylife` binary reads before it opens anything: the root key, the API
+//! credentials, the zones and their stores.
+//!
+//! The root key comes from a file or the `KEYLIFE_ROOT_KEY` environment variable, never from a
+//! command-line value (visible to every user in `ps`). It is base64 of 32 bytes on one line, as
+//! `keylife root-key generate` prints it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use zeroize::Zeroizing;
+
+use crate::{Kms, KmsOptions, LocalLink, RootKey};
+
+use super::auth::Credentials;
+
+/// The environment variable that may hold the root key instead of a file.
+pub const ROOT_KEY_ENV: &str = "KEYLIFE_ROOT_KEY";
+/// The environment variable that may hold the credentials instead of a file.
+pub const CREDENTIALS_ENV: &str = "KEYLIFE_CREDENTIALS";
+
+/// A configuration problem: a message for the operator, naming the file or variable. It never
+/// contains a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The 32 bytes of a root key, read once and copied into a [`RootKey`] per zone. Wiped on drop;
+/// `Debug` shows nothing.
+pub struct RootKeyBytes(Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for RootKeyBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RootKeyBytes(<redacted>)")
+    }
+}
+
+impl RootKeyBytes {
+    /// Reads the root key from `file`, or else from `KEYLIFE_ROOT_KEY`.
+    pub fn load(file: Option<&Path>) -> Result<RootKeyBytes, ConfigError> {
+        match file {
+            Some(path) => {
+                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
+                    ConfigError(format!(
+                        "cannot read the root key file {}: {error}",
+                        path.display()
+                    ))
+                })?);
+                RootKeyBytes::parse(&text, &format!("the root key file {}", path.display()))
+            }
+            None => match std::env::var(ROOT_KEY_ENV) {
+                Ok(text) => {
+                    let text = Zeroizing::new(text);
+                    RootKeyBytes::parse(&text, ROOT_KEY_ENV)
+                }
+                Err(_) => Err(ConfigError(format!(
+                    "no root key: give --root-key-file FILE or set {ROOT_KEY_ENV} \
+                     (`keylife root-key generate` makes one)"
+                ))),
+            },
+        }
+    }
+
+    /// Parses base64 of exactly 32 bytes (surrounding whitespace ignored); `origin` names where
+    /// the text came from, for the error.
+    pub fn parse(text: &str, origin: &str) -> Result<RootKeyBytes, ConfigError> {
+        let bytes = Zeroizing::new(BASE64.decode(text.trim()).map_err(|_| {
+            ConfigError(format!("{origin}: the root key must be base64 of 32 bytes"))
+        })?);
+        if bytes.len() != 32 {
+            return Err(ConfigError(format!(
+                "{origin}: the root key must be base64 of 32 bytes, got {} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(RootKeyBytes(bytes))
+    }
+
+    /// A [`RootKey`] with these bytes.
+    pub fn root_key(&self) -> RootKey {
+        // The length was checked when the bytes were read.
+        RootKey::from_slice(&self.0).unwrap_or_else(|_| unreachable!("checked length"))
+    }
+
+    /// A new random root key, as base64 (for `keylife root-key generate`).
+    pub fn generate_base64() -> Result<Zeroizing<String>, crate::Error> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        crate::crypto::fill_from_os(bytes.as_mut())?;
+        Ok(Zeroizing::new(BASE64.encode(bytes.as_ref())))
+    }
+}
+
+/// Reads the API credentials from `file`, or else from `KEYLIFE_CREDENTIALS` (same format:
+/// one `KEY SECRET` pair per line, `#` starts a comment).
+pub fn load_credentials(file: Option<&Path>) -> Result<Credentials, ConfigError> {
+    let (text, origin) = match file {
+        Some(path) => (
+            Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
+                ConfigError(format!(
+                    "cannot read the credentials file {}: {error}",
+                    path.display()
+                ))
+            })?),
+            format!("the credentials file {}", path.display()),
+        ),
+        None => match std::env::var(CREDENTIALS_ENV) {
+            Ok(text) => (Zeroizing::new(text), CREDENTIALS_ENV.to_owned()),
+            Err(_) => {
+                return Err(ConfigError(format!(
+                    "no credentials: give --credentials-file FILE or set {CREDENTIALS_ENV}"
+                )));
+            }
+        },
+    };
+    Credentials::parse(&text).map_err(|error| ConfigError(format!("{origin}: {error}")))
+}
+
+/// The store directory of `zone` under the data directory: `DATA/ZONE`.
+#[must_use]
+pub fn zone_dir(data: &Path, zone: &str) -> PathBuf {
+    data.join(zone)
+}
+
+/// Checks a zone name: 1 to 64 characters among ASCII letters, digits, `-` and `_` (it names a
+/// directory).
+pub fn check_zone_name(zone: &str) -> Result<(), ConfigError> {
+    let valid = !zone.is_empty()
+        && zone.len() <= 64
+        && zone
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "invalid zone name {zone:?}: 1 to 64 characters among letters, digits, `-` and `_`"
+        )))
+    }
+}
+
+/// Opens the store of every zone in `zones` under `data` (`DATA/ZONE`, created if missing),
+/// all sealed under `root_key` and connected by one [`LocalLink`], so that keys replicate
+/// between them as in the library.
+pub fn open_zones(
+    data: &Path,
+    zones: &[String],
+    root_key: &RootKeyBytes,
+) -> Result<Vec<Arc<Kms>>, ConfigError> {
+    let link = LocalLink::new();
+    let mut opened = Vec::with_capacity(zones.len());
+    for zone in zones {
+        check_zone_name(zone)?;
+        if opened.iter().any(|kms: &Arc<Kms>| kms.zone() == zone) {
+            return Err(ConfigError(format!("zone {zone} is given twice")));
+        }
+        let dir = zone_dir(data, zone);
+        std::fs::create_dir_all(&dir)
+            .map_err(|error| ConfigError(format!("cannot create {}: {error}", dir.display())))?;
+        let options = KmsOptions::new(zone.clone()).link(link.clone());
+        let kms = Kms::open(&dir, root_key.root_key(), options).map_err(|error| {
+            ConfigError(format!(
+                "cannot open the store of zone {zone} in {}: {error}",
+                dir.display()
+            ))
+        })?;
+        let kms = Arc::new(kms);
+        link.attach(&kms);
+        opened.push(kms);
+    }
+    Ok(opened)
+}
+
+/// The zones that have a store under `data`: its subdirectories with a valid zone name, sorted.
+pub fn existing_zones(data: &Path) -> Result<Vec<String>, ConfigError> {
+    let entries = std::fs::read_dir(data)
+        .map_err(|error| ConfigError(format!("cannot read {}: {error}", data.display())))?;
+    let mut zones = Vec::new();
+    for entry in entries.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false)
+            && let Some(name) = entry.file_name().to_str()
+            && check_zone_name(name).is_ok()
+        {
+            zones.push(name.to_owned());
+        }
+    }
+    zones.sort();
+    Ok(zones)
+}

@@ -1,0 +1,409 @@
+//! The routes: the 16 operations of Exoscale's KMS API under `/v2`, each a signed request
+//! whose body is checked field by field and whose answer is the spec's JSON or a problem
+//! document.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use crate::core::KeyUsage;
+use crate::core::limits::{
+    DATA_KEY_MAX_BYTES, DATA_KEY_MIN_BYTES, DELETION_DELAY_MAX_DAYS, DELETION_DELAY_MIN_DAYS,
+    ROTATION_PERIOD_MAX_DAYS, ROTATION_PERIOD_MIN_DAYS,
+};
+use crate::{CreateKey, DataKeySpec, Error, KeyId, Kms};
+
+use super::auth::Credentials;
+use super::problem::Problem;
+use super::request::Fields;
+
+/// What every handler of one zone shares.
+pub(crate) struct Zone {
+    pub(crate) kms: Arc<Kms>,
+    pub(crate) credentials: Arc<Credentials>,
+    pub(crate) max_body_bytes: usize,
+}
+
+type Shared = State<Arc<Zone>>;
+
+/// The router of one zone: every operation under `/v2`, problems for everything else.
+pub(crate) fn router(zone: Arc<Zone>) -> Router {
+    Router::new()
+        .route("/v2/kms-key", get(list_keys).post(create_key))
+        .route("/v2/kms-key/{id}", get(get_key))
+        .route(
+            "/v2/kms-key/{id}/list-key-rotations",
+            get(list_key_rotations),
+        )
+        .route("/v2/kms-key/{id}/enable", post(enable_key))
+        .route("/v2/kms-key/{id}/disable", post(disable_key))
+        .route("/v2/kms-key/{id}/rotate", post(rotate_key))
+        .route(
+            "/v2/kms-key/{id}/enable-key-rotation",
+            post(enable_key_rotation),
+        )
+        .route(
+            "/v2/kms-key/{id}/disable-key-rotation",
+            post(disable_key_rotation),
+        )
+        .route(
+            "/v2/kms-key/{id}/schedule-deletion",
+            post(schedule_deletion),
+        )
+        .route("/v2/kms-key/{id}/cancel-deletion", post(cancel_deletion))
+        .route("/v2/kms-key/{id}/replicate", post(replicate_key))
+        .route("/v2/kms-key/{id}/encrypt", post(encrypt))
+        .route("/v2/kms-key/{id}/decrypt", post(decrypt))
+        .route("/v2/kms-key/{id}/re-encrypt", post(re_encrypt))
+        .route(
+            "/v2/kms-key/{id}/generate-data-key",
+            post(generate_data_key),
+        )
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(no_route)
+        .with_state(zone)
+}
+
+async fn no_route(request: Request) -> Problem {
+    Problem::no_route(request.method().as_str(), request.uri().path())
+}
+
+async fn wrong_method(request: Request) -> Problem {
+    Problem::wrong_method(request.method().as_str(), request.uri().path())
+}
+
+/// The body of a request whose signature checked out.
+pub(crate) struct Signed(Bytes);
+
+impl FromRequest<Arc<Zone>> for Signed {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, zone: &Arc<Zone>) -> Result<Signed, Problem> {
+        let (parts, body) = request.into_parts();
+        let limit = zone.max_body_bytes;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(Problem::too_large(limit));
+        }
+        let body = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| Problem::too_large(limit))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+            });
+        zone.credentials
+            .verify(
+                parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .map(HeaderValue::as_bytes),
+                parts.method.as_str(),
+                parts.uri.path(),
+                parts.uri.query(),
+                &body,
+                now,
+            )
+            .map_err(|error| Problem::from(&error))?;
+        Ok(Signed(body))
+    }
+}
+
+/// A 200 answer with the spec's JSON.
+fn json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut response = (StatusCode::OK, body).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => Problem::new(
+            "internal",
+            500,
+            format!("cannot encode the answer: {error}"),
+        )
+        .into_response(),
+    }
+}
+
+fn answer<T: Serialize>(result: Result<T, Error>) -> Response {
+    match result {
+        Ok(value) => json(&value),
+        Err(error) => Problem::from(&error).into_response(),
+    }
+}
+
+/// Runs `call` (which writes to the store and waits for the disk) off the async workers.
+async fn blocking<T, F>(call: F) -> Response
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => answer(result),
+        Err(_) => Problem::new(
+            "internal",
+            500,
+            "the operation failed unexpectedly".to_owned(),
+        )
+        .into_response(),
+    }
+}
+
+macro_rules! try_or_answer {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(error) => return Problem::from(&error).into_response(),
+        }
+    };
+}
+
+/// The path's key id, or a 400 naming `id`.
+macro_rules! id_or_answer {
+    ($text:expr) => {
+        try_or_answer!(KeyId::parse(&$text))
+    };
+}
+
+/// A request without fields: its body must be empty or `{}`.
+fn no_fields(body: &[u8]) -> Result<(), Error> {
+    Fields::parse(body, &[]).map(drop)
+}
+
+async fn create_key(State(zone): Shared, Signed(body): Signed) -> Response {
+    let fields = try_or_answer!(Fields::parse(
+        &body,
+        &["name", "description", "usage", "multi-zone"]
+    ));
+    let request = try_or_answer!(create_request(&fields));
+    blocking(move || zone.kms.create_key(&request)).await
+}
+
+fn create_request(fields: &Fields) -> Result<CreateKey, Error> {
+    let mut request = CreateKey::new(fields.required_string("name", "name")?);
+    request.description = fields
+        .string("description", "description")?
+        .map(str::to_owned);
+    match fields.string("usage", "usage")? {
+        None | Some("encrypt-decrypt") => request.usage = KeyUsage::EncryptDecrypt,
+        Some(other) => {
+            return Err(Error::BadRequest {
+                field: "usage",
+                reason: format!("must be \"encrypt-decrypt\", got {}", Error::quote(other)),
+            });
+        }
+    }
+    request.multi_zone = fields.boolean("multi-zone", "multi-zone")?.unwrap_or(false);
+    request.validate()?;
+    Ok(request)
+}
+
+async fn list_keys(State(zone): Shared, Signed(body): Signed) -> Response {
+    try_or_answer!(no_fields(&body));
+    blocking(move || zone.kms.list_keys()).await
+}
+
+async fn get_key(State(zone): Shared, Path(id): Path<String>, Signed(body): Signed) -> Response {
+    let id = id_or_answer!(id);
+    try_or_answer!(no_fields(&body));
+    blocking(move || zone.kms.get_key(id)).await
+}
+
+async fn list_key_rotations(
+    State(zone): Shared,
+    Path(id): Path<String>,
+    Signed(body): Signed,
+) -> Response {
+    let id = id_or_answer!(id);
+    try_or_answer!(no_fields(&body));
+    blocking(move || zone.kms.list_key_rotations(id)).await
+}
+
+async fn enable_key(State(zone): Shared, Path(id): Path<String>, Signed(body): Signed) -> Response {
+    let id = id_or_answer!(id);
+    try_or_answer!(no_fields(&body));
+    blocking(move || zone.kms.enable_key(id, None)).await
+}
+
+async fn disable_key(
+    State(zone): Shared,
+    Path(id): Path<String>,
+    Signed(body): Signed,
+) -> Response {
+    let id = id_or_answer!(id);
+    try_or_answer!(no_fields(&body));
+    blocking(move || zone.kms.disable_key(id, None)).await
+}
+
+async fn rotate_key(State(zone): Shared, Path(id): Path<String>, Signed(body): Signed) -> Response {
+    let id = id_or_answer!(id);
+    try_or_answer!(no_fields(&body));
+    blocking(move || zone.kms.rotate_key(id, None)).await
+}
+
+async fn enable_key_rotation(
+    State(zone): Shared,
+    Path(id): Path<String>,
+    Signed(body): Signed,
+) -> Response {
+    let id = id_or_answer!(id);
+    let fields = try_or_answer!(Fields::parse(&body, &["rotation-period"]));
+    let period = try_or_answer!(fields.integer(
+        "rotation-period",
+        "rotation-period",
+        ROTATION_PERIOD_MIN_DAYS,
+        ROTATION_PERIOD_MAX_DAYS,
+        " days"
+    ));
+    blocking(move || zone.kms.enable_key_rotation(id, period, None)).await
+}
+
+async fn disable_key_rotation(
+    State(zone): Shared,
+    Path(id): Path<String>,
+    Signed(body): Signed,
+) -> Response {
+    let id = id_or_answer!(id);
+    try_or_answer!(no_fields(&body));
+    blocking(move || zone.kms.disable_key_rotation(id, None)).await
+}
+
+async fn schedule_deletion(
+    State(zone): Shared,
+    Path(id): Path<String>,
+    Signed(body): Signed,
+) -> Response {
+    let id = id_or_answer!(id);
+    let fields = try_or_answer!(Fields::parse(&body, &["delay-days"]));
+    let delay = try_or_answer!(fields.integer(
+        "delay-days",
+        "delay-days",
+        DELETION_DELAY_MIN_DAYS,
+        DELETION_DELAY_MAX_DAYS,
+        " days"
+    ));
+    blocking(move || zone.kms.schedule_key_deletion(id, delay, None)).await
+}
+
+async fn cancel_deletion(
+    State(zone): Shared,
+    Path(id): Path<String>,
+    Signed(body): Signed,
+) -> Response {
+    let id = id_or_answer!(id);
+    try_or_answer!(no_fields(&body));
+    blocking(move || zone.kms.cancel_key_deletion(id, None)).await
+}
+
+async fn replicate_key(
+    State(zone): Shared,
+    Path(id): Path<String>,
+    Signed(body): Signed,
+) -> Response {
+    let id = id_or_answer!(id);
+    let fields = try_or_answer!(Fields::parse(&body, &["zone"]));
+    let target = try_or_answer!(fields.required_string("zone", "zone")).to_owned();
+    blocking(move || zone.kms.replicate_key(id, &target, None)).await
+}
+
+async fn encrypt(State(zone): Shared, Path(id): Path<String>, Signed(body): Signed) -> Response {
+    let id = id_or_answer!(id);
+    let fields = try_or_answer!(Fields::parse(&body, &["plaintext", "encryption-context"]));
+    let plaintext = try_or_answer!(fields.required_bytes("plaintext", "plaintext"));
+    let context = try_or_answer!(fields.bytes("encryption-context", "encryption-context"));
+    answer(
+        zone.kms
+            .encrypt(id, &plaintext, context.as_deref().map(Vec::as_slice)),
+    )
+}
+
+async fn decrypt(State(zone): Shared, Path(id): Path<String>, Signed(body): Signed) -> Response {
+    let id = id_or_answer!(id);
+    let fields = try_or_answer!(Fields::parse(&body, &["ciphertext", "encryption-context"]));
+    let ciphertext = try_or_answer!(fields.required_bytes("ciphertext", "ciphertext"));
+    let context = try_or_answer!(fields.bytes("encryption-context", "encryption-context"));
+    answer(
+        zone.kms
+            .decrypt(id, &ciphertext, context.as_deref().map(Vec::as_slice)),
+    )
+}
+
+async fn re_encrypt(State(zone): Shared, Path(id): Path<String>, Signed(body): Signed) -> Response {
+    let id = id_or_answer!(id);
+    let mut fields = try_or_answer!(Fields::parse(&body, &["source", "destination"]));
+    let source = try_or_answer!(fields.required_object(
+        "source",
+        "source",
+        "source.",
+        &["key", "ciphertext", "encryption-context"]
+    ));
+    let destination = try_or_answer!(fields.required_object(
+        "destination",
+        "destination",
+        "destination.",
+        &["key", "encryption-context"]
+    ));
+    let source_key = try_or_answer!(source.required_key("key", "source.key"));
+    if source_key != id {
+        return Problem::from(&Error::BadRequest {
+            field: "source.key",
+            reason: format!("must be the key of the path, {id}, got {source_key}"),
+        })
+        .into_response();
+    }
+    let ciphertext = try_or_answer!(source.required_bytes("ciphertext", "source.ciphertext"));
+    let source_context =
+        try_or_answer!(source.bytes("encryption-context", "source.encryption-context"));
+    let destination_key = try_or_answer!(destination.required_key("key", "destination.key"));
+    let destination_context =
+        try_or_answer!(destination.bytes("encryption-context", "destination.encryption-context"));
+    answer(zone.kms.re_encrypt(
+        id,
+        &ciphertext,
+        source_context.as_deref().map(Vec::as_slice),
+        destination_key,
+        destination_context.as_deref().map(Vec::as_slice),
+    ))
+}
+
+async fn generate_data_key(
+    State(zone): Shared,
+    Path(id): Path<String>,
+    Signed(body): Signed,
+) -> Response {
+    let id = id_or_answer!(id);
+    let fields = try_or_answer!(Fields::parse(
+        &body,
+        &["key-spec", "bytes-count", "encryption-context"]
+    ));
+    let key_spec = try_or_answer!(fields.string("key-spec", "key-spec"));
+    let bytes_count = try_or_answer!(fields.integer(
+        "bytes-count",
+        "bytes-count",
+        DATA_KEY_MIN_BYTES,
+        DATA_KEY_MAX_BYTES,
+        " bytes"
+    ));
+    let spec = try_or_answer!(DataKeySpec::from_request(key_spec, bytes_count));
+    let context = try_or_answer!(fields.bytes("encryption-context", "encryption-context"));
+    answer(
+        zone.kms
+            .generate_data_key(id, spec, context.as_deref().map(Vec::as_slice)),
+    )
+}
