@@ -3,8 +3,9 @@
 the measured figures, the ratios against the baselines measured in the same run, and each
 target of issue 4 with pass / miss.
 
-    python3 scripts/perf_report.py            # print the table
+    python3 scripts/perf_report.py            # print the tables
     python3 scripts/perf_report.py --write    # also rewrite docs/performance.md
+    python3 scripts/perf_report.py --http [--write]   # only the HTTP load test (benches/http_load.rs)
 
 Environment: KEYLIFE_BENCH_SCALE=10000,100000 (store sizes for the scale benchmark; the
 stores are built once in target/tmp and reused). A miss is a finding, not an error: the
@@ -69,8 +70,58 @@ def machine():
     return f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
+def http_load():
+    """Runs benches/http_load.rs and returns its table (markdown lines)."""
+    cmd = ["cargo", "bench", "--locked", "--bench", "http_load"]
+    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    out = subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
+    sys.stderr.write(out)
+    line = next(l for l in out.splitlines() if l.startswith("http_load:"))
+    f = dict(kv.split("=", 1) for kv in line.split()[1:])
+    rps, cpu = float(f["rps"]), float(f["cpu_us"])
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return [
+        f"Measured {when} on {machine()}, with `cargo bench --bench http_load` (release build; "
+        f"the server and the clients share the machine): {f['clients']} concurrent signed clients "
+        f"on keep-alive connections, {f['pairs']} encrypt/decrypt pairs ({f['requests']} requests). "
+        "Baseline, same run and clients: signed requests to a path with no operation (404 from the "
+        "router), the cost of HTTP alone.",
+        "",
+        "| | requests/s | p50 | p99 | server CPU per request |",
+        "|---|---|---|---|---|",
+        f"| encrypt + decrypt | {rps:.0f} | {f['p50_us']} µs | {f['p99_us']} µs | {cpu:.1f} µs |",
+        f"| baseline (404) | {float(f['baseline_rps']):.0f} | {f['baseline_p50_us']} µs | "
+        f"{f['baseline_p99_us']} µs | {float(f['baseline_cpu_us']):.1f} µs |",
+        "",
+        f"Errors: {f['errors']}; ciphertexts that failed to decrypt afterwards: {f['undecryptable']} "
+        f"of {f['pairs']}.",
+        "",
+        "| target | result | measured |",
+        "|---|---|---|",
+        f"| ≥ 10,000 requests/s | {'pass' if rps >= 10000 else '**miss**'} | {rps:.0f}/s |",
+        f"| ≤ 50 µs server CPU per request | {'pass' if cpu <= 50 else '**miss**'} | {cpu:.1f} µs |",
+    ]
+
+
+def replace_between(text, start, end, body):
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        return f"{before}{start}\n{body}\n{end}{after}"
+    return f"{text.rstrip()}\n\n{start}\n{body}\n{end}\n"
+
+
 def main():
     write = "--write" in sys.argv
+    doc = ROOT / "docs" / "performance.md"
+    http = "\n".join(http_load())
+    print(http)
+    if write:
+        text = doc.read_text() if doc.exists() else "# keylife performance\n"
+        doc.write_text(replace_between(text, "<!-- http:start -->", "<!-- http:end -->", http))
+        print(f"wrote {doc}", file=sys.stderr)
+    if "--http" in sys.argv:
+        return
     run("crypto")
     run("crypto", features="ring")
     run("lifecycle")
@@ -140,16 +191,8 @@ def main():
     table = "\n".join(lines)
     print(table)
     if write:
-        doc = ROOT / "docs" / "performance.md"
-        text = doc.read_text() if doc.exists() else ""
-        start, end = "<!-- report:start -->", "<!-- report:end -->"
-        if start in text and end in text:
-            before, rest = text.split(start, 1)
-            after = rest.split(end, 1)[1]
-            text = f"{before}{start}\n{table}\n{end}{after}"
-        else:
-            text = f"# keylife performance\n\n{start}\n{table}\n{end}\n"
-        doc.write_text(text)
+        text = doc.read_text() if doc.exists() else "# keylife performance\n"
+        doc.write_text(replace_between(text, "<!-- report:start -->", "<!-- report:end -->", table))
         print(f"wrote {doc}", file=sys.stderr)
 
 

@@ -512,7 +512,10 @@ mod tests {
         let error = Credentials::parse("EXOa secretA\nEXOc\n").unwrap_err();
         assert!(error.starts_with("line 2"), "{error}");
         let error = Credentials::parse("EXOa alpha beta\n").unwrap_err();
-        assert!(!error.contains("alpha") && !error.contains("beta"), "{error}");
+        assert!(
+            !error.contains("alpha") && !error.contains("beta"),
+            "{error}"
+        );
         assert!(
             Credentials::parse("EXOa x\nEXOa y\n")
                 .unwrap_err()

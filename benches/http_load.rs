@@ -1,0 +1,415 @@
+//! A bounded load test of `keylife serve` on loopback: 16 concurrent signed clients, each on
+//! its own keep-alive connection, doing 20,000 encrypt/decrypt pairs in all (40,000 requests)
+//! against the release binary in its own process. It reports requests per second, p50/p99
+//! latency and the server's CPU time per request (from /proc), then checks that every
+//! ciphertext made during the run still decrypts to its plaintext.
+//!
+//! The baseline, measured in the same run with the same clients: signed requests to a path
+//! that names no operation, answered 404 by the router without reading the store or the body.
+//! It is the cost of HTTP, the router and the connection, so the difference is keylife's own.
+//!
+//! Run: `cargo bench --bench http_load` (the summary line starting `http_load:` is what
+//! scripts/perf_report.py reads). Environment: `LOAD_PAIRS` (default 20000), `LOAD_CLIENTS`
+//! (16), `LOAD_CLIENT_THREADS` (client runtime threads, default 1), `LOAD_SERVER_THREADS`
+//! (server workers, default: the server's own default, one per CPU).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use keylife::server::auth::sign;
+use serde_json::{Value, json};
+
+const KEY: &str = "EXObench";
+const SECRET: &[u8] = b"bench-secret";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The server process; killed if the bench stops early.
+struct Server {
+    child: Child,
+    address: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(threads: Option<usize>) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root_key = dir.path().join("root.key");
+        let credentials = dir.path().join("credentials");
+        let binary = env!("CARGO_BIN_EXE_keylife");
+        let generated = Command::new(binary)
+            .args(["root-key", "generate"])
+            .output()
+            .expect("keylife root-key generate");
+        std::fs::write(&root_key, &generated.stdout).expect("write root key");
+        std::fs::write(
+            &credentials,
+            format!("{KEY} {}\n", String::from_utf8_lossy(SECRET)),
+        )
+        .expect("write credentials");
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .args(["--zone", "ch-gva-2=127.0.0.1:0"])
+            .arg("--root-key-file")
+            .arg(&root_key)
+            .arg("--credentials-file")
+            .arg(&credentials)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(threads) = threads {
+            command.args(["--threads", &threads.to_string()]);
+        }
+        let mut child = command.spawn().expect("start keylife serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the serving line");
+        let address = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|rest| rest.strip_suffix("/v2"))
+            .and_then(|address| address.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"));
+        Server {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+
+    /// User + system CPU time of the server process so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("read /proc/PID/stat (Linux only)");
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("stat format")
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime are fields 14 and 15 of stat(5); the list starts at field 3.
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// One keep-alive connection that signs its requests.
+struct Client {
+    sender: http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Client {
+    async fn connect(address: SocketAddr) -> Client {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        Client {
+            sender,
+            host: address.to_string(),
+        }
+    }
+
+    async fn call(&mut self, method: &str, path: &str, body: Vec<u8>) -> (u16, Bytes) {
+        let expires = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64
+            + 600;
+        let authorization = sign(KEY, SECRET, method, path, &body, expires);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host)
+            .header("authorization", authorization)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        self.sender.ready().await.expect("connection ready");
+        let response = self.sender.send_request(request).await.expect("send");
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, body)
+    }
+}
+
+/// What one run measured.
+struct Run {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    server_cpu: Duration,
+    latencies: Vec<Duration>,
+    /// (plaintext, ciphertext) pairs made, for the check afterwards.
+    made: Vec<(Vec<u8>, String)>,
+}
+
+impl Run {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[index]
+    }
+
+    fn cpu_per_request(&self) -> Duration {
+        self.server_cpu / self.requests as u32
+    }
+}
+
+/// `clients` connections doing `pairs` encrypt/decrypt pairs in all with key `key`; with
+/// `key` `None`, the same number of requests to a path with no operation (the baseline).
+async fn drive(server: &Server, key: Option<&str>, pairs: usize, clients: usize) -> Run {
+    let mut tasks = Vec::new();
+    let cpu_before = server.cpu();
+    let start = Instant::now();
+    for client_index in 0..clients {
+        let share = pairs / clients + usize::from(client_index < pairs % clients);
+        let address = server.address;
+        let key = key.map(str::to_owned);
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(address).await;
+            let mut latencies = Vec::with_capacity(share * 2);
+            let mut made = Vec::with_capacity(share);
+            let mut errors = 0;
+            for pair in 0..share {
+                let plaintext =
+                    format!("client {client_index} pair {pair}: 32 bytes of data.").into_bytes();
+                let Some(key) = &key else {
+                    for _ in 0..2 {
+                        let begun = Instant::now();
+                        let (status, _) = client
+                            .call("GET", "/v2/no-such-operation", Vec::new())
+                            .await;
+                        latencies.push(begun.elapsed());
+                        errors += usize::from(status != 404);
+                    }
+                    continue;
+                };
+                let body = json!({
+                    "plaintext": BASE64.encode(&plaintext),
+                    "encryption-context": BASE64.encode(b"load-test"),
+                });
+                let begun = Instant::now();
+                let (status, answer) = client
+                    .call(
+                        "POST",
+                        &format!("/v2/kms-key/{key}/encrypt"),
+                        body.to_string().into_bytes(),
+                    )
+                    .await;
+                latencies.push(begun.elapsed());
+                if status != 200 {
+                    errors += 1;
+                    continue;
+                }
+                let answer: Value = serde_json::from_slice(&answer).expect("encrypt JSON");
+                let ciphertext = answer["ciphertext"]
+                    .as_str()
+                    .expect("ciphertext")
+                    .to_owned();
+                let body = json!({
+                    "ciphertext": ciphertext,
+                    "encryption-context": BASE64.encode(b"load-test"),
+                });
+                let begun = Instant::now();
+                let (status, answer) = client
+                    .call(
+                        "POST",
+                        &format!("/v2/kms-key/{key}/decrypt"),
+                        body.to_string().into_bytes(),
+                    )
+                    .await;
+                latencies.push(begun.elapsed());
+                let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+                let opened = answer["plaintext"]
+                    .as_str()
+                    .and_then(|text| BASE64.decode(text).ok());
+                if status != 200 || opened.as_deref() != Some(&plaintext[..]) {
+                    errors += 1;
+                }
+                made.push((plaintext, ciphertext));
+            }
+            (latencies, made, errors)
+        }));
+    }
+    let mut run = Run {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        server_cpu: Duration::ZERO,
+        latencies: Vec::new(),
+        made: Vec::new(),
+    };
+    for task in tasks {
+        let (latencies, made, errors) = task.await.expect("client task");
+        run.requests += latencies.len();
+        run.latencies.extend(latencies);
+        run.made.extend(made);
+        run.errors += errors;
+    }
+    run.elapsed = start.elapsed();
+    run.server_cpu = server.cpu().saturating_sub(cpu_before);
+    run.latencies.sort_unstable();
+    run
+}
+
+/// Decrypts every ciphertext of `run` again, one connection, after the measured window.
+async fn check_all(server: &Server, key: &str, run: &Run) -> usize {
+    let mut client = Client::connect(server.address).await;
+    let mut failures = 0;
+    for (plaintext, ciphertext) in &run.made {
+        let body = json!({
+            "ciphertext": ciphertext,
+            "encryption-context": BASE64.encode(b"load-test"),
+        });
+        let (status, answer) = client
+            .call(
+                "POST",
+                &format!("/v2/kms-key/{key}/decrypt"),
+                body.to_string().into_bytes(),
+            )
+            .await;
+        let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+        let opened = answer["plaintext"]
+            .as_str()
+            .and_then(|text| BASE64.decode(text).ok());
+        if status != 200 || opened.as_deref() != Some(&plaintext[..]) {
+            failures += 1;
+        }
+    }
+    failures
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs it as a quick smoke test.
+    let smoke = !std::env::args().any(|arg| arg == "--bench");
+    let pairs = env_usize("LOAD_PAIRS", if smoke { 200 } else { 20_000 });
+    let clients = env_usize("LOAD_CLIENTS", 16);
+    let client_threads = env_usize("LOAD_CLIENT_THREADS", 1);
+    let server_threads = std::env::var("LOAD_SERVER_THREADS")
+        .ok()
+        .and_then(|value| value.parse().ok());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(client_threads)
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let server = Server::start(server_threads);
+    runtime.block_on(async {
+        let mut setup = Client::connect(server.address).await;
+        let (status, created) = setup
+            .call("POST", "/v2/kms-key", br#"{"name":"load-test"}"#.to_vec())
+            .await;
+        assert_eq!(
+            status,
+            200,
+            "create-kms-key: {}",
+            String::from_utf8_lossy(&created)
+        );
+        let created: Value = serde_json::from_slice(&created).expect("create JSON");
+        let key = created["id"].as_str().expect("id").to_owned();
+
+        // Warm up both paths (connections, caches, the key's cipher) before measuring.
+        drive(&server, Some(&key), 200.min(pairs), clients).await;
+        drive(&server, None, 200.min(pairs), clients).await;
+
+        let baseline = drive(&server, None, pairs, clients).await;
+        let load = drive(&server, Some(&key), pairs, clients).await;
+        let failures = check_all(&server, &key, &load).await;
+
+        for (name, run) in [
+            ("baseline (404, no operation)", &baseline),
+            ("encrypt/decrypt", &load),
+        ] {
+            println!(
+                "{name}: {} requests by {clients} clients in {:.2} s: {:.0} requests/s, \
+                 p50 {:.0} µs, p99 {:.0} µs, server CPU {:.1} µs/request, {} errors",
+                run.requests,
+                run.elapsed.as_secs_f64(),
+                run.per_second(),
+                micros(run.percentile(0.50)),
+                micros(run.percentile(0.99)),
+                micros(run.cpu_per_request()),
+                run.errors,
+            );
+        }
+        println!(
+            "afterwards: {} of {} ciphertexts decrypt to their plaintexts",
+            load.made.len() - failures,
+            load.made.len()
+        );
+        println!(
+            "http_load: pairs={pairs} clients={clients} requests={} rps={:.0} p50_us={:.0} \
+             p99_us={:.0} cpu_us={:.1} errors={} undecryptable={failures} \
+             baseline_rps={:.0} baseline_p50_us={:.0} baseline_p99_us={:.0} baseline_cpu_us={:.1}",
+            load.requests,
+            load.per_second(),
+            micros(load.percentile(0.50)),
+            micros(load.percentile(0.99)),
+            micros(load.cpu_per_request()),
+            load.errors,
+            baseline.per_second(),
+            micros(baseline.percentile(0.50)),
+            micros(baseline.percentile(0.99)),
+            micros(baseline.cpu_per_request()),
+        );
+        assert_eq!(load.errors, 0, "requests failed during the load");
+        assert_eq!(baseline.errors, 0, "baseline requests failed");
+        assert_eq!(failures, 0, "ciphertexts that no longer decrypt");
+        assert_eq!(load.made.len(), pairs, "every pair made a ciphertext");
+    });
+}
