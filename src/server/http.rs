@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -29,9 +30,14 @@ pub(crate) struct Zone {
     pub(crate) kms: Arc<Kms>,
     pub(crate) credentials: Arc<Credentials>,
     pub(crate) max_body_bytes: usize,
+    pub(crate) body_timeout: std::time::Duration,
 }
 
 type Shared = State<Arc<Zone>>;
+
+/// The `{id}` of the path, checked in the handler after the signature: a rejection here
+/// (a segment that is not UTF-8) becomes a 400 naming `id`, not axum's plain-text answer.
+type PathId = Result<Path<String>, PathRejection>;
 
 /// The router of one zone: every operation under `/v2`, problems for everything else.
 pub(crate) fn router(zone: Arc<Zone>) -> Router {
@@ -96,9 +102,13 @@ impl FromRequest<Arc<Zone>> for Signed {
         if declared.is_some_and(|length| length > limit as u64) {
             return Err(Problem::too_large(limit));
         }
-        let body = axum::body::to_bytes(body, limit)
+        let body = match tokio::time::timeout(zone.body_timeout, axum::body::to_bytes(body, limit))
             .await
-            .map_err(|_| Problem::too_large(limit))?;
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => return Err(Problem::too_large(limit)),
+            Err(_) => return Err(Problem::body_timeout(zone.body_timeout)),
+        };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| {
@@ -176,8 +186,17 @@ macro_rules! try_or_answer {
 
 /// The path's key id, or a 400 naming `id`.
 macro_rules! id_or_answer {
-    ($text:expr) => {
-        try_or_answer!(KeyId::parse(&$text))
+    ($id:expr) => {
+        match $id {
+            Ok(Path(text)) => try_or_answer!(KeyId::parse(&text)),
+            Err(_) => {
+                return Problem::from(&Error::BadRequest {
+                    field: "id",
+                    reason: "must be a UUID, got a path segment that is not UTF-8".to_owned(),
+                })
+                .into_response();
+            }
+        }
     };
 }
 
@@ -219,49 +238,37 @@ async fn list_keys(State(zone): Shared, Signed(body): Signed) -> Response {
     blocking(move || zone.kms.list_keys()).await
 }
 
-async fn get_key(State(zone): Shared, Path(id): Path<String>, Signed(body): Signed) -> Response {
+async fn get_key(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     try_or_answer!(no_fields(&body));
     blocking(move || zone.kms.get_key(id)).await
 }
 
-async fn list_key_rotations(
-    State(zone): Shared,
-    Path(id): Path<String>,
-    Signed(body): Signed,
-) -> Response {
+async fn list_key_rotations(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     try_or_answer!(no_fields(&body));
     blocking(move || zone.kms.list_key_rotations(id)).await
 }
 
-async fn enable_key(State(zone): Shared, Path(id): Path<String>, Signed(body): Signed) -> Response {
+async fn enable_key(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     try_or_answer!(no_fields(&body));
     blocking(move || zone.kms.enable_key(id, None)).await
 }
 
-async fn disable_key(
-    State(zone): Shared,
-    Path(id): Path<String>,
-    Signed(body): Signed,
-) -> Response {
+async fn disable_key(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     try_or_answer!(no_fields(&body));
     blocking(move || zone.kms.disable_key(id, None)).await
 }
 
-async fn rotate_key(State(zone): Shared, Path(id): Path<String>, Signed(body): Signed) -> Response {
+async fn rotate_key(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     try_or_answer!(no_fields(&body));
     blocking(move || zone.kms.rotate_key(id, None)).await
 }
 
-async fn enable_key_rotation(
-    State(zone): Shared,
-    Path(id): Path<String>,
-    Signed(body): Signed,
-) -> Response {
+async fn enable_key_rotation(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     let fields = try_or_answer!(Fields::parse(&body, &["rotation-period"]));
     let period = try_or_answer!(fields.integer(
@@ -274,21 +281,13 @@ async fn enable_key_rotation(
     blocking(move || zone.kms.enable_key_rotation(id, period, None)).await
 }
 
-async fn disable_key_rotation(
-    State(zone): Shared,
-    Path(id): Path<String>,
-    Signed(body): Signed,
-) -> Response {
+async fn disable_key_rotation(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     try_or_answer!(no_fields(&body));
     blocking(move || zone.kms.disable_key_rotation(id, None)).await
 }
 
-async fn schedule_deletion(
-    State(zone): Shared,
-    Path(id): Path<String>,
-    Signed(body): Signed,
-) -> Response {
+async fn schedule_deletion(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     let fields = try_or_answer!(Fields::parse(&body, &["delay-days"]));
     let delay = try_or_answer!(fields.integer(
@@ -301,28 +300,20 @@ async fn schedule_deletion(
     blocking(move || zone.kms.schedule_key_deletion(id, delay, None)).await
 }
 
-async fn cancel_deletion(
-    State(zone): Shared,
-    Path(id): Path<String>,
-    Signed(body): Signed,
-) -> Response {
+async fn cancel_deletion(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     try_or_answer!(no_fields(&body));
     blocking(move || zone.kms.cancel_key_deletion(id, None)).await
 }
 
-async fn replicate_key(
-    State(zone): Shared,
-    Path(id): Path<String>,
-    Signed(body): Signed,
-) -> Response {
+async fn replicate_key(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     let fields = try_or_answer!(Fields::parse(&body, &["zone"]));
     let target = try_or_answer!(fields.required_string("zone", "zone")).to_owned();
     blocking(move || zone.kms.replicate_key(id, &target, None)).await
 }
 
-async fn encrypt(State(zone): Shared, Path(id): Path<String>, Signed(body): Signed) -> Response {
+async fn encrypt(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     let fields = try_or_answer!(Fields::parse(&body, &["plaintext", "encryption-context"]));
     let plaintext = try_or_answer!(fields.required_bytes("plaintext", "plaintext"));
@@ -333,7 +324,7 @@ async fn encrypt(State(zone): Shared, Path(id): Path<String>, Signed(body): Sign
     )
 }
 
-async fn decrypt(State(zone): Shared, Path(id): Path<String>, Signed(body): Signed) -> Response {
+async fn decrypt(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     let fields = try_or_answer!(Fields::parse(&body, &["ciphertext", "encryption-context"]));
     let ciphertext = try_or_answer!(fields.required_bytes("ciphertext", "ciphertext"));
@@ -344,7 +335,7 @@ async fn decrypt(State(zone): Shared, Path(id): Path<String>, Signed(body): Sign
     )
 }
 
-async fn re_encrypt(State(zone): Shared, Path(id): Path<String>, Signed(body): Signed) -> Response {
+async fn re_encrypt(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     let mut fields = try_or_answer!(Fields::parse(&body, &["source", "destination"]));
     let source = try_or_answer!(fields.required_object(
@@ -382,11 +373,7 @@ async fn re_encrypt(State(zone): Shared, Path(id): Path<String>, Signed(body): S
     ))
 }
 
-async fn generate_data_key(
-    State(zone): Shared,
-    Path(id): Path<String>,
-    Signed(body): Signed,
-) -> Response {
+async fn generate_data_key(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     let fields = try_or_answer!(Fields::parse(
         &body,

@@ -59,6 +59,11 @@ pub struct ServeOptions {
     /// How often each zone runs [`Kms::run_due`] (due rotations and deletions, replication
     /// retries). Default one second.
     pub due_interval: Duration,
+    /// How long a request body may take to arrive; a slower one is answered 408. Default 30 s.
+    pub body_timeout: Duration,
+    /// After the shutdown signal, how long the requests in flight may take before their
+    /// connections are dropped (a stalled client must not keep the server up). Default 10 s.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServeOptions {
@@ -66,6 +71,8 @@ impl Default for ServeOptions {
         ServeOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             due_interval: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -92,6 +99,7 @@ pub async fn serve(
             kms,
             credentials: credentials.clone(),
             max_body_bytes: options.max_body_bytes,
+            body_timeout: options.body_timeout,
         });
         let router = http::router(zone);
         let listener = listener.tap_io(|tcp| {
@@ -113,11 +121,30 @@ pub async fn serve(
         let _ = stop.send(true);
     });
     let mut result = Ok(());
-    while let Some(joined) = servers.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => result = Err(error),
-            Err(error) => result = Err(std::io::Error::other(error)),
+    let mut stopped_at = stopped.clone();
+    let mut deadline = std::pin::pin!(async move {
+        let _ = stopped_at.wait_for(|stop| *stop).await;
+        tokio::time::sleep(options.shutdown_grace).await;
+    });
+    loop {
+        tokio::select! {
+            joined = servers.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(error))) => result = Err(error),
+                Some(Err(error)) => result = Err(std::io::Error::other(error)),
+            },
+            () = &mut deadline => {
+                // The grace period is over: stop waiting for stalled connections. Their
+                // tasks end with the runtime; a write already started still completes, and
+                // only acknowledged changes were promised.
+                eprintln!(
+                    "keylife: {} s after the stop, connections still open are dropped",
+                    options.shutdown_grace.as_secs()
+                );
+                servers.abort_all();
+                break;
+            }
         }
     }
     // The servers are done: stop the background work and wait for a run in progress.

@@ -77,6 +77,21 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// 408 for a body that did not arrive in time.
+    #[must_use]
+    pub fn body_timeout(limit: std::time::Duration) -> Problem {
+        Problem::new(
+            "request-timeout",
+            408,
+            format!(
+                "the request body did not arrive within {} s",
+                limit.as_secs()
+            ),
+        )
+    }
+}
+
 impl From<&Error> for Problem {
     fn from(error: &Error) -> Problem {
         Problem::new(error.code(), error.http_status(), error.to_string())
@@ -97,6 +112,13 @@ impl IntoResponse for Problem {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if self.status == 401 {
+            // RFC 9110 §11.6.1: a 401 names the scheme that authenticates.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(super::auth::SCHEME),
+            );
+        }
         response
     }
 }
@@ -127,6 +149,7 @@ fn title(code: &str) -> &'static str {
         "not-found" => "Not found",
         "method-not-allowed" => "Method not allowed",
         "payload-too-large" => "Payload too large",
+        "request-timeout" => "Request timeout",
         _ => "Internal error",
     }
 }

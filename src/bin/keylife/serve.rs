@@ -33,6 +33,10 @@ pub(crate) struct ServeArgs {
     /// Largest request body in bytes; larger ones are answered 413.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Seconds the requests in flight may take after SIGTERM or Ctrl-C before their
+    /// connections are dropped.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    shutdown_grace: u64,
     /// Worker threads of the server (default: one per CPU).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -95,6 +99,7 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
     }
     let options = ServeOptions {
         max_body_bytes: args.max_body_bytes,
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
         ..ServeOptions::default()
     };
     keylife::server::serve(served, credentials, options, shutdown_signal())
