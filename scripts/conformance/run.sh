@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Conformance test of `keylife serve` with Exoscale's official Python client.
+#
+#   scripts/conformance/run.sh [PATH/TO/keylife]
+#
+# Installs exoscale==0.16.4 from PyPI into a virtual environment
+# (${CARGO_TARGET_DIR:-target}/conformance-venv, kept between runs), starts the server with two
+# zones on free ports, runs conformance.py (all 16 operations and the main refusals, checked
+# against the spec shipped in the package and lifecycle.md), stops the server with SIGTERM
+# (it must exit 0), starts it again on the same data directory and checks that everything
+# acknowledged before is still there. Needs only Python 3 with venv/pip and PyPI.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cd "$repo"
+
+target_dir=${CARGO_TARGET_DIR:-target}
+binary=${1:-$target_dir/debug/keylife}
+if [ ! -x "$binary" ]; then
+  if [ $# -ge 1 ]; then
+    echo "conformance: no executable keylife at $binary" >&2
+    exit 1
+  fi
+  echo "conformance: building $binary"
+  cargo build --locked --features server --bin keylife
+fi
+
+# The virtual environment, (re)installed when requirements.txt changed since the last install.
+venv=$target_dir/conformance-venv
+stamp=$venv/.conformance-requirements
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$here/requirements.txt" "$stamp"; then
+  echo "conformance: installing $(tr '\n' ' ' <"$here/requirements.txt")into $venv"
+  rm -rf "$venv"
+  if python3 -m venv "$venv" >/dev/null 2>&1 && [ -x "$venv/bin/pip" ]; then
+    pip=("$venv/bin/python" -m pip)
+  else
+    # Python without ensurepip (Debian's python3 without python3-venv): a venv without pip,
+    # filled by the system's pip.
+    rm -rf "$venv"
+    python3 -m venv --without-pip "$venv"
+    pip=(python3 -m pip --python "$venv/bin/python")
+  fi
+  "${pip[@]}" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+  cp "$here/requirements.txt" "$stamp"
+fi
+python=$venv/bin/python
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/keylife-conformance.XXXXXX")
+server_pid=""
+run=0
+
+cleanup() {
+  local status=$?
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -KILL "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  if [ "$status" -ne 0 ]; then
+    for log in "$work"/server-*.stderr; do
+      [ -f "$log" ] || continue
+      echo "---- server stderr ($(basename "$log")):"
+      cat "$log"
+    done
+    echo "conformance: FAILED"
+  fi
+  rm -rf "$work"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$binary" root-key generate >"$work/root.key"
+printf 'EXOconformance %s\n' "$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')" >"$work/creds"
+
+zone1=ch-gva-2
+zone2=de-fra-1
+url1=""
+url2=""
+
+# Starts the server on $work/data; sets server_pid, url1 and url2.
+start_server() {
+  run=$((run + 1))
+  local out=$work/server-$run.stdout
+  "$binary" serve --data "$work/data" \
+    --zone "$zone1=127.0.0.1:0" --zone "$zone2=127.0.0.1:0" \
+    --root-key-file "$work/root.key" --credentials-file "$work/creds" \
+    >"$out" 2>"$work/server-$run.stderr" &
+  server_pid=$!
+  local deadline=$((SECONDS + 30))
+  local serving=0
+  while [ "$serving" -lt 2 ]; do
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      echo "conformance: the server exited before serving" >&2
+      exit 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "conformance: the server did not serve both zones within 30 s" >&2
+      exit 1
+    fi
+    sleep 0.1
+    serving=$(grep -c ' serving ' "$out" || true)
+    serving=${serving:-0}
+  done
+  url1=$(sed -n "s/^keylife: zone $zone1 serving //p" "$out")
+  url2=$(sed -n "s/^keylife: zone $zone2 serving //p" "$out")
+  if [ -z "$url1" ] || [ -z "$url2" ]; then
+    echo "conformance: cannot read the zones' URLs from: $(cat "$out")" >&2
+    exit 1
+  fi
+  echo "conformance: server $run (pid $server_pid): $zone1 at $url1, $zone2 at $url2"
+}
+
+# SIGTERM; the server must exit 0 within 10 s.
+stop_server() {
+  kill -TERM "$server_pid"
+  local deadline=$((SECONDS + 10))
+  while kill -0 "$server_pid" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "conformance: the server did not exit within 10 s of SIGTERM" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  local status=0
+  wait "$server_pid" || status=$?
+  server_pid=""
+  if [ "$status" -ne 0 ]; then
+    echo "conformance: the server exited with status $status after SIGTERM (expected 0)" >&2
+    exit 1
+  fi
+  echo "conformance: server $run stopped by SIGTERM, exit status 0"
+}
+
+passed=0
+phase() {
+  local name=$1 failed=0
+  "$python" -u "$here/conformance.py" --phase "$name" --credentials-file "$work/creds" \
+    --state "$work/state.json" --summary-file "$work/summary-$name" \
+    "$zone1=$url1" "$zone2=$url2" || failed=1
+  if [ -f "$work/summary-$name" ]; then
+    passed=$((passed + $(cut -d' ' -f1 "$work/summary-$name")))
+  fi
+  if [ "$failed" -ne 0 ]; then
+    exit 1
+  fi
+}
+
+start_server
+phase first
+stop_server
+start_server
+phase after-restart
+stop_server
+passed=$((passed + 2)) # both graceful stops
+
+echo "conformance: $passed checks passed"
