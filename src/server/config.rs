@@ -169,8 +169,9 @@ pub fn open_zones(
         let options = KmsOptions::new(zone.clone()).link(link.clone());
         let kms = Kms::open(&dir, root_key.root_key(), options).map_err(|error| {
             ConfigError(format!(
-                "cannot open the store of zone {zone} in {}: {error}",
-                dir.display()
+                "cannot open the store of zone {zone} in {}: {error} [{}]",
+                dir.display(),
+                error.code()
             ))
         })?;
         let kms = Arc::new(kms);
@@ -180,7 +181,15 @@ pub fn open_zones(
     Ok(opened)
 }
 
-/// The zones that have a store under `data`: its subdirectories with a valid zone name, sorted.
+/// Whether `dir` holds a zone's store: keylife's marker file (written after the first commit,
+/// [`crate::store::MARKER`]) or sled's `conf` (written when sled creates the store).
+#[must_use]
+pub fn is_zone_store(dir: &Path) -> bool {
+    dir.join(crate::store::MARKER).is_file() || dir.join("conf").is_file()
+}
+
+/// The zones that have a store under `data`: its subdirectories with a valid zone name that
+/// hold a store ([`is_zone_store`]), sorted.
 pub fn existing_zones(data: &Path) -> Result<Vec<String>, ConfigError> {
     let entries = std::fs::read_dir(data)
         .map_err(|error| ConfigError(format!("cannot read {}: {error}", data.display())))?;
@@ -189,6 +198,7 @@ pub fn existing_zones(data: &Path) -> Result<Vec<String>, ConfigError> {
         if entry.file_type().map(|t| t.is_dir()).unwrap_or(false)
             && let Some(name) = entry.file_name().to_str()
             && check_zone_name(name).is_ok()
+            && is_zone_store(&entry.path())
         {
             zones.push(name.to_owned());
         }

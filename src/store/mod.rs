@@ -12,7 +12,7 @@ mod sled;
 
 pub use self::backend::{Backend, Entries, Table, Write};
 pub use self::memory::MemoryBackend;
-pub use self::sled::{LOCK_WAIT, SledBackend};
+pub use self::sled::{LOCK_WAIT, MARKER, SledBackend};
 
 use std::sync::Arc;
 

@@ -8,6 +8,7 @@
 
 mod cli;
 mod serve;
+mod table;
 
 use std::process::ExitCode;
 
