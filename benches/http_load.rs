@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 
 const KEY: &str = "EXObench";
 const SECRET: &[u8] = b"bench-secret";
+const CONTEXT: &[u8] = b"load-test";
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -180,6 +181,29 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Decrypts `ciphertext` with `key` and the load test's context; whether the answer is a
+    /// 200 with exactly `plaintext`.
+    async fn decrypts_to(&mut self, key: &str, ciphertext: &str, plaintext: &[u8]) -> bool {
+        let body = json!({
+            "ciphertext": ciphertext,
+            "encryption-context": BASE64.encode(CONTEXT),
+        });
+        let (status, answer) = self
+            .call(
+                "POST",
+                &format!("/v2/kms-key/{key}/decrypt"),
+                body.to_string().into_bytes(),
+            )
+            .await;
+        let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+        let opened = answer["plaintext"]
+            .as_str()
+            .and_then(|text| BASE64.decode(text).ok());
+        status == 200 && opened.as_deref() == Some(plaintext)
+    }
+}
+
 /// What one run measured.
 struct Run {
     requests: usize,
@@ -237,7 +261,7 @@ async fn drive(server: &Server, key: Option<&str>, pairs: usize, clients: usize)
                 };
                 let body = json!({
                     "plaintext": BASE64.encode(&plaintext),
-                    "encryption-context": BASE64.encode(b"load-test"),
+                    "encryption-context": BASE64.encode(CONTEXT),
                 });
                 let begun = Instant::now();
                 let (status, answer) = client
@@ -257,26 +281,10 @@ async fn drive(server: &Server, key: Option<&str>, pairs: usize, clients: usize)
                     .as_str()
                     .expect("ciphertext")
                     .to_owned();
-                let body = json!({
-                    "ciphertext": ciphertext,
-                    "encryption-context": BASE64.encode(b"load-test"),
-                });
                 let begun = Instant::now();
-                let (status, answer) = client
-                    .call(
-                        "POST",
-                        &format!("/v2/kms-key/{key}/decrypt"),
-                        body.to_string().into_bytes(),
-                    )
-                    .await;
+                let opened = client.decrypts_to(key, &ciphertext, &plaintext).await;
                 latencies.push(begun.elapsed());
-                let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
-                let opened = answer["plaintext"]
-                    .as_str()
-                    .and_then(|text| BASE64.decode(text).ok());
-                if status != 200 || opened.as_deref() != Some(&plaintext[..]) {
-                    errors += 1;
-                }
+                errors += usize::from(!opened);
                 made.push((plaintext, ciphertext));
             }
             (latencies, made, errors)
@@ -308,24 +316,7 @@ async fn check_all(server: &Server, key: &str, run: &Run) -> usize {
     let mut client = Client::connect(server.address).await;
     let mut failures = 0;
     for (plaintext, ciphertext) in &run.made {
-        let body = json!({
-            "ciphertext": ciphertext,
-            "encryption-context": BASE64.encode(b"load-test"),
-        });
-        let (status, answer) = client
-            .call(
-                "POST",
-                &format!("/v2/kms-key/{key}/decrypt"),
-                body.to_string().into_bytes(),
-            )
-            .await;
-        let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
-        let opened = answer["plaintext"]
-            .as_str()
-            .and_then(|text| BASE64.decode(text).ok());
-        if status != 200 || opened.as_deref() != Some(&plaintext[..]) {
-            failures += 1;
-        }
+        failures += usize::from(!client.decrypts_to(key, ciphertext, plaintext).await);
     }
     failures
 }

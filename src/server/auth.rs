@@ -312,9 +312,7 @@ pub fn sign(
     body: &[u8],
     expires: i64,
 ) -> String {
-    let mac = message_mac(secret, method, path, body, "", expires);
-    let signature = BASE64.encode(mac.finalize().into_bytes());
-    format!("{SCHEME} credential={key},expires={expires},signature={signature}")
+    sign_with_query(key, secret, method, path, &[], body, expires)
 }
 
 /// Like [`sign`], with query arguments: `query` is the pairs in the order the URL has them;
