@@ -798,6 +798,49 @@ fn encrypt_and_decrypt_files_with_a_context() {
         assert!(!store.path("nothing").exists());
     }
 
+    // An existing world-readable file gets the plaintext with its owner's permissions only;
+    // a symbolic link is replaced, not written through; a failed decrypt leaves it as it was.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let existing = store.path("existing");
+        std::fs::write(&existing, b"old").unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let decrypt_to = |context: &str, output: &Path| {
+            store.run(&[
+                "decrypt",
+                "--key",
+                &id,
+                "--context",
+                context,
+                "--input",
+                &s(&sealed),
+                "--output",
+                &s(output),
+            ])
+        };
+        decrypt_to("order=18", &existing).refused("invalid-ciphertext");
+        assert_eq!(std::fs::read(&existing).unwrap(), b"old");
+        decrypt_to("order=17", &existing).ok();
+        assert_eq!(std::fs::read(&existing).unwrap(), plaintext);
+        let mode = std::fs::metadata(&existing).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "an overwritten plaintext file: {mode:o}");
+
+        let victim = store.path("victim");
+        std::fs::write(&victim, b"victim").unwrap();
+        let link = store.path("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        decrypt_to("order=17", &link).ok();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"victim");
+        assert!(
+            !std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read(&link).unwrap(), plaintext);
+    }
+
     // After a rotation the old ciphertext still decrypts, and new ones use version 2.
     store.run(&["key", "rotate", &id]).ok();
     let out = store

@@ -49,7 +49,7 @@ Exit status: 0 on success; 1 when the store or the operation refused, with \
 /// Commands on a local store.
 #[derive(Debug, Subcommand)]
 pub(crate) enum LocalCommand {
-    /// Manage keys: create, list, get, enable, disable, rotate, delete, replicate.
+    /// Manage keys: create, list, get, enable, disable, rotate, schedule or cancel deletion, replicate.
     #[command(subcommand)]
     Key(KeyCommand),
     /// Encrypt bytes (a file or standard input) with a key; writes the raw ciphertext.
@@ -69,7 +69,8 @@ pub(crate) enum LocalCommand {
     /// Generate a data key, in the clear and encrypted under a key.
     ///
     /// Both are printed in base64. Use the clear data key and keep only its encrypted form:
-    /// `keylife decrypt` gives the data key back.
+    /// `keylife decrypt --base64` gives the data key back from the encrypted form (the
+    /// `ciphertext` value, or `--json` and its `ciphertext` member).
     #[command(after_help = AFTER_HELP)]
     GenerateDataKey(DataKeyArgs),
 }
@@ -80,7 +81,7 @@ pub(crate) enum KeyCommand {
     /// Create a key: enabled, material version 1, automatic rotation every 365 days.
     #[command(after_help = AFTER_HELP)]
     Create(CreateArgs),
-    /// List the zone's keys, replicas included, in creation order.
+    /// List the zone's keys, replicas included, by id (ids are UUIDv7: about creation order).
     #[command(after_help = AFTER_HELP)]
     List(ListArgs),
     /// Show a key: status, newest material version, rotation settings, replicas.
@@ -936,29 +937,40 @@ fn read_input(
     Ok(bytes)
 }
 
-/// Writes `bytes` to `path` (created or truncated; readable by its owner only if `secret`),
-/// or to standard output.
+/// Writes `bytes` to `path`, or to standard output.
+///
+/// A file is written whole or not at all: the bytes go to a new temporary file beside it
+/// (readable by its owner only), are synced, and the file is renamed over `path`. So a failed
+/// write leaves `path` as it was, an existing file's looser permissions are not kept for a
+/// plaintext, and a symbolic link at `path` is replaced rather than written through. Files
+/// that are not `secret` (ciphertexts) are then made readable by all, as usual.
 fn write_output(path: Option<&Path>, bytes: &[u8], secret: bool) -> Result<(), Failure> {
     match path {
         Some(path) if !is_stdio(Some(path)) => {
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
+            let failed = |error: io::Error| {
+                Failure::Other(format!("cannot write {}: {error}", path.display()))
+            };
+            let dir = path
+                .parent()
+                .filter(|dir| !dir.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let mut file = tempfile::Builder::new()
+                .prefix(".keylife-")
+                .tempfile_in(dir)
+                .map_err(failed)?;
+            file.write_all(bytes).map_err(failed)?;
             #[cfg(unix)]
-            if secret {
-                use std::os::unix::fs::OpenOptionsExt as _;
-                options.mode(0o600);
+            if !secret {
+                use std::os::unix::fs::PermissionsExt as _;
+                file.as_file()
+                    .set_permissions(std::fs::Permissions::from_mode(0o644))
+                    .map_err(failed)?;
             }
             #[cfg(not(unix))]
             let _ = secret;
-            options
-                .open(path)
-                .and_then(|mut file| {
-                    file.write_all(bytes)?;
-                    file.sync_all()
-                })
-                .map_err(|error| {
-                    Failure::Other(format!("cannot write {}: {error}", path.display()))
-                })
+            file.as_file().sync_all().map_err(failed)?;
+            file.persist(path).map_err(|error| failed(error.error))?;
+            Ok(())
         }
         _ => {
             let mut stdout = io::stdout().lock();
