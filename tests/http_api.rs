@@ -2232,6 +2232,34 @@ async fn unknown_paths_are_404_and_wrong_methods_405_problems() {
     assert_eq!(get_key(&mut c, &id).await, before);
 }
 
+/// An unsigned or unknown caller is refused from its headers alone: the server does not wait
+/// for (or hold) a body it announces.
+#[tokio::test]
+async fn unsigned_requests_are_refused_before_their_body_is_read() {
+    let server = TestServer::start(&[ZONE_A]).await;
+    for authorization in [
+        String::new(),
+        format!(
+            "Authorization: {}\r\n",
+            auth::sign("nobody", b"x", "POST", "/v2/kms-key", b"", unix_now() + 60)
+        ),
+    ] {
+        // 1000 bytes announced, none sent: an answer can only come from the headers.
+        let request = format!(
+            "POST /v2/kms-key HTTP/1.1\r\nHost: x\r\n{authorization}Content-Length: 1000\r\n\r\n"
+        );
+        let answer =
+            raw_exchange(server.addrs[0], request.as_bytes(), Duration::from_secs(3)).await;
+        let expected = if authorization.is_empty() { 401 } else { 403 };
+        assert_eq!(
+            raw_status(&answer),
+            Some(expected),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+}
+
 #[tokio::test]
 async fn bodies_over_the_limit_are_413_and_change_nothing() {
     const LIMIT: usize = 1024;

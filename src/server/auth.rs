@@ -29,6 +29,10 @@ pub const SCHEME: &str = "EXO2-HMAC-SHA256";
 /// clients sign for ten minutes; a signature valid for longer is refused as a replay risk.
 pub const MAX_VALIDITY_SECS: i64 = 3600;
 
+/// The most query arguments a signature may name. No KMS operation takes any; Exoscale's
+/// clients sign every argument of a request, and a few must do.
+pub const MAX_SIGNED_QUERY_ARGS: usize = 16;
+
 /// Why a request is not authenticated. `Missing` and `Malformed` answer 401, the others 403.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
@@ -80,8 +84,10 @@ impl fmt::Display for AuthError {
                     "the Authorization header is not a valid {SCHEME} authorization: {what}"
                 )
             }
-            AuthError::UnknownKey => f.write_str("unknown API key"),
-            AuthError::BadSignature => f.write_str("the request signature does not match"),
+            // One message for both, so that an answer does not tell which API keys exist.
+            AuthError::UnknownKey | AuthError::BadSignature => {
+                f.write_str("the API key is unknown or the request signature does not match")
+            }
             AuthError::Expired => f.write_str("the request signature has expired"),
             AuthError::TooLong => write!(
                 f,
@@ -137,12 +143,13 @@ impl Credentials {
     }
 
     /// Parses the credentials file format: one `KEY SECRET` pair per line, separated by
-    /// whitespace; `#` starts a comment; blank lines are skipped. At least one pair is
+    /// whitespace; `#` at the start of a line or after whitespace starts a comment (a `#`
+    /// inside a word is part of it: secrets may hold one); blank lines are skipped. At least one pair is
     /// required, and a key may appear once. The error names the line, never its secret.
     pub fn parse(text: &str) -> Result<Credentials, String> {
         let mut credentials = Credentials::new();
         for (index, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or_default().trim();
+            let line = strip_comment(line).trim();
             if line.is_empty() {
                 continue;
             }
@@ -166,7 +173,8 @@ impl Credentials {
 
     /// Checks the `Authorization` header of a request (`None` if absent) against the method,
     /// the path (without query), the raw query string, the raw body and the time `now_unix`.
-    /// Returns the API key that signed it.
+    /// Returns the API key that signed it. The same as [`Credentials::check_header`] then
+    /// [`Pending::verify`].
     pub fn verify<'a>(
         &'a self,
         authorization: Option<&[u8]>,
@@ -176,6 +184,18 @@ impl Credentials {
         body: &[u8],
         now_unix: i64,
     ) -> Result<&'a str, AuthError> {
+        self.check_header(authorization, now_unix)?
+            .verify(method, path, query, body)
+    }
+
+    /// The checks that need no body, done before the body is read so that an unsigned or
+    /// unknown caller costs no memory: the header's form, a known key, the time window, and
+    /// at most [`MAX_SIGNED_QUERY_ARGS`] distinct signed query arguments.
+    pub fn check_header<'a>(
+        &'a self,
+        authorization: Option<&[u8]>,
+        now_unix: i64,
+    ) -> Result<Pending<'a>, AuthError> {
         let header = authorization.ok_or(AuthError::Missing)?;
         let header =
             std::str::from_utf8(header).map_err(|_| AuthError::Malformed("it is not UTF-8"))?;
@@ -183,27 +203,87 @@ impl Credentials {
         let signature = BASE64
             .decode(parsed.signature)
             .map_err(|_| AuthError::Malformed("`signature` is not base64"))?;
-        let (key, secret) = match self.secrets.get_key_value(parsed.credential) {
-            Some((key, secret)) => (Some(key.as_str()), secret.as_slice()),
-            // The same work for an unknown key, so that timing tells nothing about which
-            // keys exist.
-            None => (None, &[0u8; 32][..]),
-        };
-        let values = signed_query_values(query, parsed.signed_query_args);
-        let mac = message_mac(secret, method, path, body, &values, parsed.expires);
-        let matches = mac.verify_slice(&signature).is_ok();
-        let key = key.ok_or(AuthError::UnknownKey)?;
-        if !matches {
-            return Err(AuthError::BadSignature);
+        let mut names: Vec<String> = Vec::new();
+        if let Some(signed) = parsed.signed_query_args {
+            for name in signed.split(';') {
+                if name.is_empty() || names.iter().any(|n| n == name) {
+                    return Err(AuthError::Malformed(
+                        "`signed-query-args` has an empty or repeated name",
+                    ));
+                }
+                if names.len() == MAX_SIGNED_QUERY_ARGS {
+                    return Err(AuthError::Malformed("`signed-query-args` names too many"));
+                }
+                names.push(name.to_owned());
+            }
         }
+        let (key, secret) = self
+            .secrets
+            .get_key_value(parsed.credential)
+            .ok_or(AuthError::UnknownKey)?;
         if parsed.expires < now_unix {
             return Err(AuthError::Expired);
         }
         if parsed.expires > now_unix.saturating_add(MAX_VALIDITY_SECS) {
             return Err(AuthError::TooLong);
         }
-        Ok(key)
+        Ok(Pending {
+            key,
+            secret,
+            signature,
+            signed_query_args: names,
+            expires: parsed.expires,
+        })
     }
+}
+
+/// A request whose `Authorization` header passed [`Credentials::check_header`]: its
+/// signature remains to be checked against the request.
+pub struct Pending<'a> {
+    key: &'a str,
+    secret: &'a [u8],
+    signature: Vec<u8>,
+    signed_query_args: Vec<String>,
+    expires: i64,
+}
+
+impl fmt::Debug for Pending<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending")
+            .field("key", &self.key)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Pending<'a> {
+    /// Checks the signature (in constant time) over the method, the path (without query), the
+    /// raw query string and the raw body. Returns the API key that signed.
+    pub fn verify(
+        self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Result<&'a str, AuthError> {
+        let values = signed_query_values(query, &self.signed_query_args);
+        let mac = message_mac(self.secret, method, path, body, &values, self.expires);
+        mac.verify_slice(&self.signature)
+            .map(|()| self.key)
+            .map_err(|_| AuthError::BadSignature)
+    }
+}
+
+/// `line` up to its comment: a `#` at the start or after whitespace.
+fn strip_comment(line: &str) -> &str {
+    let mut previous_is_space = true;
+    for (index, c) in line.char_indices() {
+        if c == '#' && previous_is_space {
+            return &line[..index];
+        }
+        previous_is_space = c.is_whitespace();
+    }
+    line
 }
 
 /// The parts of an `Authorization` header.
@@ -256,21 +336,32 @@ impl<'a> Authorization<'a> {
     }
 }
 
-/// The values of the query parameters named in `signed` (`a;b`), in that order. As the
-/// Python client signs: a parameter contributes its value only when it appears exactly once
-/// with a non-empty value.
-fn signed_query_values(query: Option<&str>, signed: Option<&str>) -> String {
-    let (Some(query), Some(signed)) = (query, signed) else {
+/// The values of the query parameters named in `signed`, in that order. As the Python client
+/// signs: a parameter contributes its value only when it appears exactly once with a non-empty
+/// value.
+fn signed_query_values(query: Option<&str>, signed: &[String]) -> String {
+    let Some(query) = query.filter(|_| !signed.is_empty()) else {
         return String::new();
     };
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-        .filter(|(_, value)| !value.is_empty())
-        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+    // name -> (its value, how many times it appears), for the signed names only.
+    let mut found: HashMap<&str, (String, usize)> = signed
+        .iter()
+        .map(|name| (name.as_str(), (String::new(), 0)))
         .collect();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        if value.is_empty() {
+            continue;
+        }
+        if let Some((slot, count)) = found.get_mut(name.as_ref()) {
+            *count += 1;
+            if *count == 1 {
+                *slot = value.into_owned();
+            }
+        }
+    }
     let mut values = String::new();
-    for name in signed.split(';') {
-        let mut found = pairs.iter().filter(|(n, _)| n == name);
-        if let (Some((_, value)), None) = (found.next(), found.next()) {
+    for name in signed {
+        if let Some((value, 1)) = found.get(name.as_str()) {
             values.push_str(value);
         }
     }
@@ -334,7 +425,8 @@ pub fn sign_with_query(
     let encoded: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(query)
         .finish();
-    let values = signed_query_values(Some(&encoded), Some(&signed));
+    let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    let values = signed_query_values(Some(&encoded), &names);
     let mac = message_mac(secret, method, path, body, &values, expires);
     let signature = BASE64.encode(mac.finalize().into_bytes());
     if signed.is_empty() {
@@ -490,6 +582,63 @@ mod tests {
                 .unwrap_err()
                 .http_status(),
             401
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_signatures_read_the_same() {
+        assert_eq!(
+            AuthError::UnknownKey.to_string(),
+            AuthError::BadSignature.to_string()
+        );
+    }
+
+    #[test]
+    fn signed_query_argument_lists_are_bounded_before_any_work() {
+        let c = creds();
+        let h = |args: &str| {
+            format!(
+                "EXO2-HMAC-SHA256 credential=EXOkey,signed-query-args={args},expires=1000,signature=abcd"
+            )
+        };
+        let v = |header: String| {
+            c.verify(
+                Some(header.as_bytes()),
+                "GET",
+                "/v2/kms-key",
+                Some("a=1"),
+                b"",
+                900,
+            )
+        };
+        let many: Vec<String> = (0..=MAX_SIGNED_QUERY_ARGS)
+            .map(|i| format!("a{i}"))
+            .collect();
+        for args in ["a;a", "a;;b", "", &many.join(";")] {
+            let error = v(h(args)).unwrap_err();
+            assert_eq!(error.http_status(), 401, "{args:?}: {error}");
+        }
+        // Up to the bound, distinct names are fine (the signature decides).
+        let fine: Vec<String> = (0..MAX_SIGNED_QUERY_ARGS)
+            .map(|i| format!("a{i}"))
+            .collect();
+        assert_eq!(v(h(&fine.join(";"))), Err(AuthError::BadSignature));
+        // An unknown key is refused before the query is looked at.
+        let unknown = h("a").replace("EXOkey", "nobody");
+        assert_eq!(
+            c.verify(Some(unknown.as_bytes()), "GET", "/", Some("a=1"), b"", 900),
+            Err(AuthError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn a_hash_inside_a_secret_is_part_of_it() {
+        let c = Credentials::parse("EXOa s3cret#more # a comment\n#EXOb x\n").unwrap();
+        assert_eq!(c.len(), 1);
+        let h = sign("EXOa", b"s3cret#more", "GET", "/v2/kms-key", b"", 10);
+        assert_eq!(
+            c.verify(Some(h.as_bytes()), "GET", "/v2/kms-key", None, b"", 0),
+            Ok("EXOa")
         );
     }
 

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use crate::core::KeyUsage;
 use crate::core::limits::{
@@ -31,6 +32,7 @@ pub(crate) struct Zone {
     pub(crate) credentials: Arc<Credentials>,
     pub(crate) max_body_bytes: usize,
     pub(crate) body_timeout: std::time::Duration,
+    pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 type Shared = State<Arc<Zone>>;
@@ -85,8 +87,9 @@ async fn wrong_method(request: Request) -> Problem {
     Problem::wrong_method(request.method().as_str(), request.uri().path())
 }
 
-/// The body of a request whose signature checked out.
-pub(crate) struct Signed(Bytes);
+/// The body of a request whose signature checked out, wiped when dropped (it may hold a
+/// plaintext or a data key in base64).
+pub(crate) struct Signed(Zeroizing<Vec<u8>>);
 
 impl FromRequest<Arc<Zone>> for Signed {
     type Rejection = Problem;
@@ -102,33 +105,79 @@ impl FromRequest<Arc<Zone>> for Signed {
         if declared.is_some_and(|length| length > limit as u64) {
             return Err(Problem::too_large(limit));
         }
-        let body = match tokio::time::timeout(zone.body_timeout, axum::body::to_bytes(body, limit))
-            .await
-        {
-            Ok(Ok(body)) => body,
-            Ok(Err(_)) => return Err(Problem::too_large(limit)),
-            Err(_) => return Err(Problem::body_timeout(zone.body_timeout)),
-        };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| {
                 i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
             });
-        zone.credentials
-            .verify(
+        // Everything that needs no body first: an unsigned or unknown caller is refused
+        // before a byte of its body is read or held.
+        let pending = zone
+            .credentials
+            .check_header(
                 parts
                     .headers
                     .get(header::AUTHORIZATION)
                     .map(HeaderValue::as_bytes),
+                now,
+            )
+            .map_err(|error| Problem::from(&error))?;
+        // This request's share of the memory for bodies, held until its body is checked.
+        let share = declared.map_or(limit, |length| usize::try_from(length).unwrap_or(limit));
+        let kib = u32::try_from(share.div_ceil(1024).clamp(1, super::BODY_BUDGET_KIB))
+            .unwrap_or(u32::MAX);
+        let _permit = zone
+            .body_budget
+            .acquire_many(kib)
+            .await
+            .map_err(|_| Problem::new("internal", 500, "the server is stopping".to_owned()))?;
+        let limited = Limited::new(body, limit);
+        let body = match tokio::time::timeout(zone.body_timeout, limited.collect()).await {
+            Ok(Ok(collected)) => Zeroizing::new(Vec::from(collected.to_bytes())),
+            Ok(Err(error)) if error.is::<LengthLimitError>() => {
+                return Err(Problem::too_large(limit));
+            }
+            Ok(Err(_)) => {
+                return Err(Problem::from(&Error::BadRequest {
+                    field: "body",
+                    reason: "could not be read: the connection or its framing failed".to_owned(),
+                }));
+            }
+            Err(_) => return Err(Problem::body_timeout(zone.body_timeout)),
+        };
+        pending
+            .verify(
                 parts.method.as_str(),
                 parts.uri.path(),
                 parts.uri.query(),
                 &body,
-                now,
             )
             .map_err(|error| Problem::from(&error))?;
         Ok(Signed(body))
     }
+}
+
+/// Request bodies up to this size are handled on the async workers: their crypto takes
+/// microseconds once the key is cached. Larger ones (up to the 4 MiB plaintext limit in base64)
+/// go to the blocking pool, so that one big request does not stall the small ones.
+const INLINE_BODY_BYTES: usize = 64 * 1024;
+
+/// Runs a crypto handler's work inline, or on the blocking pool when its body is `large`.
+async fn crypto<F>(large: bool, work: F) -> Response
+where
+    F: FnOnce() -> Response + Send + 'static,
+{
+    if !large {
+        return work();
+    }
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|_| {
+        Problem::new(
+            "internal",
+            500,
+            "the operation failed unexpectedly".to_owned(),
+        )
+        .into_response()
+    })
 }
 
 /// A 200 answer with the spec's JSON.
@@ -136,10 +185,13 @@ fn json<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => {
             let mut response = (StatusCode::OK, body).into_response();
-            response.headers_mut().insert(
+            let headers = response.headers_mut();
+            headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
+            // Answers may carry plaintexts and data keys: no cache may keep them.
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
         Err(error) => Problem::new(
@@ -314,83 +366,100 @@ async fn replicate_key(State(zone): Shared, id: PathId, Signed(body): Signed) ->
 }
 
 async fn encrypt(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
-    let id = id_or_answer!(id);
-    let fields = try_or_answer!(Fields::parse(&body, &["plaintext", "encryption-context"]));
-    let plaintext = try_or_answer!(fields.required_bytes("plaintext", "plaintext"));
-    let context = try_or_answer!(fields.bytes("encryption-context", "encryption-context"));
-    answer(
-        zone.kms
-            .encrypt(id, &plaintext, context.as_deref().map(Vec::as_slice)),
-    )
+    let large = body.len() > INLINE_BODY_BYTES;
+    crypto(large, move || {
+        let id = id_or_answer!(id);
+        let fields = try_or_answer!(Fields::parse(&body, &["plaintext", "encryption-context"]));
+        let plaintext = try_or_answer!(fields.required_bytes("plaintext", "plaintext"));
+        let context = try_or_answer!(fields.bytes("encryption-context", "encryption-context"));
+        answer(
+            zone.kms
+                .encrypt(id, &plaintext, context.as_deref().map(Vec::as_slice)),
+        )
+    })
+    .await
 }
 
 async fn decrypt(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
-    let id = id_or_answer!(id);
-    let fields = try_or_answer!(Fields::parse(&body, &["ciphertext", "encryption-context"]));
-    let ciphertext = try_or_answer!(fields.required_bytes("ciphertext", "ciphertext"));
-    let context = try_or_answer!(fields.bytes("encryption-context", "encryption-context"));
-    answer(
-        zone.kms
-            .decrypt(id, &ciphertext, context.as_deref().map(Vec::as_slice)),
-    )
+    let large = body.len() > INLINE_BODY_BYTES;
+    crypto(large, move || {
+        let id = id_or_answer!(id);
+        let fields = try_or_answer!(Fields::parse(&body, &["ciphertext", "encryption-context"]));
+        let ciphertext = try_or_answer!(fields.required_bytes("ciphertext", "ciphertext"));
+        let context = try_or_answer!(fields.bytes("encryption-context", "encryption-context"));
+        answer(
+            zone.kms
+                .decrypt(id, &ciphertext, context.as_deref().map(Vec::as_slice)),
+        )
+    })
+    .await
 }
 
 async fn re_encrypt(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
-    let id = id_or_answer!(id);
-    let mut fields = try_or_answer!(Fields::parse(&body, &["source", "destination"]));
-    let source = try_or_answer!(fields.required_object(
-        "source",
-        "source",
-        "source.",
-        &["key", "ciphertext", "encryption-context"]
-    ));
-    let destination = try_or_answer!(fields.required_object(
-        "destination",
-        "destination",
-        "destination.",
-        &["key", "encryption-context"]
-    ));
-    let source_key = try_or_answer!(source.required_key("key", "source.key"));
-    if source_key != id {
-        return Problem::from(&Error::BadRequest {
-            field: "source.key",
-            reason: format!("must be the key of the path, {id}, got {source_key}"),
-        })
-        .into_response();
-    }
-    let ciphertext = try_or_answer!(source.required_bytes("ciphertext", "source.ciphertext"));
-    let source_context =
-        try_or_answer!(source.bytes("encryption-context", "source.encryption-context"));
-    let destination_key = try_or_answer!(destination.required_key("key", "destination.key"));
-    let destination_context =
-        try_or_answer!(destination.bytes("encryption-context", "destination.encryption-context"));
-    answer(zone.kms.re_encrypt(
-        id,
-        &ciphertext,
-        source_context.as_deref().map(Vec::as_slice),
-        destination_key,
-        destination_context.as_deref().map(Vec::as_slice),
-    ))
+    let large = body.len() > INLINE_BODY_BYTES;
+    crypto(large, move || {
+        let id = id_or_answer!(id);
+        let mut fields = try_or_answer!(Fields::parse(&body, &["source", "destination"]));
+        let source = try_or_answer!(fields.required_object(
+            "source",
+            "source",
+            "source.",
+            &["key", "ciphertext", "encryption-context"]
+        ));
+        let destination = try_or_answer!(fields.required_object(
+            "destination",
+            "destination",
+            "destination.",
+            &["key", "encryption-context"]
+        ));
+        let source_key = try_or_answer!(source.required_key("key", "source.key"));
+        if source_key != id {
+            return Problem::from(&Error::BadRequest {
+                field: "source.key",
+                reason: format!("must be the key of the path, {id}, got {source_key}"),
+            })
+            .into_response();
+        }
+        let ciphertext = try_or_answer!(source.required_bytes("ciphertext", "source.ciphertext"));
+        let source_context =
+            try_or_answer!(source.bytes("encryption-context", "source.encryption-context"));
+        let destination_key = try_or_answer!(destination.required_key("key", "destination.key"));
+        let destination_context = try_or_answer!(
+            destination.bytes("encryption-context", "destination.encryption-context")
+        );
+        answer(zone.kms.re_encrypt(
+            id,
+            &ciphertext,
+            source_context.as_deref().map(Vec::as_slice),
+            destination_key,
+            destination_context.as_deref().map(Vec::as_slice),
+        ))
+    })
+    .await
 }
 
 async fn generate_data_key(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
-    let id = id_or_answer!(id);
-    let fields = try_or_answer!(Fields::parse(
-        &body,
-        &["key-spec", "bytes-count", "encryption-context"]
-    ));
-    let key_spec = try_or_answer!(fields.string("key-spec", "key-spec"));
-    let bytes_count = try_or_answer!(fields.integer(
-        "bytes-count",
-        "bytes-count",
-        DATA_KEY_MIN_BYTES,
-        DATA_KEY_MAX_BYTES,
-        " bytes"
-    ));
-    let spec = try_or_answer!(DataKeySpec::from_request(key_spec, bytes_count));
-    let context = try_or_answer!(fields.bytes("encryption-context", "encryption-context"));
-    answer(
-        zone.kms
-            .generate_data_key(id, spec, context.as_deref().map(Vec::as_slice)),
-    )
+    let large = body.len() > INLINE_BODY_BYTES;
+    crypto(large, move || {
+        let id = id_or_answer!(id);
+        let fields = try_or_answer!(Fields::parse(
+            &body,
+            &["key-spec", "bytes-count", "encryption-context"]
+        ));
+        let key_spec = try_or_answer!(fields.string("key-spec", "key-spec"));
+        let bytes_count = try_or_answer!(fields.integer(
+            "bytes-count",
+            "bytes-count",
+            DATA_KEY_MIN_BYTES,
+            DATA_KEY_MAX_BYTES,
+            " bytes"
+        ));
+        let spec = try_or_answer!(DataKeySpec::from_request(key_spec, bytes_count));
+        let context = try_or_answer!(fields.bytes("encryption-context", "encryption-context"));
+        answer(
+            zone.kms
+                .generate_data_key(id, spec, context.as_deref().map(Vec::as_slice)),
+        )
+    })
+    .await
 }

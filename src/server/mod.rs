@@ -38,9 +38,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::Kms;
 
@@ -90,9 +92,17 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if options.due_interval.is_zero() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "ServeOptions::due_interval must not be zero",
+        ));
+    }
     let (stop, stopped) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     let mut kmses = Vec::with_capacity(zones.len());
+    // Request bodies in memory at once, in KiB, across every zone.
+    let body_budget = Arc::new(Semaphore::new(BODY_BUDGET_KIB));
     for (kms, listener) in zones {
         kmses.push(kms.clone());
         let zone = Arc::new(http::Zone {
@@ -100,20 +110,14 @@ pub async fn serve(
             credentials: credentials.clone(),
             max_body_bytes: options.max_body_bytes,
             body_timeout: options.body_timeout,
+            body_budget: body_budget.clone(),
         });
-        let router = http::router(zone);
-        let listener = listener.tap_io(|tcp| {
-            // Best effort: a socket that refuses the option still serves, only slower.
-            let _ = tcp.set_nodelay(true);
-        });
-        let mut stopped = stopped.clone();
-        servers.spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
+        servers.spawn(accept_loop(
+            listener,
+            http::router(zone),
+            stopped.clone(),
+            options.shutdown_grace,
+        ));
     }
     let due = tokio::spawn(run_due_loop(kmses, options.due_interval, stopped.clone()));
     tokio::spawn(async move {
@@ -121,35 +125,97 @@ pub async fn serve(
         let _ = stop.send(true);
     });
     let mut result = Ok(());
-    let mut stopped_at = stopped.clone();
-    let mut deadline = std::pin::pin!(async move {
-        let _ = stopped_at.wait_for(|stop| *stop).await;
-        tokio::time::sleep(options.shutdown_grace).await;
-    });
-    loop {
-        tokio::select! {
-            joined = servers.join_next() => match joined {
-                None => break,
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(error))) => result = Err(error),
-                Some(Err(error)) => result = Err(std::io::Error::other(error)),
-            },
-            () = &mut deadline => {
-                // The grace period is over: stop waiting for stalled connections. Their
-                // tasks end with the runtime; a write already started still completes, and
-                // only acknowledged changes were promised.
-                eprintln!(
-                    "keylife: {} s after the stop, connections still open are dropped",
-                    options.shutdown_grace.as_secs()
-                );
-                servers.abort_all();
-                break;
-            }
+    while let Some(joined) = servers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => result = Err(error),
+            Err(error) => result = Err(std::io::Error::other(error)),
         }
     }
     // The servers are done: stop the background work and wait for a run in progress.
     let _ = due.await;
     result
+}
+
+/// Request bodies held in memory at once across all zones, in KiB: 64 MiB. A request waits
+/// for its share (its `Content-Length`, or the body limit when it has none) before its body is
+/// read, after its `Authorization` header has been checked.
+pub const BODY_BUDGET_KIB: usize = 64 * 1024;
+
+/// How long the headers of a request may take to arrive.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts connections on `listener` until the stop, then waits for the connections to finish
+/// their requests in flight, for at most `grace`, and drops the rest. It returns only when
+/// every connection task has ended, so no request is handled after it.
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped_signal(&mut stopped) => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: wait a little rather than spin.
+                log(format_args!("keylife: accept failed: {error}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Best effort: a socket that refuses the option still serves, only slower.
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let mut stop = stopped.clone();
+        connections.spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = stopped_signal(&mut stop) => {
+                    // Finish the request in flight, if any, then close.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        log(format_args!(
+            "keylife: {} s after the stop, {} connection(s) still open are dropped",
+            grace.as_secs(),
+            connections.len()
+        ));
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Completes when the stop is sent (or its sender is gone).
+async fn stopped_signal(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// A line on standard error; a closed or full stderr is not a reason to stop serving.
+pub fn log(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 async fn run_due_loop(
@@ -168,9 +234,26 @@ async fn run_due_loop(
             let kms = kms.clone();
             let zone = kms.zone().to_owned();
             match tokio::task::spawn_blocking(move || kms.run_due()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => eprintln!("keylife: zone {zone}: run_due failed: {error}"),
-                Err(_) => eprintln!("keylife: zone {zone}: run_due panicked"),
+                Ok(Ok(report)) => {
+                    for (id, error) in &report.failed {
+                        log(format_args!(
+                            "keylife: zone {zone}: the due work of key {id} failed: {error} [{}]",
+                            error.code()
+                        ));
+                    }
+                    for (id, target, error) in &report.replication.failed {
+                        log(format_args!(
+                            "keylife: zone {zone}: key {id} did not reach its replica in zone \
+                             {target}: {error} [{}]",
+                            error.code()
+                        ));
+                    }
+                }
+                Ok(Err(error)) => log(format_args!(
+                    "keylife: zone {zone}: run_due failed: {error} [{}]",
+                    error.code()
+                )),
+                Err(_) => log(format_args!("keylife: zone {zone}: run_due panicked")),
             }
         }
         if *stopped.borrow() {

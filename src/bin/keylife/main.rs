@@ -10,6 +10,7 @@ mod cli;
 mod serve;
 mod table;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -47,16 +48,23 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Command::Serve(serve) => serve::run(serve),
-        Command::RootKey(RootKeyCommand::Generate) => match RootKeyBytes::generate_base64() {
-            Ok(text) => {
-                println!("{}", text.as_str());
-                ExitCode::SUCCESS
+        Command::RootKey(RootKeyCommand::Generate) => {
+            let written = RootKeyBytes::generate_base64()
+                .map_err(|error| error.to_string())
+                .and_then(|text| {
+                    let mut stdout = std::io::stdout().lock();
+                    writeln!(stdout, "{}", text.as_str())
+                        .and_then(|()| stdout.flush())
+                        .map_err(|error| format!("cannot write the root key: {error}"))
+                });
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    keylife::server::log(format_args!("keylife: {message}"));
+                    ExitCode::FAILURE
+                }
             }
-            Err(error) => {
-                eprintln!("keylife: {error}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Local(command) => cli::run(command),
     }
 }

@@ -1,5 +1,6 @@
 //! `keylife serve`.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,23 +62,28 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("keylife: cannot start the runtime: {error}");
+            keylife::server::log(format_args!("keylife: cannot start the runtime: {error}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(serve(args)) {
         Ok(()) => {
-            eprintln!("keylife: stopped; every acknowledged change is on disk");
+            keylife::server::log(format_args!(
+                "keylife: stopped; every acknowledged change is on disk"
+            ));
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("keylife: {error}");
+            keylife::server::log(format_args!("keylife: {error}"));
             ExitCode::FAILURE
         }
     }
 }
 
 async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
+    // The signal handlers exist before the first "serving" line: a SIGTERM sent as soon as
+    // the server says it serves stops it gracefully.
+    let shutdown = shutdown_signal()?;
     let root_key = RootKeyBytes::load(args.root_key_file.as_deref())?;
     let credentials = Arc::new(config::load_credentials(args.credentials_file.as_deref())?);
     let names: Vec<String> = args.zones.iter().map(|(name, _)| name.clone()).collect();
@@ -94,7 +100,10 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
             .local_addr()
             .map_err(|error| ConfigError(format!("zone {name}: {error}")))?;
         // One line per zone on standard output, for scripts that start the server on port 0.
-        println!("keylife: zone {name} serving http://{bound}/v2");
+        // A closed standard output is not a reason to refuse to serve.
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "keylife: zone {name} serving http://{bound}/v2");
+        let _ = stdout.flush();
         served.push((kms, listener));
     }
     let options = ServeOptions {
@@ -102,30 +111,36 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
         ..ServeOptions::default()
     };
-    keylife::server::serve(served, credentials, options, shutdown_signal())
+    keylife::server::serve(served, credentials, options, shutdown)
         .await
         .map_err(|error| ConfigError(format!("serving failed: {error}")))
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+/// Completes at Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ConfigError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind: SignalKind| {
+        signal(kind).map_err(|error| ConfigError(format!("cannot handle signals: {error}")))
     };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut interrupt = install(SignalKind::interrupt())?;
+    let mut terminate = install(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    eprintln!("keylife: stopping: finishing the requests in flight");
+        keylife::server::log(format_args!(
+            "keylife: stopping: finishing the requests in flight"
+        ));
+    })
+}
+
+/// Completes at Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ConfigError> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
