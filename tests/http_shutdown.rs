@@ -527,6 +527,19 @@ fn the_server_refuses_to_start_with_bad_credentials() {
     let stderr = refuses_to_start(setup.command(root_key, Some(&missing)));
     assert!(stderr.contains("no-such-credentials"), "{stderr}");
 
+    // A credentials file others can read is used, with a warning.
+    let loose = setup.dir.path().join("loose-credentials");
+    std::fs::write(&loose, "EXOa x\n").unwrap();
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let server = Served::start(setup.command(root_key, Some(&loose)));
+    server.signal("TERM");
+    let (status, stderr) = server.wait(Duration::from_secs(20));
+    assert!(status.success(), "exit {status}; stderr: {stderr}");
+    assert!(
+        stderr.contains("warning: the credentials file") && stderr.contains("has mode 644"),
+        "{stderr}"
+    );
+
     for (text, expected) in [
         ("", "no `KEY SECRET`"),
         ("# only a comment\n", "no `KEY SECRET`"),

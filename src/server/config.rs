@@ -50,6 +50,7 @@ impl RootKeyBytes {
     pub fn load(file: Option<&Path>) -> Result<RootKeyBytes, ConfigError> {
         match file {
             Some(path) => {
+                warn_if_readable_by_others(path, "root key");
                 let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
                     ConfigError(format!(
                         "cannot read the root key file {}: {error}",
@@ -103,6 +104,9 @@ impl RootKeyBytes {
 /// Reads the API credentials from `file`, or else from `KEYLIFE_CREDENTIALS` (same format:
 /// one `KEY SECRET` pair per line, `#` starts a comment).
 pub fn load_credentials(file: Option<&Path>) -> Result<Credentials, ConfigError> {
+    if let Some(path) = file {
+        warn_if_readable_by_others(path, "credentials");
+    }
     let (text, origin) = match file {
         Some(path) => (
             Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
@@ -123,6 +127,27 @@ pub fn load_credentials(file: Option<&Path>) -> Result<Credentials, ConfigError>
         },
     };
     Credentials::parse(&text).map_err(|error| ConfigError(format!("{origin}: {error}")))
+}
+
+/// Warns on stderr when the secrets file `path` may be read by other users than its owner
+/// (Unix permissions); serving goes on.
+fn warn_if_readable_by_others(path: &Path, what: &str) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(metadata) = std::fs::metadata(path)
+            && metadata.permissions().mode() & 0o077 != 0
+        {
+            super::log(format_args!(
+                "keylife: warning: the {what} file {} has mode {:o}: not only its owner \
+                 can read it; `chmod 600` it",
+                path.display(),
+                metadata.permissions().mode() & 0o777
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, what);
 }
 
 /// The store directory of `zone` under the data directory: `DATA/ZONE`.

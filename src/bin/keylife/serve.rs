@@ -18,7 +18,7 @@ use keylife::server::{DEFAULT_MAX_BODY_BYTES, ServeOptions};
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Data directory: each zone's store is the subdirectory named after the zone.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "KEYLIFE_DATA")]
     data: PathBuf,
     /// A zone and the address it is served on, `NAME=IP:PORT` (port 0 picks a free port);
     /// repeat for several zones, which replicate to each other.
