@@ -167,9 +167,18 @@ async fn crypto<F>(large: bool, work: F) -> Response
 where
     F: FnOnce() -> Response + Send + 'static,
 {
-    if !large {
-        return work();
+    if large {
+        off_workers(work).await
+    } else {
+        work()
     }
+}
+
+/// Runs `work` on the blocking pool; a panic in it answers 500.
+async fn off_workers<F>(work: F) -> Response
+where
+    F: FnOnce() -> Response + Send + 'static,
+{
     tokio::task::spawn_blocking(work).await.unwrap_or_else(|_| {
         Problem::new(
             "internal",
@@ -216,15 +225,7 @@ where
     T: Serialize + Send + 'static,
     F: FnOnce() -> Result<T, Error> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(call).await {
-        Ok(result) => answer(result),
-        Err(_) => Problem::new(
-            "internal",
-            500,
-            "the operation failed unexpectedly".to_owned(),
-        )
-        .into_response(),
-    }
+    off_workers(move || answer(call())).await
 }
 
 macro_rules! try_or_answer {

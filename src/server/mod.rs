@@ -207,6 +207,34 @@ async fn accept_loop(
     Ok(())
 }
 
+/// Runs what is due in `kms` ([`Kms::run_due`]: rotations, deletions, replication retries)
+/// and logs on stderr what failed; the failures stay due. The server calls it every
+/// `due_interval`, the command line before each command.
+pub fn run_due_logged(kms: &Kms) {
+    let zone = kms.zone();
+    match kms.run_due() {
+        Ok(report) => {
+            for (id, error) in &report.failed {
+                log(format_args!(
+                    "keylife: zone {zone}: the due work of key {id} failed: {error} [{}]",
+                    error.code()
+                ));
+            }
+            for (id, target, error) in &report.replication.failed {
+                log(format_args!(
+                    "keylife: zone {zone}: key {id} did not reach its replica in zone {target}: \
+                     {error} [{}]",
+                    error.code()
+                ));
+            }
+        }
+        Err(error) => log(format_args!(
+            "keylife: zone {zone}: cannot run the due rotations and deletions: {error} [{}]",
+            error.code()
+        )),
+    }
+}
+
 /// Completes when the stop is sent (or its sender is gone).
 async fn stopped_signal(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
@@ -228,32 +256,16 @@ async fn run_due_loop(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = stopped.wait_for(|stop| *stop) => return,
+            () = stopped_signal(&mut stopped) => return,
         }
         for kms in &zones {
             let kms = kms.clone();
             let zone = kms.zone().to_owned();
-            match tokio::task::spawn_blocking(move || kms.run_due()).await {
-                Ok(Ok(report)) => {
-                    for (id, error) in &report.failed {
-                        log(format_args!(
-                            "keylife: zone {zone}: the due work of key {id} failed: {error} [{}]",
-                            error.code()
-                        ));
-                    }
-                    for (id, target, error) in &report.replication.failed {
-                        log(format_args!(
-                            "keylife: zone {zone}: key {id} did not reach its replica in zone \
-                             {target}: {error} [{}]",
-                            error.code()
-                        ));
-                    }
-                }
-                Ok(Err(error)) => log(format_args!(
-                    "keylife: zone {zone}: run_due failed: {error} [{}]",
-                    error.code()
-                )),
-                Err(_) => log(format_args!("keylife: zone {zone}: run_due panicked")),
+            if tokio::task::spawn_blocking(move || run_due_logged(&kms))
+                .await
+                .is_err()
+            {
+                log(format_args!("keylife: zone {zone}: run_due panicked"));
             }
         }
         if *stopped.borrow() {

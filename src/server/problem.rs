@@ -75,9 +75,7 @@ impl Problem {
             format!("the request body is larger than {limit} bytes, the limit"),
         )
     }
-}
 
-impl Problem {
     /// 408 for a body that did not arrive in time.
     #[must_use]
     pub fn body_timeout(limit: std::time::Duration) -> Problem {

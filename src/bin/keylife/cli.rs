@@ -433,7 +433,7 @@ impl Zones {
         let zones = config::open_zones(data, &names, &root_key)?;
         drop(root_key);
         for kms in &zones {
-            run_due(kms);
+            keylife::server::run_due_logged(kms);
         }
         let chosen = zones
             .iter()
@@ -484,34 +484,6 @@ fn zone_stores(data: &Path) -> Result<Vec<String>, Failure> {
         )));
     }
     Ok(config::existing_zones(data)?)
-}
-
-/// Runs what is due in `kms`, as the server does every second. Problems are warnings: they
-/// stay due and the command goes on (it fails by itself if the store is unusable).
-fn run_due(kms: &Kms) {
-    let zone = kms.zone();
-    match kms.run_due() {
-        Ok(report) => {
-            for (id, error) in &report.failed {
-                eprintln!(
-                    "keylife: warning: zone {zone}: the due work of key {id} failed: {error} [{}]",
-                    error.code()
-                );
-            }
-            for (id, target, error) in &report.replication.failed {
-                eprintln!(
-                    "keylife: warning: zone {zone}: key {id} could not reach its replica in zone \
-                     {target}: {error} [{}]",
-                    error.code()
-                );
-            }
-        }
-        Err(error) => eprintln!(
-            "keylife: warning: zone {zone}: cannot run the due rotations and deletions: {error} \
-             [{}]",
-            error.code()
-        ),
-    }
 }
 
 /// A key id from the command line; not a UUID is the API's `bad-request`.
@@ -940,10 +912,11 @@ fn read_input(
 /// Writes `bytes` to `path`, or to standard output.
 ///
 /// A file is written whole or not at all: the bytes go to a new temporary file beside it
-/// (readable by its owner only), are synced, and the file is renamed over `path`. So a failed
-/// write leaves `path` as it was, an existing file's looser permissions are not kept for a
-/// plaintext, and a symbolic link at `path` is replaced rather than written through. Files
-/// that are not `secret` (ciphertexts) are then made readable by all, as usual.
+/// (readable by its owner only), are synced, the file is renamed over `path`, and the
+/// directory is synced. So a failed write leaves `path` as it was, an existing file's looser
+/// permissions are not kept for a plaintext, and a symbolic link at `path` is replaced rather
+/// than written through. Files that are not `secret` (ciphertexts) are made readable by all,
+/// as usual.
 fn write_output(path: Option<&Path>, bytes: &[u8], secret: bool) -> Result<(), Failure> {
     match path {
         Some(path) if !is_stdio(Some(path)) => {
@@ -970,6 +943,11 @@ fn write_output(path: Option<&Path>, bytes: &[u8], secret: bool) -> Result<(), F
             let _ = secret;
             file.as_file().sync_all().map_err(failed)?;
             file.persist(path).map_err(|error| failed(error.error))?;
+            // The rename is durable once the directory is: only then is the file "written".
+            #[cfg(unix)]
+            std::fs::File::open(dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(failed)?;
             Ok(())
         }
         _ => {
