@@ -286,12 +286,32 @@ pub struct RotationResponse {
     pub rotation: KeyRotationConfig,
 }
 
+impl From<&KeyRecord> for RotationResponse {
+    fn from(record: &KeyRecord) -> RotationResponse {
+        RotationResponse {
+            rotation: record.rotation().into(),
+        }
+    }
+}
+
 /// `schedule-kms-key-deletion-response`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct DeletionScheduled {
     /// When the key will be destroyed.
     pub delete_at: Timestamp,
+}
+
+impl TryFrom<&KeyRecord> for DeletionScheduled {
+    type Error = crate::Error;
+
+    /// The answer for a key pending deletion; `not-pending-deletion` for any other.
+    fn try_from(record: &KeyRecord) -> Result<DeletionScheduled, crate::Error> {
+        match record.status().delete_at() {
+            Some(delete_at) => Ok(DeletionScheduled { delete_at }),
+            None => Err(crate::Error::NotPendingDeletion { id: record.id() }),
+        }
+    }
 }
 
 /// `list-kms-key-rotations-response-entry`.

@@ -47,9 +47,13 @@ pub use crate::api::{
     Ciphertext, CreatedKey, DataKey, DeletionScheduled, KeyDetails, KeyList, KeyStatus, KeySummary,
     Plaintext, RotationList, RotationResponse, SuccessResponse, SuccessStatus,
 };
-pub use crate::core::{CreateKey, DataKeySpec, Error, KeyId};
+/// `Result` with keylife's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub use crate::core::replication::delivery::Ack;
+pub use crate::core::{ConflictReason, CreateKey, DataKeySpec, Error, KeyId};
 pub use crate::crypto::{RootKey, SecretBytes};
 pub use crate::kms::{
-    Ack, Clock, DueReport, DueRunner, Kms, KmsOptions, Limits, Link, LocalLink, ManualClock,
-    RESERVATION_BLOCK, ReplicaUpdate, SyncReport, SystemClock,
+    Access, Caller, Clock, DueReport, DueRunner, Kms, KmsOptions, Limits, Link, LocalLink,
+    ManualClock, Operation, RESERVATION_BLOCK, ReplicaUpdate, SyncReport, SystemClock, Target,
 };

@@ -129,7 +129,13 @@ fn a_store_in_use_is_refused_and_free_again_once_closed() {
     let clock = ManualClock::new(start());
     let first = open(dir.path(), 1, &clock).unwrap();
     let err = open(dir.path(), 1, &clock).unwrap_err();
-    assert_eq!(err.code(), "storage");
+    assert_eq!(
+        err,
+        Error::StoreInUse {
+            store: dir.path().display().to_string()
+        }
+    );
+    assert_eq!(err.code(), "store-in-use");
     assert!(err.to_string().contains("in use"), "{err}");
     drop(first);
     // Closing and reopening at once, again and again, works: the lock is waited for.

@@ -76,7 +76,8 @@ fn one_backend_serves_one_kms_at_a_time() {
     let first = kms_on(Arc::clone(&backend), &clock, Limits::default());
     let second = Kms::with_backend(Arc::clone(&backend), root(1), KmsOptions::new("ch-gva-2"));
     let err = second.unwrap_err();
-    assert_eq!(err.code(), "storage");
+    assert!(matches!(err, Error::StoreInUse { .. }), "{err:?}");
+    assert_eq!(err.code(), "store-in-use");
     assert!(err.to_string().contains("already in use"), "{err}");
     drop(first);
     kms_on(backend, &clock, Limits::default());

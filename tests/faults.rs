@@ -10,8 +10,9 @@
 //!   status says, and a key the failed batch would have created is unknown to the `Kms` too;
 //!   the same call then succeeds and leads to the dry run's state (the key, the replica, and
 //!   every entry of the store, ids and random material aside), which a fresh `Kms` over the
-//!   store also sees. A commit made after the change is durable (a replica's delivery state)
-//!   does not fail the call: the next sync catches up.
+//!   store also sees. A commit made after the change is durable (a replica's delivery state,
+//!   recorded by the background delivery the operation queued, which is waited for) does not
+//!   fail the call: the next sync catches up.
 //!
 //! The dry run also checks that a destroyed key leaves nothing in the store but its tombstone
 //! (a replicated key), and a separate test that an unchanged key is not written at all.
@@ -436,6 +437,21 @@ fn replicated_key_deletion_due(env: &mut Env) -> Subject {
 
 // ----- operations ---------------------------------------------------------------------
 
+/// Runs the case's setup and waits for the deliveries it queued in the background.
+fn set_up(case: &Case, env: &mut Env) -> Subject {
+    let subject = (case.setup)(env);
+    env.kms().wait_for_deliveries();
+    subject
+}
+
+/// Runs the case's operation, then waits for the deliveries to replicas it queued in the
+/// background: their commits are the operation's last ones.
+fn operate(case: &Case, env: &Env, s: &Subject) -> Result<(), Error> {
+    let result = (case.op)(env, s);
+    env.kms().wait_for_deliveries();
+    result
+}
+
 /// A call that must not find the key (it destroys it on the way): not-found is success.
 fn destroys(result: Result<(), Error>, id: KeyId) -> Result<(), Error> {
     match result {
@@ -814,9 +830,9 @@ fn replicated(env: &Env, s: &Subject) -> Option<KeySummary> {
 /// Runs `case` on a healthy store: counts its commits and records where it leads.
 fn dry_run(case: &Case) -> Reference {
     let mut env = Env::new(case);
-    let s = (case.setup)(&mut env);
+    let s = set_up(case, &mut env);
     env.backend.count_from_zero();
-    (case.op)(&env, &s).unwrap_or_else(|e| panic!("{}: healthy run: {e}", case.name));
+    operate(case, &env, &s).unwrap_or_else(|e| panic!("{}: healthy run: {e}", case.name));
     assert_eq!(
         env.backend.commits(),
         case.commits,
@@ -857,7 +873,7 @@ fn fault_run(case: &Case, reference: &Reference, n: usize, mode: Mode) {
     let what = what.as_str();
     let probe = case.limits == Limits::default();
     let mut env = Env::new(case);
-    let s = (case.setup)(&mut env);
+    let s = set_up(case, &mut env);
     let dump_before = env.dump();
     let stored_before = stored(&env, &s);
     let (served_before, list_before) = if case.due {
@@ -867,7 +883,7 @@ fn fault_run(case: &Case, reference: &Reference, n: usize, mode: Mode) {
     };
 
     env.backend.arm(n, mode);
-    let result = (case.op)(&env, &s);
+    let result = operate(case, &env, &s);
     let fired = env
         .backend
         .disarm()
@@ -988,7 +1004,7 @@ fn fault_run(case: &Case, reference: &Reference, n: usize, mode: Mode) {
     // The Kms goes on: the same call succeeds now (unless the call already did), and leads
     // where the healthy run did; a fresh Kms over the store agrees.
     if change_failed {
-        (case.op)(&env, &s).unwrap_or_else(|e| panic!("{what}: the same call again: {e}"));
+        operate(case, &env, &s).unwrap_or_else(|e| panic!("{what}: the same call again: {e}"));
     }
     settle(&env, what);
     assert_eq!(
@@ -1048,7 +1064,7 @@ fn an_unchanged_key_is_not_written() {
         op: |_, _| Ok(()),
     };
     let mut env = Env::new(&case);
-    let s = (case.setup)(&mut env);
+    let s = set_up(&case, &mut env);
     let kms = env.kms();
     env.backend.count_from_zero();
     kms.disable_key(s.id(), None).unwrap();

@@ -476,6 +476,7 @@ fn failed_deliveries_back_off_in_run_due_but_not_in_sync() {
         .id;
     faulty.cut("de-fra-1");
     a.replicate_key(id, "de-fra-1", None).unwrap();
+    a.wait_for_deliveries();
     assert_eq!(faulty.counts().cut_off, 1, "the first attempt is immediate");
     // The retry is not due yet: run_due leaves it for later.
     let report = a.run_due().unwrap();
@@ -509,6 +510,7 @@ fn replica_status_serializes_with_the_spec_field_names() {
         .id;
     faulty.cut("de-fra-1");
     a.replicate_key(id, "de-fra-1", None).unwrap();
+    a.wait_for_deliveries();
     let json = serde_json::to_value(a.get_key(id).unwrap()).unwrap();
     assert_eq!(json["replicas"], serde_json::json!(["de-fra-1"]));
     let state = &json["replicas-status"][0];
@@ -604,6 +606,7 @@ fn a_replica_that_spends_its_budget_gets_a_new_version_from_its_origin() {
         .unwrap()
         .id;
     a.replicate_key(id, "de-fra-1", None).unwrap();
+    a.wait_for_deliveries();
     let version = |ciphertext: &[u8]| {
         keylife::crypto::Header::parse(ciphertext)
             .unwrap()
@@ -645,6 +648,7 @@ fn a_replica_whose_origin_is_unreachable_answers_rotation_pending() {
         .unwrap()
         .id;
     a.replicate_key(id, "de-fra-1", None).unwrap();
+    a.wait_for_deliveries();
     b.encrypt(id, b"first", None).unwrap();
     faulty.cut("ch-gva-2");
     let err = b.encrypt(id, b"second", None).unwrap_err();
@@ -724,6 +728,7 @@ fn a_deletion_made_while_an_older_update_is_in_flight_still_reaches_the_replica(
         .unwrap()
         .id;
     a.replicate_key(id, "de-fra-1", None).unwrap();
+    a.wait_for_deliveries();
     assert!(b.get_key(id).is_ok());
     // The delivery of the next change is overtaken: before it arrives, the key is scheduled
     // for deletion and destroyed at the origin, and the news of both is lost.
@@ -757,9 +762,12 @@ fn a_failed_extra_delivery_to_an_up_to_date_replica_is_retried_and_cleared() {
         .unwrap()
         .id;
     a.replicate_key(id, "b", None).unwrap(); // seq 2, delivered to b
+    a.wait_for_deliveries();
     faulty.cut("b");
     a.rotate_key(id, None).unwrap(); // seq 3: b misses it
+    a.wait_for_deliveries();
     a.replicate_key(id, "c", None).unwrap(); // seq 4: c is up to date
+    a.wait_for_deliveries();
     faulty.script("c", common::fault::Fault::Drop);
     b.encrypt(id, b"x", None).unwrap(); // spends b's budget of version 1
     // b asks the origin, which already has version 2 and pushes to b (cut) and c (dropped).

@@ -69,8 +69,13 @@ impl Cluster {
         }
     }
 
-    /// Closes `zones` (open): drops their `Kms`, which must be the last handle.
+    /// Closes `zones` (open): drops their `Kms`, which must be the last handle. The
+    /// deliveries the open zones have under way finish first (one may hold a handle on a zone
+    /// it delivers to); what is owed stays owed.
     fn close(&mut self, zones: &[usize]) {
+        for kms in self.kms.iter().flatten() {
+            kms.wait_for_deliveries();
+        }
         for &i in zones {
             let kms = self.kms[i]
                 .take()
@@ -114,6 +119,7 @@ fn create_replicated(cluster: &Cluster, name: &str, replicas: &[usize]) -> KeyId
     for &r in replicas {
         a.replicate_key(id, NAMES[r], None).unwrap();
     }
+    a.wait_for_deliveries();
     let expected: Vec<_> = replicas.iter().map(|&r| (r, KeyStatus::Enabled)).collect();
     assert_converged(cluster, id, &expected);
     id
@@ -276,6 +282,7 @@ fn origin_restarts_with_deliveries_pending() {
         ];
         for (n, change) in changes.iter().enumerate() {
             change().unwrap();
+            a.wait_for_deliveries();
             cluster.past_backoff();
             if n == 0 || n == 5 {
                 sealed.push(Sealed::new(&cluster, A, id, n + 1).unwrap());
@@ -365,7 +372,9 @@ fn replicas_restart_with_deliveries_pending() {
     // Delivered partly: c gets the rotation and the rotation settings, b's message is held.
     cluster.link.script("b", Fault::Delay);
     cluster.zone(A).rotate_key(id, None).unwrap();
+    cluster.zone(A).wait_for_deliveries();
     cluster.zone(A).disable_key_rotation(id, None).unwrap();
+    cluster.zone(A).wait_for_deliveries();
     assert_eq!(cluster.link.held(), 1);
     assert_eq!(cluster.zone(B).get_key(id).unwrap().key.material.version, 1);
     let c_seen = cluster.zone(C).get_key(id).unwrap().key;
@@ -591,6 +600,8 @@ fn make_change(cluster: &Cluster, model: &mut Model, change: Change) {
             model.replica_status[zone] = KeyStatus::Enabled;
         }
     }
+    // The change's deliveries are made in the background at once: see them through.
+    a.wait_for_deliveries();
 }
 
 /// Whether replica `zone` of `model`'s key is known at the origin to hold its latest revision.
@@ -862,6 +873,7 @@ fn a_deletion_waiting_for_a_replica_survives_restarts() {
     cluster.link.script("c", Fault::Delay);
     a.replicate_key(id, "b", None).unwrap();
     a.replicate_key(id, "c", None).unwrap();
+    a.wait_for_deliveries();
     assert_eq!(cluster.link.held(), 2);
     a.sync().unwrap();
     assert_converged(

@@ -376,7 +376,18 @@ impl Case {
         Ok(report)
     }
 
+    /// Runs `op`, then waits for the deliveries it queued in the background, so that a case
+    /// replays the same way every time (the faults scripted on the link meet the same
+    /// messages).
     fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        let result = self.run(op);
+        for zone in &self.zones.kms {
+            zone.wait_for_deliveries();
+        }
+        result
+    }
+
+    fn run(&mut self, op: &Op) -> Result<(), TestCaseError> {
         match op {
             Op::Create { name, multi_zone } => {
                 if self.keys.len() < MAX_KEYS {

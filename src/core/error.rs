@@ -1,9 +1,10 @@
 //! The one error type of keylife.
 //!
 //! It lives in the core because the core decides most of its conditions; the shell adds the few
-//! that come from storage and the operating system ([`Error::WrongRootKey`], [`Error::Corrupt`],
-//! [`Error::Storage`], [`Error::RandomSource`]). Every variant has a stable machine code
-//! ([`Error::code`]) and the HTTP status of lifecycle.md ([`Error::http_status`]).
+//! that come from storage, the operating system and the caller ([`Error::WrongRootKey`],
+//! [`Error::Corrupt`], [`Error::Storage`], [`Error::StoreInUse`], [`Error::RandomSource`],
+//! [`Error::Forbidden`]). Every variant has a stable machine code ([`Error::code`]), the HTTP
+//! status of lifecycle.md ([`Error::http_status`]) and a short title ([`Error::title`]).
 
 use jiff::Timestamp;
 
@@ -66,15 +67,15 @@ pub enum Error {
         /// The zone.
         zone: String,
     },
-    /// The key is already in the asked configuration where that is an error, not
-    /// `already-applied` (enable-key-rotation when rotation is on, disable when it is off,
-    /// replicate to a zone twice).
+    /// The key's state does not allow the change, and saying `already-applied` would be wrong:
+    /// [`ConflictReason`] says which rule (automatic rotation already on or off, a zone
+    /// replicated twice, a counter exhausted, a replication update that does not fit).
     #[error("key {id}: {reason}")]
     Conflict {
         /// The key.
         id: KeyId,
-        /// Which rule: for example "automatic rotation is already enabled".
-        reason: &'static str,
+        /// Which rule.
+        reason: ConflictReason,
     },
     /// An argument is well-formed but names something that cannot be used (for example an
     /// unknown replication zone).
@@ -116,9 +117,10 @@ pub enum Error {
         /// The zone that must rotate the key.
         origin_zone: String,
     },
-    /// The operation needs a key of usage `encrypt-decrypt`. Every key keylife creates has that
-    /// usage, so this version never returns it; it exists so that the error vocabulary is the
-    /// contract's.
+    /// Reserved: the operation needs a key of usage `encrypt-decrypt`. Every key keylife creates
+    /// has that usage, so this version never returns it; it is kept so that the error
+    /// vocabulary is the contract's. (A `usage` other than `encrypt-decrypt` in a request is
+    /// [`Error::BadRequest`] naming the field.)
     #[error("key {id}: the operation needs a key with usage encrypt-decrypt")]
     InvalidUsage {
         /// The key.
@@ -186,6 +188,22 @@ pub enum Error {
         /// What failed.
         detail: String,
     },
+    /// The store is held by another user: another process, or another `Kms` of this process.
+    /// Nothing was opened; the store is free again once that user closes it.
+    #[error("the store {store} is already in use by another process or Kms")]
+    StoreInUse {
+        /// Which store: its directory, or "this backend".
+        store: String,
+    },
+    /// The caller's check ([`crate::Caller::permit`]) refused the call before anything was
+    /// looked at or changed. The answer is the same whether the key exists or not.
+    #[error("the caller may not {operation}{}", key_suffix(.id))]
+    Forbidden {
+        /// The refused operation, as named in the API (`encrypt`, `rotate-kms-key`, ...).
+        operation: &'static str,
+        /// The key the call named, if it named one.
+        id: Option<KeyId>,
+    },
     /// The operating system's random source failed; nothing was generated or written.
     #[error("the operating system's random source failed: {detail}")]
     RandomSource {
@@ -224,16 +242,54 @@ impl Error {
             Error::RandomSource { .. } => "random-source",
             Error::ZoneUnreachable { .. } => "zone-unreachable",
             Error::RotationPending { .. } => "rotation-pending",
+            Error::StoreInUse { .. } => "store-in-use",
+            Error::Forbidden { .. } => "forbidden",
+        }
+    }
+
+    /// A short summary of the kind of error, the same for every error of one code: the
+    /// `title` of the HTTP problem document.
+    #[must_use]
+    pub fn title(&self) -> &'static str {
+        match self {
+            Error::KeyNotFound { .. } => "Key not found",
+            Error::KeyDisabled { .. } => "Key is disabled",
+            Error::KeyPendingDeletion { .. } => "Key is pending deletion",
+            Error::NotPendingDeletion { .. } => "Key is not pending deletion",
+            Error::NotOnReplica { .. } => "Not allowed on a replica",
+            Error::NotMultiZone { .. } => "Key is not multi-zone",
+            Error::NameConflict { .. } => "Name already in use",
+            Error::Conflict { .. } => "Conflict",
+            Error::InvalidArgument { .. } => "Invalid argument",
+            Error::ManualRotationLimit { .. } => "Manual rotation limit reached",
+            Error::InvalidUsage { .. } => "Invalid key usage",
+            Error::QuotaExceeded { .. } => "Key quota exceeded",
+            Error::IncorrectKey { .. } => "Incorrect key",
+            Error::InvalidCiphertext => "Invalid ciphertext",
+            Error::RevisionConflict { .. } => "Revision conflict",
+            Error::BadRequest { .. } => "Bad request",
+            Error::WrongRootKey => "Wrong root key",
+            Error::Corrupt { .. } => "Corrupt record",
+            Error::Storage { .. } => "Storage error",
+            Error::NotDurable { .. } => "Change not durable",
+            Error::RandomSource { .. } => "Random source failed",
+            Error::ZoneUnreachable { .. } => "Zone unreachable",
+            Error::RotationPending { .. } => "Rotation pending",
+            Error::StoreInUse { .. } => "Store in use",
+            Error::Forbidden { .. } => "Forbidden",
         }
     }
 
     /// The HTTP status lifecycle.md gives this error: 404 for key not found; 409 for name
-    /// conflict, conflict and revision conflict; 400 for the other contract errors; 500 for the
-    /// conditions of the store and the operating system, which are not the caller's fault.
+    /// conflict, conflict and revision conflict; 403 for a call the caller may not make; 400
+    /// for the other contract errors; 500 for the conditions of the store and the operating
+    /// system, which are not the caller's fault; 503 for what passes (a zone out of reach, a
+    /// rotation under way, a store in use).
     #[must_use]
     pub fn http_status(&self) -> u16 {
         match self {
             Error::KeyNotFound { .. } => 404,
+            Error::Forbidden { .. } => 403,
             Error::NameConflict { .. }
             | Error::Conflict { .. }
             | Error::RevisionConflict { .. } => 409,
@@ -242,7 +298,9 @@ impl Error {
             | Error::Storage { .. }
             | Error::NotDurable { .. }
             | Error::RandomSource { .. } => 500,
-            Error::ZoneUnreachable { .. } | Error::RotationPending { .. } => 503,
+            Error::ZoneUnreachable { .. }
+            | Error::RotationPending { .. }
+            | Error::StoreInUse { .. } => 503,
             _ => 400,
         }
     }
@@ -257,18 +315,73 @@ impl Error {
             format!("{short:?}…")
         }
     }
+}
 
-    /// A bad-request error for `field` whose value is outside `min..=max`.
-    pub(crate) fn out_of_range(
-        field: &'static str,
-        min: impl std::fmt::Display,
-        max: impl std::fmt::Display,
-        unit: &str,
-        got: impl std::fmt::Display,
-    ) -> Error {
-        Error::BadRequest {
-            field,
-            reason: format!("must be between {min} and {max}{unit}, got {got}"),
+fn key_suffix(id: &Option<KeyId>) -> String {
+    id.map(|id| format!(" key {id}")).unwrap_or_default()
+}
+
+/// Which rule an [`Error::Conflict`] broke. Its `Display` is the rule in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConflictReason {
+    /// enable-key-rotation while automatic rotation is on.
+    RotationAlreadyEnabled,
+    /// disable-key-rotation while automatic rotation is off.
+    RotationAlreadyDisabled,
+    /// replicate-key to a zone that already holds a replica.
+    AlreadyReplicated,
+    /// The key's `revision.seq` reached `u64::MAX`: it cannot change any more.
+    RevisionsExhausted,
+    /// The key's material version reached `u32::MAX`: it cannot rotate any more.
+    VersionsExhausted,
+    /// A replication update reached the key's origin zone (or came from this zone).
+    UpdateAtOrigin,
+    /// A replication update for a key this zone does not hold does not list this zone among
+    /// the key's replicas.
+    NotAReplicaZone,
+    /// A replication update has fewer material versions than the replica holds.
+    FewerVersions,
+    /// A replica did not apply an update because it lacks material versions the origin
+    /// thought it held; the next delivery sends them again.
+    ReplicaLacksVersions,
+    /// Concurrent encryptions spent the budget of every new material version before this
+    /// call could use one; retrying succeeds.
+    BudgetRace,
+}
+
+impl ConflictReason {
+    /// The rule in words.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConflictReason::RotationAlreadyEnabled => "automatic rotation is already enabled",
+            ConflictReason::RotationAlreadyDisabled => "automatic rotation is already disabled",
+            ConflictReason::AlreadyReplicated => "the key is already replicated to this zone",
+            ConflictReason::RevisionsExhausted => "the revision counter is exhausted",
+            ConflictReason::VersionsExhausted => "the material version counter is exhausted",
+            ConflictReason::UpdateAtOrigin => {
+                "this zone is the key's origin: it does not follow a replica's update"
+            }
+            ConflictReason::NotAReplicaZone => {
+                "the update does not list this zone among the key's replicas"
+            }
+            ConflictReason::FewerVersions => {
+                "the update has fewer material versions than the replica"
+            }
+            ConflictReason::ReplicaLacksVersions => {
+                "the replica did not apply the update: it lacks material versions; they are \
+                 sent again"
+            }
+            ConflictReason::BudgetRace => {
+                "concurrent calls spent the encryption budget of every new version; retry"
+            }
         }
+    }
+}
+
+impl std::fmt::Display for ConflictReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

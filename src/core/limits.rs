@@ -1,8 +1,14 @@
-//! Every bound of the contract, as named constants, and the checked types that carry them.
+//! Every bound of the contract, as named constants, the [`Bound`]s that check them, and the
+//! checked types that carry them.
 //!
-//! A value of [`DeletionDelay`], [`RotationPeriod`] or [`DataKeySpec`] is always in range:
-//! the range is checked once, where the value enters, and the error names the field and the
-//! bound.
+//! A value of [`DeletionDelay`] or [`RotationPeriod`] is always in range: the range is checked
+//! once, where the value enters, and the error names the field and the bound. A
+//! [`DataKeySpec::Bytes`] can be built with any count; its count is checked by
+//! [`DataKeySpec::checked`], which generate-data-key calls before anything is generated.
+//! Every check of a numeric bound goes through [`Bound::check`], the HTTP layer's included, so
+//! that a bound and its message are written once.
+
+use std::fmt;
 
 use super::error::Error;
 
@@ -41,6 +47,95 @@ pub const DEFAULT_MAX_CONTEXT_BYTES: usize = 8 * 1024;
 /// automatically when its newest version reaches this count (see docs/design.md).
 pub const MAX_ENCRYPTIONS_PER_VERSION: u64 = 1 << 32;
 
+/// An inclusive range of whole numbers that a field of the API must fall in, with the unit its
+/// messages give (`" days"`): one value per bound of the contract. `Display` shows the range
+/// as messages say it: `between 7 and 30 days`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// The field, by its API name.
+    pub field: &'static str,
+    /// The smallest value allowed.
+    pub min: u64,
+    /// The largest value allowed.
+    pub max: u64,
+    /// What the numbers count, with a leading space (`" days"`), or empty.
+    pub unit: &'static str,
+}
+
+/// `delay-days` of schedule-deletion.
+pub const DELETION_DELAY: Bound = Bound {
+    field: "delay-days",
+    min: DELETION_DELAY_MIN_DAYS as u64,
+    max: DELETION_DELAY_MAX_DAYS as u64,
+    unit: " days",
+};
+/// `rotation-period` of enable-key-rotation.
+pub const ROTATION_PERIOD: Bound = Bound {
+    field: "rotation-period",
+    min: ROTATION_PERIOD_MIN_DAYS as u64,
+    max: ROTATION_PERIOD_MAX_DAYS as u64,
+    unit: " days",
+};
+/// `bytes-count` of generate-data-key.
+pub const DATA_KEY_BYTES: Bound = Bound {
+    field: "bytes-count",
+    min: DATA_KEY_MIN_BYTES as u64,
+    max: DATA_KEY_MAX_BYTES as u64,
+    unit: " bytes",
+};
+/// A key's `name`, in characters.
+pub const NAME_CHARS: Bound = Bound {
+    field: "name",
+    min: 1,
+    max: NAME_MAX_CHARS as u64,
+    unit: " characters",
+};
+/// A key's `description`, in characters.
+pub const DESCRIPTION_CHARS: Bound = Bound {
+    field: "description",
+    min: 0,
+    max: DESCRIPTION_MAX_CHARS as u64,
+    unit: " characters",
+};
+/// The `max-encryptions-per-version` option of a `Kms` (not a field of the API).
+pub const ENCRYPTIONS_PER_VERSION: Bound = Bound {
+    field: "max-encryptions-per-version",
+    min: 1,
+    max: MAX_ENCRYPTIONS_PER_VERSION,
+    unit: "",
+};
+
+impl Bound {
+    /// `value` if it is in range, else [`Error::BadRequest`] naming the field, the range and
+    /// the value.
+    pub fn check(&self, value: impl Into<i128>) -> Result<u64, Error> {
+        let value = value.into();
+        match u64::try_from(value) {
+            Ok(inside) if (self.min..=self.max).contains(&inside) => Ok(inside),
+            _ => Err(Error::BadRequest {
+                field: self.field,
+                reason: format!("must be {self}, got {value}"),
+            }),
+        }
+    }
+
+    /// [`Bound::check`] for a bound whose `max` fits in a `u32` (every bound of the API).
+    pub fn check_u32(&self, value: impl Into<i128>) -> Result<u32, Error> {
+        let value = value.into();
+        let inside = self.check(value)?;
+        u32::try_from(inside).map_err(|_| Error::BadRequest {
+            field: self.field,
+            reason: format!("must be {self}, got {value}"),
+        })
+    }
+}
+
+impl fmt::Display for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "between {} and {}{}", self.min, self.max, self.unit)
+    }
+}
+
 /// A checked deletion delay: whole days in
 /// [`DELETION_DELAY_MIN_DAYS`]`..=`[`DELETION_DELAY_MAX_DAYS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,17 +144,7 @@ pub struct DeletionDelay(u32);
 impl DeletionDelay {
     /// Checks `days`; out of range is [`Error::BadRequest`] on `delay-days`.
     pub fn new(days: u32) -> Result<DeletionDelay, Error> {
-        if (DELETION_DELAY_MIN_DAYS..=DELETION_DELAY_MAX_DAYS).contains(&days) {
-            Ok(DeletionDelay(days))
-        } else {
-            Err(Error::out_of_range(
-                "delay-days",
-                DELETION_DELAY_MIN_DAYS,
-                DELETION_DELAY_MAX_DAYS,
-                " days",
-                days,
-            ))
-        }
+        DELETION_DELAY.check_u32(days).map(DeletionDelay)
     }
 
     /// The delay of a request: the default when absent, else checked.
@@ -88,17 +173,7 @@ pub struct RotationPeriod(u32);
 impl RotationPeriod {
     /// Checks `days`; out of range is [`Error::BadRequest`] on `rotation-period`.
     pub fn new(days: u32) -> Result<RotationPeriod, Error> {
-        if (ROTATION_PERIOD_MIN_DAYS..=ROTATION_PERIOD_MAX_DAYS).contains(&days) {
-            Ok(RotationPeriod(days))
-        } else {
-            Err(Error::out_of_range(
-                "rotation-period",
-                ROTATION_PERIOD_MIN_DAYS,
-                ROTATION_PERIOD_MAX_DAYS,
-                " days",
-                days,
-            ))
-        }
+        ROTATION_PERIOD.check_u32(days).map(RotationPeriod)
     }
 
     /// The period of a request: the default when absent, else checked.
@@ -126,7 +201,8 @@ pub enum DataKeySpec {
     /// A 32-byte key for AES-256. The default.
     #[default]
     Aes256,
-    /// This many bytes (checked when the data key is generated).
+    /// This many bytes: [`DATA_KEY_MIN_BYTES`] to [`DATA_KEY_MAX_BYTES`], checked by
+    /// [`DataKeySpec::checked`] when the data key is generated.
     Bytes(u32),
 }
 
@@ -154,18 +230,8 @@ impl DataKeySpec {
     /// Checks the byte count; out of range is [`Error::BadRequest`] on `bytes-count`.
     pub fn checked(self) -> Result<DataKeySpec, Error> {
         match self {
-            DataKeySpec::Bytes(count)
-                if !(DATA_KEY_MIN_BYTES..=DATA_KEY_MAX_BYTES).contains(&count) =>
-            {
-                Err(Error::out_of_range(
-                    "bytes-count",
-                    DATA_KEY_MIN_BYTES,
-                    DATA_KEY_MAX_BYTES,
-                    " bytes",
-                    count,
-                ))
-            }
-            spec => Ok(spec),
+            DataKeySpec::Bytes(count) => DATA_KEY_BYTES.check_u32(count).map(DataKeySpec::Bytes),
+            DataKeySpec::Aes256 => Ok(self),
         }
     }
 
@@ -181,32 +247,14 @@ impl DataKeySpec {
 
 /// Checks a key name: 1 to [`NAME_MAX_CHARS`] characters.
 pub fn check_name(name: &str) -> Result<(), Error> {
-    let chars = name.chars().count();
-    if (1..=NAME_MAX_CHARS).contains(&chars) {
-        Ok(())
-    } else {
-        Err(Error::out_of_range(
-            "name",
-            1,
-            NAME_MAX_CHARS,
-            " characters",
-            chars,
-        ))
-    }
+    NAME_CHARS.check(char_count(name)).map(drop)
 }
 
 /// Checks a key description: at most [`DESCRIPTION_MAX_CHARS`] characters.
 pub fn check_description(description: &str) -> Result<(), Error> {
-    let chars = description.chars().count();
-    if chars <= DESCRIPTION_MAX_CHARS {
-        Ok(())
-    } else {
-        Err(Error::out_of_range(
-            "description",
-            0,
-            DESCRIPTION_MAX_CHARS,
-            " characters",
-            chars,
-        ))
-    }
+    DESCRIPTION_CHARS.check(char_count(description)).map(drop)
+}
+
+fn char_count(text: &str) -> u64 {
+    u64::try_from(text.chars().count()).unwrap_or(u64::MAX)
 }

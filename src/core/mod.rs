@@ -26,7 +26,7 @@ mod replication_tests;
 mod tests;
 
 pub use command::{Command, CreateContext, CreateKey, Event, Transition};
-pub use error::Error;
+pub use error::{ConflictReason, Error};
 pub use id::KeyId;
 pub use limits::{DataKeySpec, DeletionDelay, RotationPeriod};
 pub use record::{

@@ -1385,7 +1385,14 @@ fn error_http_status_follows_the_contract() {
             409,
             "name-conflict",
         ),
-        (Error::Conflict { id, reason: "r" }, 409, "conflict"),
+        (
+            Error::Conflict {
+                id,
+                reason: ConflictReason::AlreadyReplicated,
+            },
+            409,
+            "conflict",
+        ),
         (
             Error::RevisionConflict {
                 id,

@@ -3,9 +3,11 @@
 use jiff::{SignedDuration, Timestamp};
 
 use super::command::{Command, CreateContext, CreateKey, Event, Transition};
-use super::error::Error;
+use super::error::{ConflictReason, Error};
 use super::id::KeyId;
-use super::limits::{MAX_MANUAL_ROTATIONS, ROTATION_PERIOD_DEFAULT_DAYS};
+use super::limits::{
+    DeletionDelay, MAX_MANUAL_ROTATIONS, ROTATION_PERIOD_DEFAULT_DAYS, RotationPeriod,
+};
 use super::record::{
     KeyRecord, KeySource, KeyUsage, MaterialMeta, ReplicaZone, Revision, Role, RotationConfig,
     Status,
@@ -100,108 +102,142 @@ pub fn apply(
         });
     }
     match command {
-        Command::Enable => match record.status {
-            Status::Enabled => Ok(Transition::Unchanged),
-            Status::Disabled => change(record, now, Event::Enabled, |next| {
-                set_status(next, Status::Enabled, now);
-                Ok(())
-            }),
-            Status::PendingDeletion { delete_at } => Err(pending(record.id, delete_at)),
-        },
-        Command::Disable => match record.status {
-            Status::Enabled => change(record, now, Event::Disabled, |next| {
-                set_status(next, Status::Disabled, now);
-                Ok(())
-            }),
-            Status::Disabled => Ok(Transition::Unchanged),
-            Status::PendingDeletion { delete_at } => Err(pending(record.id, delete_at)),
-        },
-        Command::ScheduleDeletion { delay } => {
-            origin_only(record, command.name())?;
-            if let Status::PendingDeletion { delete_at } = record.status {
-                return Err(pending(record.id, delete_at));
-            }
-            let delete_at = add_days(now, delay.days())?;
-            change(
-                record,
-                now,
-                Event::DeletionScheduled { delete_at },
-                |next| {
-                    set_status(next, Status::PendingDeletion { delete_at }, now);
-                    Ok(())
-                },
-            )
-        }
-        Command::CancelDeletion => {
-            origin_only(record, command.name())?;
-            match record.status {
-                Status::PendingDeletion { .. } => {
-                    change(record, now, Event::DeletionCancelled, |next| {
-                        set_status(next, Status::Disabled, now);
-                        next.last_cancel_seq = record.revision.seq.saturating_add(1);
-                        Ok(())
-                    })
-                }
-                _ => Err(Error::NotPendingDeletion { id: record.id }),
-            }
-        }
-        Command::Rotate => {
-            origin_only(record, command.name())?;
-            require_enabled(record)?;
-            if record.rotation.manual_count >= MAX_MANUAL_ROTATIONS {
-                return Err(Error::ManualRotationLimit {
-                    id: record.id,
-                    limit: MAX_MANUAL_ROTATIONS,
-                });
-            }
-            rotate(record, now, false, |next| {
-                next.rotation.manual_count += 1;
-                Ok(())
-            })
-        }
-        Command::EnableRotation { period } => {
-            origin_only(record, command.name())?;
-            require_enabled(record)?;
-            if record.rotation.automatic {
-                return Err(Error::Conflict {
-                    id: record.id,
-                    reason: "automatic rotation is already enabled",
-                });
-            }
-            let next_at = add_days(now, period.days())?;
-            change(record, now, Event::RotationEnabled, |next| {
-                next.rotation.automatic = true;
-                next.rotation.period_days = period.days();
-                next.rotation.next_at = next_at;
-                Ok(())
-            })
-        }
-        Command::DisableRotation => {
-            origin_only(record, command.name())?;
-            require_enabled(record)?;
-            if !record.rotation.automatic {
-                return Err(Error::Conflict {
-                    id: record.id,
-                    reason: "automatic rotation is already disabled",
-                });
-            }
-            change(record, now, Event::RotationDisabled, |next| {
-                next.rotation.automatic = false;
-                Ok(())
-            })
-        }
+        Command::Enable => enable(record, now),
+        Command::Disable => disable(record, now),
+        Command::ScheduleDeletion { delay } => schedule_deletion(record, *delay, now),
+        Command::CancelDeletion => cancel_deletion(record, now),
+        Command::Rotate => rotate_manually(record, now),
+        Command::EnableRotation { period } => enable_rotation(record, *period, now),
+        Command::DisableRotation => disable_rotation(record, now),
         Command::Replicate { zone, known } => replicate(record, zone, *known, now),
         Command::RunDue => run_due(record, now),
-        Command::RetireExhausted { version } => {
-            origin_only(record, command.name())?;
-            require_enabled(record)?;
-            if record.newest_material().version != *version {
-                // Another call already made a newer version.
-                return Ok(Transition::Unchanged);
-            }
-            rotate(record, now, true, |_| Ok(()))
-        }
+        Command::RetireExhausted { version } => retire_exhausted(record, *version, now),
     }
+}
+
+/// enable-kms-key.
+fn enable(record: &KeyRecord, now: Timestamp) -> Result<Transition, Error> {
+    match record.status {
+        Status::Enabled => Ok(Transition::Unchanged),
+        Status::Disabled => change(record, now, Event::Enabled, |next| {
+            set_status(next, Status::Enabled, now);
+            Ok(())
+        }),
+        Status::PendingDeletion { delete_at } => Err(pending(record.id, delete_at)),
+    }
+}
+
+/// disable-kms-key.
+fn disable(record: &KeyRecord, now: Timestamp) -> Result<Transition, Error> {
+    match record.status {
+        Status::Enabled => change(record, now, Event::Disabled, |next| {
+            set_status(next, Status::Disabled, now);
+            Ok(())
+        }),
+        Status::Disabled => Ok(Transition::Unchanged),
+        Status::PendingDeletion { delete_at } => Err(pending(record.id, delete_at)),
+    }
+}
+
+/// schedule-kms-key-deletion.
+fn schedule_deletion(
+    record: &KeyRecord,
+    delay: DeletionDelay,
+    now: Timestamp,
+) -> Result<Transition, Error> {
+    origin_only(record, "schedule-deletion")?;
+    if let Status::PendingDeletion { delete_at } = record.status {
+        return Err(pending(record.id, delete_at));
+    }
+    let delete_at = add_days(now, delay.days())?;
+    change(
+        record,
+        now,
+        Event::DeletionScheduled { delete_at },
+        |next| {
+            set_status(next, Status::PendingDeletion { delete_at }, now);
+            Ok(())
+        },
+    )
+}
+
+/// cancel-kms-key-deletion: the key becomes disabled.
+fn cancel_deletion(record: &KeyRecord, now: Timestamp) -> Result<Transition, Error> {
+    origin_only(record, "cancel-deletion")?;
+    match record.status {
+        Status::PendingDeletion { .. } => change(record, now, Event::DeletionCancelled, |next| {
+            set_status(next, Status::Disabled, now);
+            next.last_cancel_seq = record.revision.seq.saturating_add(1);
+            Ok(())
+        }),
+        _ => Err(Error::NotPendingDeletion { id: record.id }),
+    }
+}
+
+/// rotate-kms-key: a manual rotation, at most [`MAX_MANUAL_ROTATIONS`] per key.
+fn rotate_manually(record: &KeyRecord, now: Timestamp) -> Result<Transition, Error> {
+    origin_only(record, "rotate")?;
+    require_enabled(record)?;
+    if record.rotation.manual_count >= MAX_MANUAL_ROTATIONS {
+        return Err(Error::ManualRotationLimit {
+            id: record.id,
+            limit: MAX_MANUAL_ROTATIONS,
+        });
+    }
+    rotate(record, now, false, |next| {
+        next.rotation.manual_count += 1;
+        Ok(())
+    })
+}
+
+/// enable-kms-key-rotation; a conflict if automatic rotation is already on.
+fn enable_rotation(
+    record: &KeyRecord,
+    period: RotationPeriod,
+    now: Timestamp,
+) -> Result<Transition, Error> {
+    origin_only(record, "enable-key-rotation")?;
+    require_enabled(record)?;
+    if record.rotation.automatic {
+        return Err(Error::Conflict {
+            id: record.id,
+            reason: ConflictReason::RotationAlreadyEnabled,
+        });
+    }
+    let next_at = add_days(now, period.days())?;
+    change(record, now, Event::RotationEnabled, |next| {
+        next.rotation.automatic = true;
+        next.rotation.period_days = period.days();
+        next.rotation.next_at = next_at;
+        Ok(())
+    })
+}
+
+/// disable-kms-key-rotation; a conflict if automatic rotation is already off.
+fn disable_rotation(record: &KeyRecord, now: Timestamp) -> Result<Transition, Error> {
+    origin_only(record, "disable-key-rotation")?;
+    require_enabled(record)?;
+    if !record.rotation.automatic {
+        return Err(Error::Conflict {
+            id: record.id,
+            reason: ConflictReason::RotationAlreadyDisabled,
+        });
+    }
+    change(record, now, Event::RotationDisabled, |next| {
+        next.rotation.automatic = false;
+        Ok(())
+    })
+}
+
+/// A new version because `version` spent its encryption budget, unless a newer one exists.
+fn retire_exhausted(record: &KeyRecord, version: u32, now: Timestamp) -> Result<Transition, Error> {
+    origin_only(record, "retire-exhausted-version")?;
+    require_enabled(record)?;
+    if record.newest_material().version != version {
+        // Another call already made a newer version.
+        return Ok(Transition::Unchanged);
+    }
+    rotate(record, now, true, |_| Ok(()))
 }
 
 /// replicate-kms-key, in the order of lifecycle.md: a multi-zone key, at its origin, to a
@@ -231,7 +267,7 @@ fn replicate(
     if record.replicas.iter().any(|r| r.zone == zone) {
         return Err(Error::Conflict {
             id: record.id,
-            reason: "the key is already replicated to this zone",
+            reason: ConflictReason::AlreadyReplicated,
         });
     }
     require_enabled(record)?;
@@ -333,7 +369,7 @@ fn change(
     next.revision = Revision {
         seq: record.revision.seq.checked_add(1).ok_or(Error::Conflict {
             id: record.id,
-            reason: "the revision counter is exhausted",
+            reason: ConflictReason::RevisionsExhausted,
         })?,
         at: now,
     };
@@ -356,7 +392,7 @@ fn rotate(
         .checked_add(1)
         .ok_or(Error::Conflict {
             id: record.id,
-            reason: "the material version counter is exhausted",
+            reason: ConflictReason::VersionsExhausted,
         })?;
     change(record, now, Event::Rotated { version, automatic }, |next| {
         next.materials.push(MaterialMeta {

@@ -1,12 +1,13 @@
-//! Running what is due: automatic rotations and final deletions.
+//! Running what is due: the report of [`Kms::run_due`] and the background loop that calls it.
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::{Kms, SyncReport};
-use crate::core::{Command, Error, Event, KeyId, Transition};
+use super::Kms;
+use super::replicator::SyncReport;
+use crate::core::{Error, KeyId};
 
 /// What one [`Kms::run_due`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -24,61 +25,52 @@ pub struct DueReport {
     pub replication: SyncReport,
 }
 
-impl Kms {
-    /// Performs every automatic rotation and final deletion due at the clock's `now`, then
-    /// the deliveries to replicas that wait and whose retry is due.
-    ///
-    /// Reads only the due part of the due-time index: with nothing due it costs one index
-    /// probe, whatever the number of keys. One key's failure does not stop the others; it is
-    /// in the report. An error is returned only when the index itself cannot be read.
-    pub fn run_due(&self) -> Result<DueReport, Error> {
-        self.live()?;
-        let now = self.clock.now();
-        let due = self.store.due(now, usize::MAX)?;
-        let mut report = DueReport {
-            unreadable: due.unreadable,
-            ..DueReport::default()
-        };
-        for id in due.ids {
-            match self.mutate(id, Command::RunDue, None) {
-                Ok(applied) => match applied.transition {
-                    Transition::Changed {
-                        event: Event::Rotated { .. },
-                        ..
-                    } => report.rotated.push(id),
-                    Transition::Deleted => report.deleted.push(id),
-                    _ => {}
-                },
-                // Deleted between the index read and now: nothing left to do.
-                Err(Error::KeyNotFound { .. }) => {}
-                Err(error) => report.failed.push((id, error)),
-            }
-        }
-        report.replication = self
-            .deliver_outbox(false)
-            .unwrap_or_else(|error| SyncReport {
-                unreadable: vec![error],
-                ..SyncReport::default()
-            });
-        Ok(report)
+/// Runs [`Kms::run_due`] in the background: every `every`, on a thread of its own, until the
+/// runner is stopped or dropped. This is the loop `keylife serve` runs for each zone.
+///
+/// ```
+/// use std::sync::{Arc, mpsc};
+/// use std::time::Duration;
+/// use keylife::{CreateKey, DueRunner, Kms, KmsOptions, ManualClock, RootKey};
+///
+/// # fn main() -> Result<(), keylife::Error> {
+/// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap());
+/// let kms = Arc::new(Kms::open_in_memory(RootKey::generate()?, KmsOptions::new("z").clock(clock.clone()))?);
+/// let key = kms.create_key(&CreateKey::new("k"))?;
+/// kms.schedule_key_deletion(key.id, Some(7), None)?;
+/// clock.advance_days(7);
+/// let (reports, received) = mpsc::channel();
+/// let runner = DueRunner::start_with(&kms, Duration::from_millis(10), move |run| {
+///     let _ = reports.send(run);
+/// });
+/// let report = received.recv().unwrap()?;
+/// assert_eq!(report.deleted, vec![key.id]);
+/// runner.stop();
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct DueRunner {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DueRunner {
+    /// Runs `kms.run_due()` every `every`, dropping its reports and errors; use
+    /// [`DueRunner::start_with`] to see them.
+    pub fn start(kms: &Arc<Kms>, every: Duration) -> DueRunner {
+        DueRunner::start_with(kms, every, |_| {})
     }
 
-    /// Runs [`Kms::run_due`] every `every` on a background thread until the returned handle
-    /// is stopped or dropped. Reports and errors are dropped; use
-    /// [`Kms::spawn_due_runner_with`] to see them.
-    pub fn spawn_due_runner(self: &Arc<Self>, every: Duration) -> DueRunner {
-        self.spawn_due_runner_with(every, |_| {})
-    }
-
-    /// Like [`Kms::spawn_due_runner`], handing each run's result to `on_run` (on the
-    /// background thread).
-    pub fn spawn_due_runner_with(
-        self: &Arc<Self>,
+    /// Runs `kms.run_due()` every `every` (the first run `every` after the start), handing
+    /// each run's result to `on_run`, on the runner's thread.
+    pub fn start_with(
+        kms: &Arc<Kms>,
         every: Duration,
         mut on_run: impl FnMut(Result<DueReport, Error>) + Send + 'static,
     ) -> DueRunner {
         let (stop, stopped) = mpsc::channel::<()>();
-        let kms = Arc::clone(self);
+        let kms = Arc::clone(kms);
         let thread = thread::Builder::new()
             .name("keylife-due".to_owned())
             .spawn(move || {
@@ -91,24 +83,14 @@ impl Kms {
             thread: thread.ok(),
         }
     }
-}
 
-/// The handle of a background [`Kms::run_due`] loop. Stopping it (or dropping it) ends the
-/// loop after the run in progress, if any, and waits for the thread.
-#[derive(Debug)]
-pub struct DueRunner {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl DueRunner {
     /// Whether the background thread is running (false if it could not be started).
     #[must_use]
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
-    /// Stops the loop and waits for it to end.
+    /// Stops the loop after the run in progress, if any, and waits for the thread.
     pub fn stop(mut self) {
         self.shutdown();
     }

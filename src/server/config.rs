@@ -193,8 +193,14 @@ pub fn open_zones(
             .map_err(|error| ConfigError(format!("cannot create {}: {error}", dir.display())))?;
         let options = KmsOptions::new(zone.clone()).link(link.clone());
         let kms = Kms::open(&dir, root_key.root_key(), options).map_err(|error| {
+            let hint = match error {
+                crate::Error::StoreInUse { .. } => {
+                    " (stop `keylife serve` or the other user of the store first)"
+                }
+                _ => "",
+            };
             ConfigError(format!(
-                "cannot open the store of zone {zone} in {}: {error} [{}]",
+                "cannot open the store of zone {zone} in {}: {error} [{}]{hint}",
                 dir.display(),
                 error.code()
             ))

@@ -16,10 +16,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::core::KeyUsage;
-use crate::core::limits::{
-    DATA_KEY_MAX_BYTES, DATA_KEY_MIN_BYTES, DELETION_DELAY_MAX_DAYS, DELETION_DELAY_MIN_DAYS,
-    ROTATION_PERIOD_MAX_DAYS, ROTATION_PERIOD_MIN_DAYS,
-};
+use crate::core::limits::{DATA_KEY_BYTES, DELETION_DELAY, ROTATION_PERIOD};
 use crate::{CreateKey, DataKeySpec, Error, KeyId, Kms};
 
 use super::auth::Credentials;
@@ -324,13 +321,7 @@ async fn rotate_key(State(zone): Shared, id: PathId, Signed(body): Signed) -> Re
 async fn enable_key_rotation(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     let fields = try_or_answer!(Fields::parse(&body, &["rotation-period"]));
-    let period = try_or_answer!(fields.integer(
-        "rotation-period",
-        "rotation-period",
-        ROTATION_PERIOD_MIN_DAYS,
-        ROTATION_PERIOD_MAX_DAYS,
-        " days"
-    ));
+    let period = try_or_answer!(fields.integer(&ROTATION_PERIOD));
     blocking(move || zone.kms.enable_key_rotation(id, period, None)).await
 }
 
@@ -343,13 +334,7 @@ async fn disable_key_rotation(State(zone): Shared, id: PathId, Signed(body): Sig
 async fn schedule_deletion(State(zone): Shared, id: PathId, Signed(body): Signed) -> Response {
     let id = id_or_answer!(id);
     let fields = try_or_answer!(Fields::parse(&body, &["delay-days"]));
-    let delay = try_or_answer!(fields.integer(
-        "delay-days",
-        "delay-days",
-        DELETION_DELAY_MIN_DAYS,
-        DELETION_DELAY_MAX_DAYS,
-        " days"
-    ));
+    let delay = try_or_answer!(fields.integer(&DELETION_DELAY));
     blocking(move || zone.kms.schedule_key_deletion(id, delay, None)).await
 }
 
@@ -448,13 +433,7 @@ async fn generate_data_key(State(zone): Shared, id: PathId, Signed(body): Signed
             &["key-spec", "bytes-count", "encryption-context"]
         ));
         let key_spec = try_or_answer!(fields.string("key-spec", "key-spec"));
-        let bytes_count = try_or_answer!(fields.integer(
-            "bytes-count",
-            "bytes-count",
-            DATA_KEY_MIN_BYTES,
-            DATA_KEY_MAX_BYTES,
-            " bytes"
-        ));
+        let bytes_count = try_or_answer!(fields.integer(&DATA_KEY_BYTES));
         let spec = try_or_answer!(DataKeySpec::from_request(key_spec, bytes_count));
         let context = try_or_answer!(fields.bytes("encryption-context", "encryption-context"));
         answer(

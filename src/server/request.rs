@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
+use crate::core::limits::Bound;
 use crate::{Error, KeyId};
 
 /// A JSON object from a request body, with the fields it may have.
@@ -105,39 +106,26 @@ impl Fields {
         }
     }
 
-    /// An optional integer field within `min..=max` (`unit` after the bound, e.g. ` days`).
-    pub(crate) fn integer(
-        &self,
-        name: &str,
-        field: &'static str,
-        min: u32,
-        max: u32,
-        unit: &str,
-    ) -> Result<Option<u32>, Error> {
-        match self.get(name) {
+    /// An optional whole-number field of the API, checked against its `bound` (the core's,
+    /// which also names the field).
+    pub(crate) fn integer(&self, bound: &Bound) -> Result<Option<u32>, Error> {
+        let field = bound.field;
+        match self.get(field) {
             None => Ok(None),
             Some(Value::Number(number)) => {
-                let in_range = number
+                let whole = number
                     .as_i64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|n| (min..=max).contains(n));
-                match in_range {
-                    Some(n) => Ok(Some(n)),
-                    None if number.is_i64() || number.is_u64() => {
-                        Err(Error::out_of_range(field, min, max, unit, number))
-                    }
+                    .map(i128::from)
+                    .or_else(|| number.as_u64().map(i128::from));
+                match whole {
+                    Some(whole) => bound.check_u32(whole).map(Some),
                     None => Err(bad(
                         field,
-                        format!(
-                            "must be a whole number between {min} and {max}{unit}, got {number}"
-                        ),
+                        format!("must be a whole number {bound}, got {number}"),
                     )),
                 }
             }
-            Some(_) => Err(bad(
-                field,
-                format!("must be a whole number between {min} and {max}{unit}"),
-            )),
+            Some(_) => Err(bad(field, format!("must be a whole number {bound}"))),
         }
     }
 
@@ -216,25 +204,35 @@ mod tests {
         .unwrap();
         assert_eq!(field_of(f.string("s", "s").unwrap_err()).0, "s");
         assert_eq!(field_of(f.boolean("b", "b").unwrap_err()).0, "b");
-        let (field, reason) = field_of(f.integer("n", "delay-days", 7, 30, " days").unwrap_err());
-        assert_eq!(field, "delay-days");
-        assert!(reason.contains("between 7 and 30 days, got 6"), "{reason}");
-        assert!(
-            field_of(f.integer("big", "n", 7, 30, "").unwrap_err())
-                .1
-                .contains("got 99999999999")
+        let bound = |field| Bound {
+            field,
+            min: 7,
+            max: 30,
+            unit: " days",
+        };
+        let (field, reason) = field_of(f.integer(&bound("n")).unwrap_err());
+        assert_eq!(field, "n");
+        assert_eq!(reason, "must be between 7 and 30 days, got 6");
+        assert_eq!(
+            field_of(f.integer(&bound("big")).unwrap_err()).1,
+            "must be between 7 and 30 days, got 99999999999"
         );
-        assert!(
-            field_of(f.integer("neg", "n", 7, 30, "").unwrap_err())
-                .1
-                .contains("got -1")
+        assert_eq!(
+            field_of(f.integer(&bound("neg")).unwrap_err()).1,
+            "must be between 7 and 30 days, got -1"
         );
-        assert!(
-            field_of(f.integer("frac", "n", 7, 30, "").unwrap_err())
-                .1
-                .contains("whole number")
+        assert_eq!(
+            field_of(f.integer(&bound("frac")).unwrap_err()).1,
+            "must be a whole number between 7 and 30 days, got 7.5"
         );
-        assert_eq!(field_of(f.integer("t", "n", 7, 30, "").unwrap_err()).0, "n");
+        assert_eq!(
+            field_of(f.integer(&bound("t")).unwrap_err()),
+            (
+                "t",
+                "must be a whole number between 7 and 30 days".to_owned()
+            )
+        );
+        assert_eq!(f.integer(&bound("nul")).unwrap(), None);
         assert_eq!(
             field_of(f.bytes("raw", "plaintext").unwrap_err()).0,
             "plaintext"

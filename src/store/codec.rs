@@ -167,12 +167,7 @@ pub fn decode_record(id: KeyId, bytes: &[u8]) -> Result<KeyRecord, Error> {
     let (&format, body) = bytes
         .split_first()
         .ok_or_else(|| corrupt("empty record".to_owned()))?;
-    let RecordV2 {
-        v1: layout,
-        replicas,
-        applied_watermark,
-        last_cancel_seq,
-    } = match format {
+    let layout = match format {
         RECORD_FORMAT_V1 => RecordV2 {
             v1: whole(body).map_err(corrupt)?,
             replicas: Vec::new(),
@@ -182,26 +177,34 @@ pub fn decode_record(id: KeyId, bytes: &[u8]) -> Result<KeyRecord, Error> {
         RECORD_FORMAT_V2 => whole(body).map_err(corrupt)?,
         _ => return Err(corrupt(format!("unknown record format {format}"))),
     };
+    from_layout(id, layout).map_err(corrupt)
+}
+
+/// The record a decoded layout describes, after the checks postcard cannot make; the error
+/// says what is wrong.
+fn from_layout(id: KeyId, layout: RecordV2) -> Result<KeyRecord, String> {
+    let RecordV2 {
+        v1: layout,
+        replicas,
+        applied_watermark,
+        last_cancel_seq,
+    } = layout;
     if layout.id != *id.as_bytes() {
-        return Err(corrupt(format!(
+        return Err(format!(
             "holds the record of key {}",
             KeyId::from_bytes(layout.id)
-        )));
+        ));
     }
     if layout.materials.is_empty() {
-        return Err(corrupt("has no material version".to_owned()));
+        return Err("has no material version".to_owned());
     }
-    let ts = |t: TimeV1| {
-        Timestamp::new(t.second, t.nanosecond)
-            .map_err(|e| corrupt(format!("holds an invalid time: {e}")))
-    };
     let mut materials = Vec::with_capacity(layout.materials.len());
     for (index, m) in layout.materials.into_iter().enumerate() {
-        let version = u32::try_from(index + 1)
-            .map_err(|_| corrupt("has too many material versions".to_owned()))?;
+        let version =
+            u32::try_from(index + 1).map_err(|_| "has too many material versions".to_owned())?;
         materials.push(MaterialMeta {
             version,
-            created_at: ts(m.created_at)?,
+            created_at: timestamp(m.created_at)?,
             automatic: m.automatic,
         });
     }
@@ -221,24 +224,18 @@ pub fn decode_record(id: KeyId, bytes: &[u8]) -> Result<KeyRecord, Error> {
             RoleV1::Origin => Role::Origin,
             RoleV1::Replica => Role::Replica,
         },
-        status: match layout.status {
-            StatusV1::Enabled => Status::Enabled,
-            StatusV1::Disabled => Status::Disabled,
-            StatusV1::PendingDeletion { delete_at } => Status::PendingDeletion {
-                delete_at: ts(delete_at)?,
-            },
-        },
-        status_since: ts(layout.status_since)?,
-        created_at: ts(layout.created_at)?,
+        status: status(layout.status)?,
+        status_since: timestamp(layout.status_since)?,
+        created_at: timestamp(layout.created_at)?,
         revision: Revision {
             seq: layout.revision_seq,
-            at: ts(layout.revision_at)?,
+            at: timestamp(layout.revision_at)?,
         },
         materials,
         rotation: RotationConfig {
             automatic: layout.rotation_automatic,
             period_days: layout.rotation_period_days,
-            next_at: ts(layout.rotation_next_at)?,
+            next_at: timestamp(layout.rotation_next_at)?,
             manual_count: layout.rotation_manual_count,
         },
         replicas: replicas
@@ -247,6 +244,20 @@ pub fn decode_record(id: KeyId, bytes: &[u8]) -> Result<KeyRecord, Error> {
             .collect(),
         applied_watermark,
         last_cancel_seq,
+    })
+}
+
+fn timestamp(t: TimeV1) -> Result<Timestamp, String> {
+    Timestamp::new(t.second, t.nanosecond).map_err(|e| format!("holds an invalid time: {e}"))
+}
+
+fn status(status: StatusV1) -> Result<Status, String> {
+    Ok(match status {
+        StatusV1::Enabled => Status::Enabled,
+        StatusV1::Disabled => Status::Disabled,
+        StatusV1::PendingDeletion { delete_at } => Status::PendingDeletion {
+            delete_at: timestamp(delete_at)?,
+        },
     })
 }
 

@@ -7,12 +7,14 @@
 
 mod backend;
 pub mod codec;
+mod lock;
 mod memory;
 mod sled;
 
 pub use self::backend::{Backend, Entries, Table, Write};
+pub use self::lock::{DirLock, LOCK_FILE, LOCK_WAIT};
 pub use self::memory::MemoryBackend;
-pub use self::sled::{LOCK_WAIT, MARKER, SledBackend};
+pub use self::sled::{MARKER, SledBackend};
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ use self::codec::{
     decode_delivery, decode_record, due_key, due_key_id, due_prefix, encode_delivery,
     encode_record, split_zone_key, version_key, zone_key,
 };
+pub use crate::core::replication::delivery::{Delivery, DeliveryFailure};
 use crate::core::{Error, KeyId, KeyRecord, Role, next_due};
 
 /// Format of a whole store, in [`Table::Meta`] under `format`.
@@ -70,33 +73,6 @@ pub struct NewMaterial {
     pub sealed: Vec<u8>,
     /// Encryptions reserved for it at once (see [`Store::reserve`]).
     pub reserved: u64,
-}
-
-/// How far one replica of an origin key has followed it: the origin's bookkeeping, not part of
-/// the key (changing it leaves the key's revision as it is).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delivery {
-    /// The origin revision the replica confirmed having applied.
-    pub confirmed_seq: u64,
-    /// Material versions the replica confirmed holding: later deliveries carry only newer ones.
-    pub confirmed_versions: u32,
-    /// The last failed attempt, until an attempt succeeds.
-    pub failure: Option<DeliveryFailure>,
-    /// Failed attempts in a row.
-    pub attempts: u32,
-    /// When a retry is next due after failures (`None`: at once).
-    pub retry_at: Option<Timestamp>,
-}
-
-/// A failed delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryFailure {
-    /// The origin revision the delivery carried.
-    pub attempted_seq: u64,
-    /// What went wrong.
-    pub error: String,
-    /// When.
-    pub failed_at: Timestamp,
 }
 
 /// The typed view of a [`Backend`].

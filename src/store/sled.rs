@@ -4,12 +4,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread;
-use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional as _};
 
 use super::backend::{Backend, Entries, Table, Write, decode_counter};
+use super::lock::{DirLock, retry_while_busy};
 use crate::core::Error;
 
 /// A backend on a sled 0.34 database: one tree per [`Table`]; every commit is one sled
@@ -30,6 +29,8 @@ pub struct SledBackend {
     group: CommitGroup,
     /// The file that says this directory holds data ([`MARKER`]), and whether it exists.
     marker: Option<(PathBuf, AtomicBool)>,
+    /// keylife's lock on the directory, released after sled's handle (fields drop in order).
+    lock: Option<DirLock>,
 }
 
 /// A file written beside sled's own once a store's first commit is durable. sled's recovery
@@ -65,33 +66,34 @@ impl CommitGroup {
 impl SledBackend {
     /// Opens (or creates) the database in the directory `path`.
     ///
-    /// sled locks the directory for one `Db` at a time and releases the lock only when its
-    /// background threads let go of the last handle, a moment after the previous `Db` was
-    /// dropped. So a lock held by someone else is waited for up to [`LOCK_WAIT`] before the
-    /// store is reported in use.
+    /// keylife's own lock on the directory ([`DirLock`]) is taken first: a store another
+    /// process or backend holds is [`Error::StoreInUse`] (after waiting up to [`LOCK_WAIT`](super::LOCK_WAIT)
+    /// for it to be let go). With that lock held, sled's failure to take its own lock is a
+    /// `Db` of this process still closing (sled releases its lock only when its background
+    /// threads let go of the last handle, a moment after the `Db` was dropped): the open is
+    /// retried, without reading sled's message, for up to [`LOCK_WAIT`](super::LOCK_WAIT).
     pub fn open(path: impl AsRef<Path>) -> Result<SledBackend, Error> {
         let path = path.as_ref();
+        let lock = DirLock::acquire(path)?;
         // Every commit flushes, so sled's periodic flusher thread has nothing to do.
         let config = sled::Config::new().path(path).flush_every_ms(None);
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(5);
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(error)) if is_lock_conflict(&error) => {
-                    if started.elapsed() >= LOCK_WAIT {
-                        return Err(Error::Storage {
-                            detail: format!(
-                                "the store at {} is in use (another process or Kms holds \
-                                 its lock): {error}",
-                                path.display()
-                            ),
-                        });
-                    }
-                    thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                }
-                Err(error) => return Err(storage(error)),
+        let mut opened = None;
+        let free = retry_while_busy(|| match config.open() {
+            Ok(db) => {
+                opened = Some(db);
+                Ok(true)
+            }
+            // sled reports its lock as an I/O error of kind `Other` (sled 0.34,
+            // `Config::try_lock`); with our lock held, only this process can hold it.
+            Err(sled::Error::Io(error)) if error.kind() == std::io::ErrorKind::Other => Ok(false),
+            Err(error) => Err(storage(error)),
+        })?;
+        let db = match opened {
+            Some(db) if free => db,
+            _ => {
+                return Err(Error::StoreInUse {
+                    store: path.display().to_string(),
+                });
             }
         };
         let mut backend = SledBackend::from_db(db)?;
@@ -108,6 +110,7 @@ impl SledBackend {
             });
         }
         backend.marker = Some((marker, AtomicBool::new(marked)));
+        backend.lock = Some(lock);
         Ok(backend)
     }
 
@@ -144,22 +147,13 @@ impl SledBackend {
             trees,
             group: CommitGroup::default(),
             marker: None,
+            lock: None,
         })
     }
 
     fn tree(&self, table: Table) -> &sled::Tree {
         &self.trees[table.index()]
     }
-}
-
-/// How long [`SledBackend::open`] waits for a store's lock to be released.
-pub const LOCK_WAIT: Duration = Duration::from_secs(3);
-
-/// Whether sled failed to open because another `Db` holds the directory's lock. sled reports
-/// it only as an I/O error of kind `Other` with this message (sled 0.34, `Config::try_lock`).
-fn is_lock_conflict(error: &std::io::Error) -> bool {
-    error.kind() == std::io::ErrorKind::Other
-        && error.to_string().contains("could not acquire lock")
 }
 
 fn storage(error: sled::Error) -> Error {

@@ -319,14 +319,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Kms(error) => write!(f, "{error} [{}]", error.code()),
-            Failure::Config(error) => {
-                write!(f, "{error}")?;
-                if error.0.contains("is in use") {
-                    // sled's lock: a running `keylife serve` (or another command) holds it.
-                    f.write_str(" (stop `keylife serve` or the other user of the store first)")?;
-                }
-                Ok(())
-            }
+            Failure::Config(error) => write!(f, "{error}"),
             Failure::Other(message) => f.write_str(message),
         }
     }
@@ -666,6 +659,8 @@ fn key(command: KeyCommand) -> Result<(), Failure> {
                     return Err(error.into());
                 }
             };
+            // The first delivery is made in the background at once: see it through.
+            zones.kms().wait_for_deliveries();
             let state = if args.store.json {
                 None
             } else {

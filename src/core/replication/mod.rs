@@ -6,12 +6,17 @@
 //! applied ([`follow`]), so repeated, late and out-of-order deliveries do no harm, and a
 //! replica that missed some snapshots catches up with the next one: each snapshot carries
 //! everything the skipped ones did (a cancelled deletion is carried by `last_cancel_seq`).
+//!
+//! [`delivery`] holds the origin's side: how it tracks each replica, what it makes of a
+//! replica's answer, and when it retries.
+
+pub mod delivery;
 
 use jiff::Timestamp;
 
-use super::error::Error;
-use super::id::KeyId;
-use super::record::{
+use crate::core::error::{ConflictReason, Error};
+use crate::core::id::KeyId;
+use crate::core::record::{
     KeyRecord, KeySource, KeyUsage, MaterialMeta, ReplicaZone, Revision, Role, RotationConfig,
     Status,
 };
@@ -146,7 +151,7 @@ pub fn follow(
     {
         return Err(Error::Conflict {
             id: snapshot.id,
-            reason: "this zone is the key's origin: it does not follow a replica's update",
+            reason: ConflictReason::UpdateAtOrigin,
         });
     }
     let live = match &snapshot.body {
@@ -164,7 +169,7 @@ pub fn follow(
         let Some(me) = live.replicas.iter().find(|r| r.zone == ctx.zone) else {
             return Err(Error::Conflict {
                 id: snapshot.id,
-                reason: "the update does not list this zone among the key's replicas",
+                reason: ConflictReason::NotAReplicaZone,
             });
         };
         if ctx.name_taken {
@@ -200,7 +205,7 @@ pub fn follow(
     let revision = Revision {
         seq: current.revision.seq.checked_add(1).ok_or(Error::Conflict {
             id: current.id,
-            reason: "the revision counter is exhausted",
+            reason: ConflictReason::RevisionsExhausted,
         })?,
         at: now,
     };
@@ -209,7 +214,7 @@ pub fn follow(
     if record.materials.len() < current.materials.len() {
         return Err(Error::Conflict {
             id: current.id,
-            reason: "the update has fewer material versions than the replica",
+            reason: ConflictReason::FewerVersions,
         });
     }
     Ok(Follow::Write(Box::new(record)))

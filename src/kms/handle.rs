@@ -1,0 +1,390 @@
+//! [`Kms`]: a handle on one zone, made by a [`Caller`]. Every method asks the caller's check,
+//! then hands the call to the part that does it.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use super::caller::{Caller, Operation, Target};
+use super::due::DueReport;
+use super::lifecycle::Changed;
+use super::options::{KmsOptions, Limits};
+use super::replicator::{ReplicaUpdate, SyncReport};
+use super::zone::Zone;
+use crate::Result;
+use crate::api::{
+    Ciphertext, CreatedKey, DataKey, DeletionScheduled, KeyDetails, KeyList, Plaintext,
+    RotationList, RotationResponse, SuccessResponse, SuccessStatus,
+};
+use crate::core::replication::delivery::Ack;
+use crate::core::{Command, CreateKey, DataKeySpec, DeletionDelay, KeyId, RotationPeriod};
+use crate::crypto::RootKey;
+use crate::store::{Backend, MemoryBackend, SledBackend};
+
+/// An embedded key management service for one zone.
+///
+/// `Kms` is `Send + Sync`: share it (for example in an `Arc`) between threads. Every method
+/// that changes a key returns once the change is durable; the key's replicas are brought up
+/// to date in the background ([`Kms::sync`] does it now). Changes of one key are serialized;
+/// the cryptographic operations read only memory and run in parallel. A `Kms` is a handle:
+/// [`Kms::as_caller`] makes another on the same zone; the store closes with the last one.
+///
+/// ```
+/// use keylife::{CreateKey, Kms, KmsOptions, RootKey};
+///
+/// # fn main() -> Result<(), keylife::Error> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let kms = Kms::open(dir.path(), RootKey::generate()?, KmsOptions::new("ch-gva-2"))?;
+/// let key = kms.create_key(&CreateKey::new("payments"))?;
+/// let sealed = kms.encrypt(key.id, b"card 4242", Some(b"order 17"))?;
+/// let opened = kms.decrypt(key.id, &sealed.ciphertext, Some(b"order 17"))?;
+/// assert_eq!(opened.plaintext.as_bytes(), b"card 4242");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Kms {
+    zone: Arc<Zone>,
+    caller: Caller,
+}
+
+impl Kms {
+    /// Opens (or creates) the sled store in directory `path`, sealed under `root`: one
+    /// created with another root key is [`Error::WrongRootKey`](crate::Error::WrongRootKey),
+    /// one in use elsewhere [`Error::StoreInUse`](crate::Error::StoreInUse).
+    pub fn open(path: impl AsRef<Path>, root: RootKey, options: KmsOptions) -> Result<Kms> {
+        Kms::with_backend(Arc::new(SledBackend::open(path)?), root, options)
+    }
+
+    /// A `Kms` over a new, empty in-memory store: nothing survives it.
+    pub fn open_in_memory(root: RootKey, options: KmsOptions) -> Result<Kms> {
+        Kms::with_backend(Arc::new(MemoryBackend::new()), root, options)
+    }
+
+    /// A `Kms` over any [`Backend`] (initialized on first use, checked against `root` after).
+    /// The root key is wiped when this returns.
+    pub fn with_backend(backend: Arc<dyn Backend>, root: RootKey, opts: KmsOptions) -> Result<Kms> {
+        let zone = Arc::new(Zone::open(backend, root, opts)?);
+        Ok(Kms {
+            zone,
+            caller: Caller::default(),
+        })
+    }
+
+    /// A handle on the same zone whose calls are made by `caller`: its actor names them, and
+    /// its check, if any, sees each call before anything is done.
+    #[must_use]
+    pub fn as_caller(&self, caller: Caller) -> Kms {
+        Kms {
+            zone: Arc::clone(&self.zone),
+            caller,
+        }
+    }
+
+    /// The caller of this handle's calls.
+    #[must_use]
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// The zone this `Kms` serves.
+    #[must_use]
+    pub fn zone(&self) -> &str {
+        self.zone.shared.zone()
+    }
+
+    /// The limits in force.
+    #[must_use]
+    pub fn limits(&self) -> Limits {
+        *self.zone.shared.limits()
+    }
+
+    /// The current time of this `Kms`'s clock.
+    #[must_use]
+    pub fn now(&self) -> Timestamp {
+        self.zone.shared.now()
+    }
+
+    /// create-kms-key: a new enabled key with material version 1. Errors: `bad-request`
+    /// (name or description length), `name-conflict`, `quota-exceeded`.
+    pub fn create_key(&self, request: &CreateKey) -> Result<CreatedKey> {
+        self.ask(
+            Operation::CreateKey,
+            Target::NewKey {
+                name: &request.name,
+            },
+        )?;
+        Ok(CreatedKey::from(&self.zone.lifecycle.create(request)?))
+    }
+
+    /// get-kms-key; for an origin key, `replicas-status` tells how far each replica followed.
+    pub fn get_key(&self, id: KeyId) -> Result<KeyDetails> {
+        self.ask_key(Operation::GetKey, id)?;
+        let record = self.zone.lifecycle.reap_or_load(id)?;
+        let replicas_status = self.zone.replicator.replica_states(&record)?;
+        Ok(KeyDetails {
+            replicas_status,
+            ..KeyDetails::from(&record)
+        })
+    }
+
+    /// list-kms-keys: every key of the zone, replicas included, in id order. A record that
+    /// does not decode fails the listing (`corrupt-record` naming it); the other keys stay
+    /// usable by id. Keys whose deletion is due are destroyed on the way.
+    pub fn list_keys(&self) -> Result<KeyList> {
+        self.ask(Operation::ListKeys, Target::Zone)?;
+        Ok(KeyList {
+            kms_keys: self.zone.lifecycle.list()?,
+        })
+    }
+
+    /// list-kms-key-rotations: versions 2 and up, oldest first. Works in every status.
+    pub fn list_key_rotations(&self, id: KeyId) -> Result<RotationList> {
+        self.ask_key(Operation::ListKeyRotations, id)?;
+        Ok(RotationList::from(&self.zone.lifecycle.reap_or_load(id)?))
+    }
+
+    /// enable-kms-key; `already-applied` if enabled. `expected_seq`, when given, must be the
+    /// key's `revision.seq` (`revision-conflict`), here and in every method that changes a key.
+    pub fn enable_key(&self, id: KeyId, expected_seq: Option<u64>) -> Result<SuccessResponse> {
+        self.change(id, Command::Enable, expected_seq)
+            .map(|changed| changed.success())
+    }
+
+    /// disable-kms-key; `already-applied` if disabled.
+    pub fn disable_key(&self, id: KeyId, expected_seq: Option<u64>) -> Result<SuccessResponse> {
+        self.change(id, Command::Disable, expected_seq)
+            .map(|changed| changed.success())
+    }
+
+    /// schedule-kms-key-deletion: destroyed `days` (7–30, default 30) from now unless
+    /// cancelled first. From `delete-at` on the key no longer exists: the first call that
+    /// reaches it (or [`Kms::run_due`]) destroys it.
+    pub fn schedule_key_deletion(
+        &self,
+        id: KeyId,
+        days: Option<u32>,
+        expected_seq: Option<u64>,
+    ) -> Result<DeletionScheduled> {
+        self.ask_key(Operation::ScheduleKeyDeletion, id)?;
+        let delay = DeletionDelay::from_request(days)?;
+        let changed =
+            self.zone
+                .lifecycle
+                .change(id, Command::ScheduleDeletion { delay }, expected_seq)?;
+        DeletionScheduled::try_from(&changed.record)
+    }
+
+    /// cancel-kms-key-deletion: the key becomes disabled. Too late once `delete-at` is past.
+    pub fn cancel_key_deletion(
+        &self,
+        id: KeyId,
+        expected_seq: Option<u64>,
+    ) -> Result<SuccessResponse> {
+        self.change(id, Command::CancelDeletion, expected_seq)
+            .map(|changed| changed.success())
+    }
+
+    /// rotate-kms-key: a manual rotation (at most 10 per key).
+    pub fn rotate_key(&self, id: KeyId, expected_seq: Option<u64>) -> Result<RotationResponse> {
+        let changed = self.change(id, Command::Rotate, expected_seq)?;
+        Ok(RotationResponse::from(&changed.record))
+    }
+
+    /// enable-kms-key-rotation every `days` (90–2560, default 365); the next rotation is one
+    /// period from now.
+    pub fn enable_key_rotation(
+        &self,
+        id: KeyId,
+        days: Option<u32>,
+        expected_seq: Option<u64>,
+    ) -> Result<RotationResponse> {
+        self.ask_key(Operation::EnableKeyRotation, id)?;
+        let period = RotationPeriod::from_request(days)?;
+        let changed =
+            self.zone
+                .lifecycle
+                .change(id, Command::EnableRotation { period }, expected_seq)?;
+        Ok(RotationResponse::from(&changed.record))
+    }
+
+    /// disable-kms-key-rotation.
+    pub fn disable_key_rotation(
+        &self,
+        id: KeyId,
+        expected_seq: Option<u64>,
+    ) -> Result<RotationResponse> {
+        let changed = self.change(id, Command::DisableRotation, expected_seq)?;
+        Ok(RotationResponse::from(&changed.record))
+    }
+
+    /// replicate-kms-key: adds a replica of key `id` in `zone` (`target-registered`), made by
+    /// the first delivery, in the background at once, retried by [`Kms::run_due`] and
+    /// [`Kms::sync`] while it fails. Errors, in this order: `not-multi-zone`, `not-on-replica`,
+    /// `invalid-argument` (the key's own zone, or one the link does not know), `conflict`
+    /// (already replicated there), `key-pending-deletion`, `key-disabled`.
+    pub fn replicate_key(
+        &self,
+        id: KeyId,
+        zone: &str,
+        expected_seq: Option<u64>,
+    ) -> Result<SuccessResponse> {
+        let known = self.zone.replicator.knows(zone);
+        self.change(
+            id,
+            Command::Replicate {
+                zone: zone.to_owned(),
+                known,
+            },
+            expected_seq,
+        )?;
+        Ok(SuccessResponse {
+            status: SuccessStatus::TargetRegistered,
+        })
+    }
+
+    /// encrypt: seals `plaintext` under the newest version of key `id`, with `context` (absent
+    /// and empty are the same) as additional authenticated data; no store read once the key
+    /// is in memory. Errors: `key-not-found`, `key-disabled`, `key-pending-deletion`,
+    /// `bad-request` (plaintext or context over the limits).
+    pub fn encrypt(
+        &self,
+        id: KeyId,
+        plaintext: &[u8],
+        context: Option<&[u8]>,
+    ) -> Result<Ciphertext> {
+        self.ask_key(Operation::Encrypt, id)?;
+        self.zone.crypto.encrypt(id, plaintext, context)
+    }
+
+    /// decrypt: opens a ciphertext of key `id` (any version) with its encryption's context.
+    /// Errors: `incorrect-key` (made by another key); `invalid-ciphertext` for any damaged,
+    /// truncated or forged ciphertext and for a wrong context; encrypt's status errors.
+    pub fn decrypt(
+        &self,
+        id: KeyId,
+        ciphertext: &[u8],
+        context: Option<&[u8]>,
+    ) -> Result<Plaintext> {
+        self.ask_key(Operation::Decrypt, id)?;
+        self.zone.crypto.decrypt(id, ciphertext, context)
+    }
+
+    /// re-encrypt: decrypts with key `from` and its context, encrypts with the newest version
+    /// of key `to` and its context. Both keys must be enabled. The plaintext never leaves the
+    /// call and is wiped.
+    pub fn re_encrypt(
+        &self,
+        from: KeyId,
+        ciphertext: &[u8],
+        from_context: Option<&[u8]>,
+        to: KeyId,
+        to_context: Option<&[u8]>,
+    ) -> Result<Ciphertext> {
+        self.ask_key(Operation::ReEncrypt, from)?;
+        self.ask_key(Operation::ReEncrypt, to)?;
+        self.zone
+            .crypto
+            .re_encrypt((from, from_context), ciphertext, (to, to_context))
+    }
+
+    /// generate-data-key: a fresh data key from the OS random source (32 bytes for
+    /// [`DataKeySpec::Aes256`], else 1–1024 bytes), in the clear (a wiping container) and
+    /// encrypted under key `id` with `context`.
+    pub fn generate_data_key(
+        &self,
+        id: KeyId,
+        spec: DataKeySpec,
+        context: Option<&[u8]>,
+    ) -> Result<DataKey> {
+        self.ask_key(Operation::GenerateDataKey, id)?;
+        self.zone.crypto.generate_data_key(id, spec, context)
+    }
+
+    /// Performs every automatic rotation and final deletion due at the clock's `now`, then the
+    /// deliveries to replicas whose retry is due. Reads only the due part of the due-time
+    /// index. One key's failure does not stop the others: it is in the report. An error means
+    /// the index itself could not be read.
+    pub fn run_due(&self) -> Result<DueReport> {
+        self.ask(Operation::RunDue, Target::Zone)?;
+        let mut report = self.zone.lifecycle.run_due()?;
+        report.replication = self
+            .zone
+            .replicator
+            .deliver_outbox(false)
+            .unwrap_or_else(|error| SyncReport {
+                unreadable: vec![error],
+                ..SyncReport::default()
+            });
+        Ok(report)
+    }
+
+    /// Delivers every waiting update to every replica now, on this thread, retries in backoff
+    /// included, once the background deliveries queued so far are done.
+    pub fn sync(&self) -> Result<SyncReport> {
+        self.ask(Operation::Sync, Target::Zone)?;
+        self.zone.replicator.deliver_outbox(true)
+    }
+
+    /// Waits until the deliveries earlier changes queued in the background are done (delivered,
+    /// or failed and recorded as `last-failure`). It delivers nothing itself; a test uses it
+    /// to see a change's first delivery.
+    pub fn wait_for_deliveries(&self) {
+        self.zone.replicator.wait_idle();
+    }
+
+    /// Applies an update from a key's origin zone to this zone's replica (creates, updates or
+    /// destroys it), each revision at most once; a destroyed key never comes back. Durable
+    /// before it answers. A [`Link`](super::Link) calls it on the receiving side. Errors: `name-conflict`,
+    /// `conflict` (this zone is the key's origin), the store's.
+    pub fn receive(&self, update: &ReplicaUpdate) -> Result<Ack> {
+        self.ask_key(Operation::ReceiveUpdate, update.snapshot().id)?;
+        self.zone.replicator.receive(update)
+    }
+
+    /// The receiving side of [`Link::request_rotation`](super::Link::request_rotation): a replica spent the budget of version
+    /// `version` of origin key `id`. Makes a new version (automatic) unless one was made since,
+    /// and delivers it before answering, since the asking zone waits. Errors: rotation's.
+    pub fn retire_version(&self, id: KeyId, version: u32) -> Result<()> {
+        let changed = self.change(id, Command::RetireExhausted { version }, None)?;
+        self.zone
+            .replicator
+            .deliver_now(id, &changed.record.replica_zones());
+        Ok(())
+    }
+
+    /// Asks the caller's check about `operation` on `target`.
+    fn ask(&self, operation: Operation, target: Target<'_>) -> Result<()> {
+        self.zone.admit(&self.caller, operation, target)
+    }
+
+    /// Asks the caller's check about `operation` on key `id`.
+    fn ask_key(&self, operation: Operation, id: KeyId) -> Result<()> {
+        self.zone.admit_key(&self.caller, operation, id)
+    }
+
+    /// Asks the caller's check, then applies `command` to key `id`.
+    fn change(&self, id: KeyId, command: Command, expected_seq: Option<u64>) -> Result<Changed> {
+        self.zone.change(&self.caller, id, command, expected_seq)
+    }
+}
+
+impl fmt::Debug for Kms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kms = f.debug_struct("Kms");
+        kms.field("zone", &self.zone())
+            .field("caller", &self.caller);
+        kms.field("limits", &self.limits()).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kms_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::Kms>();
+    }
+}

@@ -1,0 +1,205 @@
+//! What every part of one zone's shell shares: the store and its durability latch, the root
+//! key's sealer, the clock, the limits and the per-key locks.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use jiff::Timestamp;
+
+use super::clock::Clock;
+use super::options::{KmsOptions, Limits};
+use crate::core::{Error, KeyId, KeyRecord};
+use crate::crypto::{MaterialKey, RootKey, RootSealer};
+use crate::store::{Backend, NewMaterial, STORE_FORMAT_V1, Store, StoreHeader};
+
+/// Number of key locks; keys are spread over them by id.
+const KEY_LOCK_STRIPES: usize = 256;
+
+/// The zone's store, sealer, clock, limits and key locks.
+pub(super) struct Shared {
+    /// First, so that it is released before the backend is freed (fields drop in order): a
+    /// backend opened meanwhile at the same address is not refused as in use.
+    _claim: Claim,
+    zone: String,
+    limits: Limits,
+    clock: Arc<dyn Clock>,
+    store: Store,
+    sealer: RootSealer,
+    key_locks: Box<[Mutex<()>]>,
+    /// Set when a change could not be made durable: every call is refused from then on.
+    failed: AtomicBool,
+}
+
+impl Shared {
+    /// Claims `backend`, initializes it on first use and checks it against `root_key` and
+    /// the zone of `options` after. The root key is wiped when this returns.
+    pub(super) fn open(
+        backend: Arc<dyn Backend>,
+        root_key: RootKey,
+        options: &KmsOptions,
+    ) -> Result<Shared, Error> {
+        options.check()?;
+        let claim = Claim::take(&backend)?;
+        let sealer = RootSealer::new(&root_key);
+        drop(root_key);
+        let store = Store::new(backend);
+        let zone = &options.zone;
+        match store.header()? {
+            None => store.initialize(sealer.check_value()?, zone)?,
+            Some(StoreHeader { format, .. }) if format != STORE_FORMAT_V1 => {
+                return Err(Error::Corrupt {
+                    record: "store header".to_owned(),
+                    detail: format!("unknown store format {format}"),
+                });
+            }
+            Some(header) => {
+                if !sealer.verify_check_value(&header.root_check) {
+                    return Err(Error::WrongRootKey);
+                }
+                if &header.zone != zone {
+                    return Err(Error::BadRequest {
+                        field: "zone",
+                        reason: format!(
+                            "this store serves zone {}, not {}",
+                            Error::quote(&header.zone),
+                            Error::quote(zone)
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(Shared {
+            _claim: claim,
+            zone: zone.clone(),
+            limits: options.limits,
+            clock: Arc::clone(&options.clock),
+            store,
+            sealer,
+            key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// The zone served.
+    pub(super) fn zone(&self) -> &str {
+        &self.zone
+    }
+
+    /// The limits in force.
+    pub(super) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The clock's time.
+    pub(super) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// The store, for reads. Writes go through [`Shared::write`].
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The lock that orders the changes of key `id` (one of [`KEY_LOCK_STRIPES`]).
+    pub(super) fn lock_key(&self, id: KeyId) -> MutexGuard<'_, ()> {
+        let bytes = id.as_bytes();
+        // The low bytes of a v7 UUID are random: a good spread.
+        let stripe = usize::from(u16::from_be_bytes([bytes[14], bytes[15]])) % KEY_LOCK_STRIPES;
+        lock(&self.key_locks[stripe])
+    }
+
+    /// Refuses every call once a change could not be made durable.
+    pub(super) fn live(&self) -> Result<(), Error> {
+        if self.failed.load(Ordering::Relaxed) {
+            Err(Error::NotDurable {
+                detail: "an earlier change could not be made durable".to_owned(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs a write of the store, stopping this zone if the write's durability is unknown
+    /// (the change is applied in the backend but may be lost in a crash).
+    pub(super) fn write<T>(
+        &self,
+        write: impl FnOnce(&Store) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let result = write(&self.store);
+        if let Err(Error::NotDurable { .. }) = &result {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// The record of key `id`, or [`Error::KeyNotFound`].
+    pub(super) fn load(&self, id: KeyId) -> Result<KeyRecord, Error> {
+        self.store.load(id)?.ok_or(Error::KeyNotFound { id })
+    }
+
+    /// Fresh material for version `version` of key `id`, and its sealed form with its first
+    /// reservation.
+    pub(super) fn new_material(
+        &self,
+        id: KeyId,
+        version: u32,
+    ) -> Result<(MaterialKey, NewMaterial), Error> {
+        let material = MaterialKey::generate()?;
+        let sealed = self.seal(id, version, &material)?;
+        Ok((material, sealed))
+    }
+
+    /// `material`, version `version` of key `id`, sealed for the store with its first
+    /// reservation.
+    pub(super) fn seal(
+        &self,
+        id: KeyId,
+        version: u32,
+        material: &MaterialKey,
+    ) -> Result<NewMaterial, Error> {
+        Ok(NewMaterial {
+            version,
+            sealed: self.sealer.seal_material(id, version, material)?,
+            reserved: self.limits.reservation_block(),
+        })
+    }
+
+    /// Version `version` of key `id`, read from the store and unsealed.
+    pub(super) fn unseal(&self, id: KeyId, version: u32) -> Result<MaterialKey, Error> {
+        let sealed = self.store.load_material(id, version)?;
+        self.sealer.open_material(id, version, &sealed)
+    }
+}
+
+/// Takes a lock that orders operations and guards no data of its own: a panic in another
+/// thread leaves nothing inconsistent behind it.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Backends in use by a live `Kms` in this process, by address: two `Kms` over one backend
+/// would each keep their own locks, cache and encryption counts, and undo each other.
+static CLAIMED: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
+
+/// A backend claimed by one `Kms`, released when that `Kms` drops.
+struct Claim(usize);
+
+impl Claim {
+    fn take(backend: &Arc<dyn Backend>) -> Result<Claim, Error> {
+        let address = Arc::as_ptr(backend).cast::<()>() as usize;
+        if lock(&CLAIMED).insert(address) {
+            Ok(Claim(address))
+        } else {
+            Err(Error::StoreInUse {
+                store: "behind this backend".to_owned(),
+            })
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        lock(&CLAIMED).remove(&self.0);
+    }
+}

@@ -1,0 +1,126 @@
+//! One zone's shell, wired: the shared base, the key-state cache, and the three parts over
+//! them. [`Kms`](super::Kms) handles point at one `Zone`; it closes when the last is dropped.
+
+use std::sync::Arc;
+
+use super::cache::Cache;
+use super::caller::{Access, Caller, Operation, Target};
+use super::crypto_path::CryptoPath;
+use super::lifecycle::Changed;
+use super::lifecycle::Lifecycle;
+use super::options::KmsOptions;
+use super::replicator::Replicator;
+use super::shared::Shared;
+use crate::core::{Command, Error, KeyId};
+use crate::crypto::RootKey;
+use crate::store::Backend;
+
+/// The parts of one zone.
+pub(super) struct Zone {
+    pub(super) shared: Arc<Shared>,
+    cache: Arc<Cache>,
+    pub(super) lifecycle: Arc<Lifecycle>,
+    pub(super) replicator: Arc<Replicator>,
+    pub(super) crypto: CryptoPath,
+}
+
+impl Zone {
+    /// Opens the zone over `backend` (see [`Kms::with_backend`](super::Kms::with_backend)).
+    pub(super) fn open(
+        backend: Arc<dyn Backend>,
+        root_key: RootKey,
+        options: KmsOptions,
+    ) -> Result<Zone, Error> {
+        let shared = Arc::new(Shared::open(backend, root_key, &options)?);
+        let delivering = Replicator::parts(&shared, options.link);
+        let cache = Arc::new(Cache::new(Arc::clone(&shared)));
+        let lifecycle = Arc::new(Lifecycle::new(
+            Arc::clone(&shared),
+            Arc::clone(&cache),
+            Arc::clone(&delivering.1),
+        ));
+        let replicator = Arc::new(Replicator::new(
+            Arc::clone(&shared),
+            Arc::clone(&cache),
+            Arc::clone(&lifecycle),
+            delivering,
+        ));
+        let crypto = CryptoPath::new(
+            Arc::clone(&shared),
+            Arc::clone(&cache),
+            Arc::clone(&lifecycle),
+            Arc::clone(&replicator),
+        );
+        Ok(Zone {
+            shared,
+            cache,
+            lifecycle,
+            replicator,
+            crypto,
+        })
+    }
+
+    /// Asks `caller`'s check about `operation` on `target`.
+    pub(super) fn admit(
+        &self,
+        caller: &Caller,
+        operation: Operation,
+        target: Target<'_>,
+    ) -> Result<(), Error> {
+        let zone = self.shared.zone();
+        caller.admit(&Access {
+            operation,
+            zone,
+            target,
+        })
+    }
+
+    /// Asks `caller`'s check about `operation` on key `id`, with the key's name if this zone
+    /// holds it (from memory, else the store). A caller without a check is not asked, and
+    /// nothing is looked up for it.
+    pub(super) fn admit_key(
+        &self,
+        caller: &Caller,
+        operation: Operation,
+        id: KeyId,
+    ) -> Result<(), Error> {
+        if !caller.is_restricted() {
+            return Ok(());
+        }
+        let name = match self.cache.get(id) {
+            Some(state) => Some(state.name.to_string()),
+            None => self.shared.store().load(id)?.map(|r| r.name().to_owned()),
+        };
+        let name = name.as_deref();
+        self.admit(caller, operation, Target::Key { id, name })
+    }
+
+    /// Asks `caller`, then applies `command` to key `id` (see
+    /// [`Lifecycle::change`](super::lifecycle::Lifecycle::change)).
+    pub(super) fn change(
+        &self,
+        caller: &Caller,
+        id: KeyId,
+        command: Command,
+        expected_seq: Option<u64>,
+    ) -> Result<Changed, Error> {
+        self.admit_key(caller, operation(&command), id)?;
+        self.lifecycle.change(id, command, expected_seq)
+    }
+}
+
+/// The operation a caller makes with `command`.
+fn operation(command: &Command) -> Operation {
+    match command {
+        Command::Enable => Operation::EnableKey,
+        Command::Disable => Operation::DisableKey,
+        Command::ScheduleDeletion { .. } => Operation::ScheduleKeyDeletion,
+        Command::CancelDeletion => Operation::CancelKeyDeletion,
+        Command::Rotate => Operation::RotateKey,
+        Command::EnableRotation { .. } => Operation::EnableKeyRotation,
+        Command::DisableRotation => Operation::DisableKeyRotation,
+        Command::Replicate { .. } => Operation::ReplicateKey,
+        Command::RetireExhausted { .. } => Operation::RetireVersion,
+        Command::RunDue => Operation::RunDue,
+    }
+}
