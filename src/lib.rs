@@ -44,8 +44,9 @@ pub mod server;
 pub mod store;
 
 pub use crate::api::{
-    Ciphertext, CreatedKey, DataKey, DeletionScheduled, KeyDetails, KeyList, KeyStatus, KeySummary,
-    Plaintext, RotationList, RotationResponse, SuccessResponse, SuccessStatus,
+    Ciphertext, CreatedKey, DataKey, DeletionScheduled, KeyDetails, KeyFields, KeyList, KeyStatus,
+    KeySummary, Plaintext, RotationList, RotationResponse, SuccessResponse, SuccessStatus,
+    Versioning,
 };
 /// `Result` with keylife's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

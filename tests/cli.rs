@@ -178,6 +178,11 @@ impl Store {
         self.dir.path().join("data")
     }
 
+    /// The root key, for opening the store with the library.
+    fn root_key(&self) -> keylife::RootKey {
+        keylife::RootKey::from_slice(&BASE64.decode(self.root.trim()).unwrap()).unwrap()
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -462,11 +467,11 @@ fn only_key_create_makes_a_store() {
     assert!(!store.data().exists());
 
     // An empty store (made by the library) lists no keys.
-    let root = keylife::server::config::RootKeyBytes::parse(&store.root, "test").unwrap();
+    let root = store.root_key();
     drop(
         keylife::Kms::open(
             store.data().join("local"),
-            root.root_key(),
+            root,
             keylife::KmsOptions::new("local"),
         )
         .unwrap(),
@@ -1000,6 +1005,106 @@ fn generate_data_key_gives_a_key_that_decrypt_returns() {
     assert_eq!(out.stdout, plaintext);
 }
 
+// ----- keys by name ---------------------------------------------------------------------
+
+#[test]
+fn every_command_that_takes_a_key_takes_its_name_too() {
+    let store = Store::new();
+    let id = id_of(&store.create("payments", &["--multi-zone"]));
+    let by_name = |args: &[&str]| store.run(args).ok().json();
+    assert_eq!(
+        by_name(&["key", "get", "payments", "--json"])["id"],
+        id.as_str()
+    );
+    assert_eq!(
+        by_name(&["key", "disable", "payments", "--json"])["status"],
+        "success"
+    );
+    assert_eq!(
+        by_name(&["key", "enable", "payments", "--json"])["status"],
+        "success"
+    );
+    assert_eq!(
+        by_name(&["key", "rotate", "payments", "--json"])["rotation"]["manual-count"],
+        1
+    );
+    assert_eq!(
+        by_name(&["key", "list-rotations", "payments", "--json"])["rotations"][0]["version"],
+        2
+    );
+    assert_eq!(
+        by_name(&["key", "disable-rotation", "payments", "--json"])["rotation"]["automatic"],
+        false
+    );
+    assert_eq!(
+        by_name(&[
+            "key",
+            "enable-rotation",
+            "payments",
+            "--period",
+            "90",
+            "--json"
+        ])["rotation"]["rotation-period"],
+        90
+    );
+    let sealed = store
+        .run_with(&["encrypt", "--key", "payments", "--base64"], b"card 4242")
+        .ok()
+        .stdout;
+    let opened = store
+        .run_with(&["decrypt", "--key", "payments", "--base64"], &sealed)
+        .ok()
+        .stdout;
+    assert_eq!(opened, b"card 4242");
+    let data_key = by_name(&["generate-data-key", "--key", "payments", "--json"]);
+    assert_eq!(unb64(&data_key["plaintext"]).len(), 32);
+    let replicated = store
+        .run(&["key", "replicate", "payments", "--to", "de-fra-1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(replicated["status"], "target-registered");
+    let scheduled = by_name(&[
+        "key",
+        "schedule-deletion",
+        "payments",
+        "--zone",
+        "local",
+        "--json",
+    ]);
+    assert!(scheduled["delete-at"].is_string(), "{scheduled}");
+    assert_eq!(
+        by_name(&[
+            "key",
+            "cancel-deletion",
+            "payments",
+            "--zone",
+            "local",
+            "--json"
+        ])["status"],
+        "success"
+    );
+}
+
+/// A name that is a well-formed UUID: the key with that id comes first, then the key with
+/// that name.
+#[test]
+fn an_id_is_looked_up_before_a_name() {
+    let store = Store::new();
+    let first = id_of(&store.create("first", &[]));
+    // A second key named after the first one's id, and a third named after an unknown id.
+    let second = id_of(&store.create(&first, &[]));
+    let third = id_of(&store.create(UNKNOWN_ID, &[]));
+    let get = |key: &str| store.run(&["key", "get", key, "--json"]).ok().json();
+    assert_eq!(get(&first)["id"], first.as_str(), "the id wins");
+    assert_eq!(get(&first)["name"], "first");
+    assert_eq!(
+        get(UNKNOWN_ID)["id"],
+        third.as_str(),
+        "no such id: the name"
+    );
+    assert_eq!(get(&second)["name"], first.as_str());
+}
+
 // ----- errors ---------------------------------------------------------------------------
 
 #[test]
@@ -1020,13 +1125,17 @@ fn refusals_name_the_rule_and_exit_1() {
             format!("keylife: key {UNKNOWN_ID} not found [key-not-found]")
         );
     }
-    for args in [
-        vec!["key", "get", "not-a-uuid"],
-        vec!["key", "rotate", "12345"],
-        vec!["encrypt", "--key", "payments"],
+    // Neither the id nor the name of a key of the zone.
+    for (args, given) in [
+        (vec!["key", "get", "not-a-uuid"], "not-a-uuid"),
+        (vec!["key", "rotate", "12345"], "12345"),
+        (vec!["encrypt", "--key", "payments"], "payments"),
     ] {
-        let message = store.run(&args).refused("bad-request");
-        assert!(message.contains("UUID"), "{message}");
+        let message = store.run(&args).refused("key-not-found");
+        assert_eq!(
+            message,
+            format!("keylife: no key with the id or name {given:?} in zone local [key-not-found]")
+        );
     }
 
     // A disabled key refuses cryptography.
@@ -1129,10 +1238,10 @@ fn root_key_problems_are_reported_without_the_key() {
 fn a_store_in_use_is_refused_clearly() {
     let store = Store::new();
     let id = id_of(&store.create("k", &[]));
-    let root = keylife::server::config::RootKeyBytes::parse(&store.root, "test").unwrap();
+    let root = store.root_key();
     let kms = keylife::Kms::open(
         store.data().join("local"),
-        root.root_key(),
+        root,
         keylife::KmsOptions::new("local"),
     )
     .unwrap();

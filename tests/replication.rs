@@ -792,3 +792,109 @@ fn a_failed_extra_delivery_to_an_up_to_date_replica_is_retried_and_cleared() {
     }
     assert_eq!(a.sync().unwrap(), keylife::SyncReport::default());
 }
+
+/// A link that holds every delivery at a gate until the test opens it (or 10 s pass, which
+/// it records: then an answer waited for the delivery).
+#[derive(Debug, Default)]
+struct Gate {
+    inner: std::sync::Arc<keylife::LocalLink>,
+    /// (open, deliveries that arrived while it was closed)
+    state: std::sync::Mutex<(bool, usize)>,
+    changed: std::sync::Condvar,
+    timed_out: std::sync::atomic::AtomicBool,
+}
+
+impl Gate {
+    fn set(&self, open: bool) {
+        self.state.lock().unwrap().0 = open;
+        self.changed.notify_all();
+    }
+
+    /// Waits (10 s at most) until `n` deliveries wait at the closed gate; how many do.
+    fn wait_held(&self, n: usize) -> usize {
+        let state = self.state.lock().unwrap();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, std::time::Duration::from_secs(10), |s| s.1 < n)
+            .unwrap();
+        state.1
+    }
+}
+
+impl keylife::Link for Gate {
+    fn knows(&self, zone: &str) -> bool {
+        self.inner.knows(zone)
+    }
+
+    fn deliver(&self, zone: &str, update: &keylife::ReplicaUpdate) -> Result<keylife::Ack, Error> {
+        let mut state = self.state.lock().unwrap();
+        if !state.0 {
+            state.1 += 1;
+            self.changed.notify_all();
+        }
+        let (state, waited) = self
+            .changed
+            .wait_timeout_while(state, std::time::Duration::from_secs(10), |s| !s.0)
+            .unwrap();
+        if waited.timed_out() {
+            self.timed_out
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        drop(state);
+        self.inner.deliver(zone, update)
+    }
+
+    fn request_rotation(&self, zone: &str, id: keylife::KeyId, version: u32) -> Result<(), Error> {
+        self.inner.request_rotation(zone, id, version)
+    }
+}
+
+#[test]
+fn a_change_is_answered_while_its_delivery_is_stuck() {
+    let gate = std::sync::Arc::new(Gate::default());
+    gate.set(true);
+    let local = std::sync::Arc::clone(&gate.inner);
+    let zones = Zones::on(&["ch-gva-2", "de-fra-1"], gate.clone(), |kms| {
+        local.attach(kms);
+    });
+    let (a, b) = (zones.zone(A), zones.zone(B));
+    let id = a
+        .create_key(&CreateKey::new("k").multi_zone(true))
+        .unwrap()
+        .id;
+    a.replicate_key(id, "de-fra-1", None).unwrap();
+    a.wait_for_deliveries();
+    assert_eq!(b.get_key(id).unwrap().key.material.version, 1);
+    // The zone stops answering: every change of the key is still answered, durable, and
+    // its delivery waits at the gate.
+    gate.set(false);
+    let rotated = a.rotate_key(id, None).unwrap();
+    assert_eq!(
+        gate.wait_held(1),
+        1,
+        "the delivery of the rotation waits at the gate"
+    );
+    a.disable_key_rotation(id, None).unwrap();
+    assert_eq!(rotated.rotation.manual_count, 1);
+    assert_eq!(a.get_key(id).unwrap().key.material.version, 2);
+    assert!(a.encrypt(id, b"meanwhile", None).is_ok());
+    assert_eq!(
+        b.get_key(id).unwrap().key.material.version,
+        1,
+        "not delivered yet"
+    );
+    gate.set(true);
+    a.wait_for_deliveries();
+    assert!(
+        !gate.timed_out.load(std::sync::atomic::Ordering::SeqCst),
+        "a change waited for its delivery"
+    );
+    let replica = b.get_key(id).unwrap().key;
+    assert_eq!(replica.material.version, 2);
+    assert!(!replica.rotation.automatic);
+    let origin = a.get_key(id).unwrap();
+    assert_eq!(
+        origin.replicas_status[0].last_applied_watermark,
+        origin.key.revision.seq
+    );
+}

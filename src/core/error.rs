@@ -385,3 +385,139 @@ impl std::fmt::Display for ConflictReason {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+pub(crate) mod examples {
+    //! One error of each variant, for the tests that must cover them all.
+
+    use super::*;
+
+    /// How many variants [`Error`] has.
+    pub(crate) const VARIANTS: usize = 25;
+
+    /// The position of `error`'s variant. The match has no wildcard: a new variant does not
+    /// compile until it has a position here, and [`one_of_each`] then needs an example of it.
+    pub(crate) fn index(error: &Error) -> usize {
+        match error {
+            Error::KeyNotFound { .. } => 0,
+            Error::KeyDisabled { .. } => 1,
+            Error::KeyPendingDeletion { .. } => 2,
+            Error::NotPendingDeletion { .. } => 3,
+            Error::NotOnReplica { .. } => 4,
+            Error::NotMultiZone { .. } => 5,
+            Error::NameConflict { .. } => 6,
+            Error::Conflict { .. } => 7,
+            Error::InvalidArgument { .. } => 8,
+            Error::ManualRotationLimit { .. } => 9,
+            Error::ZoneUnreachable { .. } => 10,
+            Error::RotationPending { .. } => 11,
+            Error::InvalidUsage { .. } => 12,
+            Error::QuotaExceeded { .. } => 13,
+            Error::IncorrectKey { .. } => 14,
+            Error::InvalidCiphertext => 15,
+            Error::RevisionConflict { .. } => 16,
+            Error::BadRequest { .. } => 17,
+            Error::WrongRootKey => 18,
+            Error::Corrupt { .. } => 19,
+            Error::Storage { .. } => 20,
+            Error::NotDurable { .. } => 21,
+            Error::StoreInUse { .. } => 22,
+            Error::Forbidden { .. } => 23,
+            Error::RandomSource { .. } => 24,
+        }
+    }
+
+    /// One error of every variant, in [`index`] order.
+    pub(crate) fn one_of_each() -> Vec<Error> {
+        let id = KeyId::from_bytes([1; 16]);
+        let at = Timestamp::UNIX_EPOCH;
+        let text = || "x".to_owned();
+        let all = vec![
+            Error::KeyNotFound { id },
+            Error::KeyDisabled { id },
+            Error::KeyPendingDeletion { id, delete_at: at },
+            Error::NotPendingDeletion { id },
+            Error::NotOnReplica {
+                id,
+                origin_zone: text(),
+                operation: "rotate",
+            },
+            Error::NotMultiZone { id },
+            Error::NameConflict {
+                name: text(),
+                zone: text(),
+            },
+            Error::Conflict {
+                id,
+                reason: ConflictReason::AlreadyReplicated,
+            },
+            Error::InvalidArgument {
+                field: "zone",
+                reason: text(),
+            },
+            Error::ManualRotationLimit { id, limit: 10 },
+            Error::ZoneUnreachable {
+                zone: text(),
+                detail: text(),
+            },
+            Error::RotationPending {
+                id,
+                version: 1,
+                origin_zone: text(),
+            },
+            Error::InvalidUsage { id },
+            Error::QuotaExceeded {
+                zone: text(),
+                limit: 1,
+            },
+            Error::IncorrectKey { id },
+            Error::InvalidCiphertext,
+            Error::RevisionConflict {
+                id,
+                expected: 1,
+                actual: 2,
+            },
+            Error::BadRequest {
+                field: "name",
+                reason: text(),
+            },
+            Error::WrongRootKey,
+            Error::Corrupt {
+                record: text(),
+                detail: text(),
+            },
+            Error::Storage { detail: text() },
+            Error::NotDurable { detail: text() },
+            Error::StoreInUse { store: text() },
+            Error::Forbidden {
+                operation: "encrypt",
+                id: Some(id),
+            },
+            Error::RandomSource { detail: text() },
+        ];
+        let positions: Vec<usize> = all.iter().map(index).collect();
+        assert_eq!(positions, (0..VARIANTS).collect::<Vec<_>>());
+        all
+    }
+
+    #[test]
+    fn every_variant_has_its_own_code_and_title() {
+        let all = one_of_each();
+        let mut codes: Vec<&str> = all.iter().map(Error::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), VARIANTS, "one code per variant");
+        let mut titles: Vec<&str> = all.iter().map(Error::title).collect();
+        titles.sort_unstable();
+        titles.dedup();
+        assert_eq!(titles.len(), VARIANTS, "one title per variant");
+        for error in &all {
+            assert!(!error.title().is_empty(), "{}", error.code());
+            assert!(
+                (400..600).contains(&error.http_status()),
+                "{}",
+                error.code()
+            );
+        }
+    }
+}

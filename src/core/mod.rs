@@ -26,6 +26,8 @@ mod replication_tests;
 mod tests;
 
 pub use command::{Command, CreateContext, CreateKey, Event, Transition};
+#[cfg(test)]
+pub(crate) use error::examples as error_examples;
 pub use error::{ConflictReason, Error};
 pub use id::KeyId;
 pub use limits::{DataKeySpec, DeletionDelay, RotationPeriod};

@@ -8,8 +8,9 @@
 //! `EXO2-HMAC-SHA256 credential={key}[,signed-query-args=a;b],expires={ts},signature={b64}`.
 //!
 //! Verification is pure: the caller gives the time. The comparison is constant-time (HMAC's
-//! own `verify_slice`), an unknown key costs the same HMAC as a known one, and no error
-//! message carries a secret or a signature.
+//! own `verify_slice`), and no error message carries a secret or a signature. An unknown key
+//! is refused from the header, before any HMAC is computed, with the same message as a wrong
+//! signature; it is answered sooner, so its timing differs.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -67,6 +68,16 @@ impl AuthError {
             "unauthorized"
         } else {
             "forbidden"
+        }
+    }
+
+    /// The title of its problem document: `Unauthorized` (401) or `Forbidden` (403).
+    #[must_use]
+    pub fn title(&self) -> &'static str {
+        if self.http_status() == 401 {
+            "Unauthorized"
+        } else {
+            "Forbidden"
         }
     }
 }

@@ -3,23 +3,23 @@
 //! RFC 9457 problem documents.
 //!
 //! - [`auth`]: `EXO2-HMAC-SHA256` verification (and signing, for tests and load generators);
-//! - [`config`]: the root key, the credentials and the zones' stores;
 //! - [`problem`]: the error documents;
-//! - [`serve`]: runs the zones until a shutdown signal.
+//! - [`serve`]: runs the zones until a shutdown signal, reporting what happens as [`Event`]s.
 //!
 //! Dependencies point inward: this module uses [`Kms`] and its answers, never the reverse.
+//! Reading configuration (files, environment) and logging belong to the binary.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use keylife::server::{ServeOptions, auth::Credentials, config};
+//! use keylife::server::{ServeOptions, auth::Credentials};
+//! use keylife::{Kms, KmsOptions, RootKey};
 //!
-//! let root_key = config::RootKeyBytes::load(None)?; // KEYLIFE_ROOT_KEY
-//! let zones = config::open_zones("data".as_ref(), &["ch-gva-2".to_owned()], &root_key)?;
+//! let kms = Arc::new(Kms::open("data/ch-gva-2", RootKey::generate()?, KmsOptions::new("ch-gva-2"))?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! let credentials = Arc::new(Credentials::new().with("EXOkey", "secret"));
 //! keylife::server::serve(
-//!     zones.into_iter().zip([listener]).collect(),
+//!     vec![(kms, listener)],
 //!     credentials,
 //!     ServeOptions::default(),
 //!     async { tokio::signal::ctrl_c().await.ok(); },
@@ -29,11 +29,12 @@
 //! ```
 
 pub mod auth;
-pub mod config;
+mod extract;
 mod http;
 pub mod problem;
 mod request;
 
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::Kms;
+use crate::{DueReport, DueRunner, Error, Kms};
 
 use self::auth::Credentials;
 
@@ -52,8 +53,61 @@ use self::auth::Credentials;
 /// encrypts (4 MiB) in base64 (5.4 MiB) and its JSON.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
+/// Something the server reports while it runs, for a log.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// Accepting a connection failed (out of file descriptors and the like); the server
+    /// waits 50 ms and goes on.
+    AcceptFailed(&'a std::io::Error),
+    /// After the shutdown signal, `open` connections were still busy when the grace period
+    /// ended: they were dropped.
+    ConnectionsDropped {
+        /// How many.
+        open: usize,
+        /// The grace period.
+        grace: Duration,
+    },
+    /// A background run of what is due in zone `zone` ([`Kms::run_due`]) ended.
+    DueRun {
+        /// The zone.
+        zone: &'a str,
+        /// What the run did (its failures stay due), or why it could not run.
+        result: &'a Result<DueReport, Error>,
+    },
+}
+
+/// Where a server's [`Event`]s go; the default drops them.
+#[derive(Clone, Default)]
+pub struct Events(Option<Arc<Sink>>);
+
+type Sink = dyn Fn(&Event<'_>) + Send + Sync;
+
+impl Events {
+    /// Hands every event to `sink`, on the thread where it happens.
+    pub fn new(sink: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Events {
+        Events(Some(Arc::new(sink)))
+    }
+
+    fn emit(&self, event: &Event<'_>) {
+        if let Some(sink) = &self.0 {
+            sink(event);
+        }
+    }
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Events(sink)"
+        } else {
+            "Events(dropped)"
+        })
+    }
+}
+
 /// How a server runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Largest request body; a larger one is answered 413. Default
     /// [`DEFAULT_MAX_BODY_BYTES`].
@@ -66,6 +120,8 @@ pub struct ServeOptions {
     /// After the shutdown signal, how long the requests in flight may take before their
     /// connections are dropped (a stalled client must not keep the server up). Default 10 s.
     pub shutdown_grace: Duration,
+    /// Where the server reports what happens. Default: nowhere.
+    pub events: Events,
 }
 
 impl Default for ServeOptions {
@@ -75,6 +131,7 @@ impl Default for ServeOptions {
             due_interval: Duration::from_secs(1),
             body_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            events: Events::default(),
         }
     }
 }
@@ -82,7 +139,8 @@ impl Default for ServeOptions {
 /// Serves each zone on its listener (`http://ADDR/v2`) until `shutdown` completes, then stops
 /// accepting, lets the requests in flight finish, and returns. Every change acknowledged to a
 /// client was durable before its answer was sent; the stores close when the last `Arc<Kms>`
-/// is dropped. In the background, every `due_interval`, each zone runs [`Kms::run_due`].
+/// is dropped. In the background, every `due_interval`, each zone runs [`Kms::run_due`] (a
+/// [`DueRunner`] per zone), reported as [`Event::DueRun`].
 ///
 /// Responses go out with `TCP_NODELAY`: without it, Nagle's algorithm and the client's
 /// delayed ACK hold a keep-alive response for about 40 ms.
@@ -100,12 +158,21 @@ pub async fn serve(
     }
     let (stop, stopped) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
-    let mut kmses = Vec::with_capacity(zones.len());
+    let mut runners = Vec::with_capacity(zones.len());
     // Request bodies in memory at once, in KiB, across every zone.
     let body_budget = Arc::new(Semaphore::new(BODY_BUDGET_KIB));
     for (kms, listener) in zones {
-        kmses.push(kms.clone());
-        let zone = Arc::new(http::Zone {
+        let events = options.events.clone();
+        runners.push(DueRunner::start_with(&kms, options.due_interval, {
+            let zone = kms.zone().to_owned();
+            move |result| {
+                events.emit(&Event::DueRun {
+                    zone: &zone,
+                    result: &result,
+                })
+            }
+        }));
+        let zone = Arc::new(extract::Zone {
             kms,
             credentials: credentials.clone(),
             max_body_bytes: options.max_body_bytes,
@@ -116,10 +183,9 @@ pub async fn serve(
             listener,
             http::router(zone),
             stopped.clone(),
-            options.shutdown_grace,
+            (options.shutdown_grace, options.events.clone()),
         ));
     }
-    let due = tokio::spawn(run_due_loop(kmses, options.due_interval, stopped.clone()));
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(true);
@@ -132,8 +198,9 @@ pub async fn serve(
             Err(error) => result = Err(std::io::Error::other(error)),
         }
     }
-    // The servers are done: stop the background work and wait for a run in progress.
-    let _ = due.await;
+    // The servers are done: stop the background work, after a run in progress.
+    let _ =
+        tokio::task::spawn_blocking(move || runners.into_iter().for_each(DueRunner::stop)).await;
     result
 }
 
@@ -152,7 +219,7 @@ async fn accept_loop(
     listener: TcpListener,
     router: axum::Router,
     mut stopped: watch::Receiver<bool>,
-    grace: Duration,
+    (grace, events): (Duration, Events),
 ) -> std::io::Result<()> {
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -165,7 +232,7 @@ async fn accept_loop(
             Ok((stream, _)) => stream,
             Err(error) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
-                log(format_args!("keylife: accept failed: {error}"));
+                events.emit(&Event::AcceptFailed(&error));
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -197,79 +264,14 @@ async fn accept_loop(
     })
     .await;
     if drained.is_err() {
-        log(format_args!(
-            "keylife: {} s after the stop, {} connection(s) still open are dropped",
-            grace.as_secs(),
-            connections.len()
-        ));
+        let open = connections.len();
+        events.emit(&Event::ConnectionsDropped { open, grace });
         connections.shutdown().await;
     }
     Ok(())
 }
 
-/// Runs what is due in `kms` ([`Kms::run_due`]: rotations, deletions, replication retries)
-/// and logs on stderr what failed; the failures stay due. The server calls it every
-/// `due_interval`, the command line before each command.
-pub fn run_due_logged(kms: &Kms) {
-    let zone = kms.zone();
-    match kms.run_due() {
-        Ok(report) => {
-            for (id, error) in &report.failed {
-                log(format_args!(
-                    "keylife: zone {zone}: the due work of key {id} failed: {error} [{}]",
-                    error.code()
-                ));
-            }
-            for (id, target, error) in &report.replication.failed {
-                log(format_args!(
-                    "keylife: zone {zone}: key {id} did not reach its replica in zone {target}: \
-                     {error} [{}]",
-                    error.code()
-                ));
-            }
-        }
-        Err(error) => log(format_args!(
-            "keylife: zone {zone}: cannot run the due rotations and deletions: {error} [{}]",
-            error.code()
-        )),
-    }
-}
-
 /// Completes when the stop is sent (or its sender is gone).
 async fn stopped_signal(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
-}
-
-/// A line on standard error; a closed or full stderr is not a reason to stop serving.
-pub fn log(line: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
-}
-
-async fn run_due_loop(
-    zones: Vec<Arc<Kms>>,
-    interval: Duration,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = stopped_signal(&mut stopped) => return,
-        }
-        for kms in &zones {
-            let kms = kms.clone();
-            let zone = kms.zone().to_owned();
-            if tokio::task::spawn_blocking(move || run_due_logged(&kms))
-                .await
-                .is_err()
-            {
-                log(format_args!("keylife: zone {zone}: run_due panicked"));
-            }
-        }
-        if *stopped.borrow() {
-            return;
-        }
-    }
 }

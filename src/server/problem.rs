@@ -34,12 +34,11 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A problem of code `code` with its title and status.
-    #[must_use]
-    pub fn new(code: &'static str, status: u16, detail: String) -> Problem {
+    /// A problem of code `code`, titled `title`, with HTTP status `status`.
+    fn new(code: &'static str, title: &'static str, status: u16, detail: String) -> Problem {
         Problem {
             type_: format!("{TYPE_PREFIX}{code}"),
-            title: title(code),
+            title,
             status,
             detail,
             code,
@@ -49,56 +48,58 @@ impl Problem {
     /// 404 for a path that names no operation.
     #[must_use]
     pub fn no_route(method: &str, path: &str) -> Problem {
-        Problem::new(
-            "not-found",
-            404,
-            format!("no operation at {method} {}", Error::quote(path)),
-        )
+        let detail = format!("no operation at {method} {}", Error::quote(path));
+        Problem::new("not-found", "Not found", 404, detail)
     }
 
     /// 405 for a known path with the wrong method.
     #[must_use]
     pub fn wrong_method(method: &str, path: &str) -> Problem {
-        Problem::new(
-            "method-not-allowed",
-            405,
-            format!("{method} is not allowed on {}", Error::quote(path)),
-        )
+        let detail = format!("{method} is not allowed on {}", Error::quote(path));
+        Problem::new("method-not-allowed", "Method not allowed", 405, detail)
     }
 
     /// 413 for a body over the limit.
     #[must_use]
     pub fn too_large(limit: usize) -> Problem {
-        Problem::new(
-            "payload-too-large",
-            413,
-            format!("the request body is larger than {limit} bytes, the limit"),
-        )
+        let detail = format!("the request body is larger than {limit} bytes, the limit");
+        Problem::new("payload-too-large", "Payload too large", 413, detail)
     }
 
     /// 408 for a body that did not arrive in time.
     #[must_use]
     pub fn body_timeout(limit: std::time::Duration) -> Problem {
-        Problem::new(
-            "request-timeout",
-            408,
-            format!(
-                "the request body did not arrive within {} s",
-                limit.as_secs()
-            ),
-        )
+        let detail = format!(
+            "the request body did not arrive within {} s",
+            limit.as_secs()
+        );
+        Problem::new("request-timeout", "Request timeout", 408, detail)
+    }
+
+    /// 500 for a failure of the server itself (not of the KMS): `detail` says what.
+    #[must_use]
+    pub fn internal(detail: impl Into<String>) -> Problem {
+        Problem::new("internal", "Internal error", 500, detail.into())
     }
 }
 
 impl From<&Error> for Problem {
     fn from(error: &Error) -> Problem {
-        Problem::new(error.code(), error.http_status(), error.to_string())
+        let (code, title, status) = (error.code(), error.title(), error.http_status());
+        Problem::new(code, title, status, error.to_string())
+    }
+}
+
+impl From<Error> for Problem {
+    fn from(error: Error) -> Problem {
+        Problem::from(&error)
     }
 }
 
 impl From<&AuthError> for Problem {
     fn from(error: &AuthError) -> Problem {
-        Problem::new(error.code(), error.http_status(), error.to_string())
+        let (code, title, status) = (error.code(), error.title(), error.http_status());
+        Problem::new(code, title, status, error.to_string())
     }
 }
 
@@ -121,69 +122,50 @@ impl IntoResponse for Problem {
     }
 }
 
-/// The title of each code.
-fn title(code: &str) -> &'static str {
-    match code {
-        "key-not-found" => "Key not found",
-        "key-disabled" => "Key is disabled",
-        "key-pending-deletion" => "Key is pending deletion",
-        "not-pending-deletion" => "Key is not pending deletion",
-        "not-on-replica" => "Not allowed on a replica",
-        "not-multi-zone" => "Key is not multi-zone",
-        "name-conflict" => "Name already in use",
-        "conflict" => "Conflict",
-        "invalid-argument" => "Invalid argument",
-        "manual-rotation-limit" => "Manual rotation limit reached",
-        "invalid-usage" => "Invalid key usage",
-        "quota-exceeded" => "Key quota exceeded",
-        "incorrect-key" => "Incorrect key",
-        "invalid-ciphertext" => "Invalid ciphertext",
-        "revision-conflict" => "Revision conflict",
-        "bad-request" => "Bad request",
-        "zone-unreachable" => "Zone unreachable",
-        "rotation-pending" => "Rotation pending",
-        "unauthorized" => "Unauthorized",
-        "forbidden" => "Forbidden",
-        "not-found" => "Not found",
-        "method-not-allowed" => "Method not allowed",
-        "payload-too-large" => "Payload too large",
-        "request-timeout" => "Request timeout",
-        _ => "Internal error",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::KeyId;
 
     #[test]
-    fn every_contract_error_has_its_own_title() {
-        let id = KeyId::from_bytes([1; 16]);
-        for error in [
-            Error::KeyNotFound { id },
-            Error::KeyDisabled { id },
-            Error::InvalidCiphertext,
-            Error::BadRequest {
-                field: "name",
-                reason: "must not be empty".to_owned(),
-            },
-        ] {
+    fn every_error_has_its_own_title_in_its_document() {
+        for error in crate::core::error_examples::one_of_each() {
             let problem = Problem::from(&error);
+            assert_eq!(problem.title, error.title(), "{}", error.code());
             assert_ne!(problem.title, "Internal error", "{}", error.code());
             assert_eq!(problem.type_, format!("{TYPE_PREFIX}{}", error.code()));
+            assert_eq!(problem.code, error.code());
             assert_eq!(problem.status, error.http_status());
+            assert_eq!(problem.detail, error.to_string());
+        }
+    }
+
+    #[test]
+    fn auth_errors_have_their_own_titles() {
+        for (error, title) in [
+            (AuthError::Missing, "Unauthorized"),
+            (AuthError::Malformed("x"), "Unauthorized"),
+            (AuthError::UnknownKey, "Forbidden"),
+            (AuthError::BadSignature, "Forbidden"),
+            (AuthError::Expired, "Forbidden"),
+            (AuthError::TooLong, "Forbidden"),
+        ] {
+            assert_eq!(Problem::from(&error).title, title, "{error:?}");
         }
     }
 
     #[test]
     fn the_document_has_the_four_members_of_rfc_9457() {
-        let problem = Problem::new("key-not-found", 404, "key x not found".to_owned());
+        let problem = Problem::from(&Error::KeyNotFound {
+            id: crate::KeyId::from_bytes([1; 16]),
+        });
         let json: serde_json::Value = serde_json::to_value(&problem).unwrap();
         assert_eq!(json["type"], "tag:keylife.dev,2026:problem:key-not-found");
         assert_eq!(json["title"], "Key not found");
         assert_eq!(json["status"], 404);
-        assert_eq!(json["detail"], "key x not found");
+        assert_eq!(
+            json["detail"],
+            "key 01010101-0101-0101-0101-010101010101 not found"
+        );
         assert_eq!(json["code"], "key-not-found");
     }
 }

@@ -7,14 +7,15 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod config;
+mod log;
 mod serve;
-mod table;
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use keylife::server::config::RootKeyBytes;
+use config::RootKeyBytes;
 
 /// An embedded key management service with the semantics of Exoscale's KMS API.
 #[derive(Debug, Parser)]
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
             match written {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
-                    keylife::server::log(format_args!("keylife: {message}"));
+                    log::log(format_args!("keylife: {message}"));
                     ExitCode::FAILURE
                 }
             }

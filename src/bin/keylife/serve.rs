@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use keylife::server::config::{self, ConfigError, RootKeyBytes};
-use keylife::server::{DEFAULT_MAX_BODY_BYTES, ServeOptions};
+use keylife::server::{DEFAULT_MAX_BODY_BYTES, Events, ServeOptions};
+
+use crate::config::{self, ConfigError, RootKeyBytes};
+use crate::log::{self, log};
 
 /// Serve Exoscale's KMS API over HTTP.
 ///
@@ -47,7 +49,7 @@ fn parse_zone(text: &str) -> Result<(String, SocketAddr), String> {
     let (name, address) = text
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=IP:PORT, got {text:?}"))?;
-    config::check_zone_name(name).map_err(|error| error.0)?;
+    config::check_zone_name(name).map_err(|error| error.to_string())?;
     let address = address
         .parse()
         .map_err(|_| format!("zone {name}: {address:?} is not an IP:PORT address"))?;
@@ -62,19 +64,19 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            keylife::server::log(format_args!("keylife: cannot start the runtime: {error}"));
+            log(format_args!("keylife: cannot start the runtime: {error}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(serve(args)) {
         Ok(()) => {
-            keylife::server::log(format_args!(
+            log(format_args!(
                 "keylife: stopped; every acknowledged change is on disk"
             ));
             ExitCode::SUCCESS
         }
         Err(error) => {
-            keylife::server::log(format_args!("keylife: {error}"));
+            log(format_args!("keylife: {error}"));
             ExitCode::FAILURE
         }
     }
@@ -89,16 +91,20 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
     let names: Vec<String> = args.zones.iter().map(|(name, _)| name.clone()).collect();
     let zones = config::open_zones(&args.data, &names, &root_key)?;
     drop(root_key);
+    // What came due while the server was down, before the first request.
+    for kms in &zones {
+        log::due(kms.zone(), &kms.run_due());
+    }
     let mut served = Vec::with_capacity(zones.len());
     for (kms, (name, address)) in zones.into_iter().zip(&args.zones) {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|error| {
-                ConfigError(format!("zone {name}: cannot listen on {address}: {error}"))
+                ConfigError::Invalid(format!("zone {name}: cannot listen on {address}: {error}"))
             })?;
         let bound = listener
             .local_addr()
-            .map_err(|error| ConfigError(format!("zone {name}: {error}")))?;
+            .map_err(|error| ConfigError::Invalid(format!("zone {name}: {error}")))?;
         // One line per zone on standard output, for scripts that start the server on port 0.
         // A closed standard output is not a reason to refuse to serve.
         let mut stdout = std::io::stdout().lock();
@@ -109,11 +115,12 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
     let options = ServeOptions {
         max_body_bytes: args.max_body_bytes,
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
+        events: Events::new(log::server_event),
         ..ServeOptions::default()
     };
     keylife::server::serve(served, credentials, options, shutdown)
         .await
-        .map_err(|error| ConfigError(format!("serving failed: {error}")))
+        .map_err(|error| ConfigError::Invalid(format!("serving failed: {error}")))
 }
 
 /// Completes at Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called,
@@ -122,7 +129,8 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ConfigError> {
     use tokio::signal::unix::{SignalKind, signal};
     let install = |kind: SignalKind| {
-        signal(kind).map_err(|error| ConfigError(format!("cannot handle signals: {error}")))
+        signal(kind)
+            .map_err(|error| ConfigError::Invalid(format!("cannot handle signals: {error}")))
     };
     let mut interrupt = install(SignalKind::interrupt())?;
     let mut terminate = install(SignalKind::terminate())?;
@@ -131,7 +139,7 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ConfigErro
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        keylife::server::log(format_args!(
+        log(format_args!(
             "keylife: stopping: finishing the requests in flight"
         ));
     })

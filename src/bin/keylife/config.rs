@@ -13,23 +13,49 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use zeroize::Zeroizing;
 
-use crate::{Kms, KmsOptions, LocalLink, RootKey};
+use keylife::server::auth::Credentials;
+use keylife::{Error, Kms, KmsOptions, LocalLink, RootKey};
 
-use super::auth::Credentials;
+use crate::log::log;
 
 /// The environment variable that may hold the root key instead of a file.
-pub const ROOT_KEY_ENV: &str = "KEYLIFE_ROOT_KEY";
+const ROOT_KEY_ENV: &str = "KEYLIFE_ROOT_KEY";
 /// The environment variable that may hold the credentials instead of a file.
-pub const CREDENTIALS_ENV: &str = "KEYLIFE_CREDENTIALS";
+const CREDENTIALS_ENV: &str = "KEYLIFE_CREDENTIALS";
 
-/// A configuration problem: a message for the operator, naming the file or variable. It never
-/// contains a secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+/// A configuration problem, for the operator. It never contains a secret.
+#[derive(Debug)]
+pub(crate) enum ConfigError {
+    /// The configuration itself is wrong: the message names the file or variable.
+    Invalid(String),
+    /// A zone's store could not be opened.
+    Store {
+        /// The zone.
+        zone: String,
+        /// Its store directory.
+        dir: PathBuf,
+        /// Why.
+        error: Error,
+    },
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ConfigError::Invalid(message) => f.write_str(message),
+            ConfigError::Store { zone, dir, error } => {
+                let (dir, code) = (dir.display(), error.code());
+                write!(
+                    f,
+                    "cannot open the store of zone {zone} in {dir}: {error} [{code}]"
+                )?;
+                if let Error::StoreInUse { .. } = error {
+                    // keylife's lock: a running `keylife serve` (or another command) holds it.
+                    f.write_str(" (stop `keylife serve` or the other user of the store first)")?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -37,7 +63,7 @@ impl std::error::Error for ConfigError {}
 
 /// The 32 bytes of a root key, read once and copied into a [`RootKey`] per zone. Wiped on drop;
 /// `Debug` shows nothing.
-pub struct RootKeyBytes(Zeroizing<Vec<u8>>);
+pub(crate) struct RootKeyBytes(Zeroizing<Vec<u8>>);
 
 impl fmt::Debug for RootKeyBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -47,12 +73,12 @@ impl fmt::Debug for RootKeyBytes {
 
 impl RootKeyBytes {
     /// Reads the root key from `file`, or else from `KEYLIFE_ROOT_KEY`.
-    pub fn load(file: Option<&Path>) -> Result<RootKeyBytes, ConfigError> {
+    pub(crate) fn load(file: Option<&Path>) -> Result<RootKeyBytes, ConfigError> {
         match file {
             Some(path) => {
                 warn_if_readable_by_others(path, "root key");
                 let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
-                    ConfigError(format!(
+                    ConfigError::Invalid(format!(
                         "cannot read the root key file {}: {error}",
                         path.display()
                     ))
@@ -64,7 +90,7 @@ impl RootKeyBytes {
                     let text = Zeroizing::new(text);
                     RootKeyBytes::parse(&text, ROOT_KEY_ENV)
                 }
-                Err(_) => Err(ConfigError(format!(
+                Err(_) => Err(ConfigError::Invalid(format!(
                     "no root key: give --root-key-file FILE or set {ROOT_KEY_ENV} \
                      (`keylife root-key generate` makes one)"
                 ))),
@@ -74,12 +100,12 @@ impl RootKeyBytes {
 
     /// Parses base64 of exactly 32 bytes (surrounding whitespace ignored); `origin` names where
     /// the text came from, for the error.
-    pub fn parse(text: &str, origin: &str) -> Result<RootKeyBytes, ConfigError> {
+    pub(crate) fn parse(text: &str, origin: &str) -> Result<RootKeyBytes, ConfigError> {
         let bytes = Zeroizing::new(BASE64.decode(text.trim()).map_err(|_| {
-            ConfigError(format!("{origin}: the root key must be base64 of 32 bytes"))
+            ConfigError::Invalid(format!("{origin}: the root key must be base64 of 32 bytes"))
         })?);
         if bytes.len() != 32 {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::Invalid(format!(
                 "{origin}: the root key must be base64 of 32 bytes, got {} bytes",
                 bytes.len()
             )));
@@ -88,29 +114,34 @@ impl RootKeyBytes {
     }
 
     /// A [`RootKey`] with these bytes.
-    pub fn root_key(&self) -> RootKey {
+    pub(crate) fn root_key(&self) -> RootKey {
         // The length was checked when the bytes were read.
         RootKey::from_slice(&self.0).unwrap_or_else(|_| unreachable!("checked length"))
     }
 
     /// A new random root key, as base64 (for `keylife root-key generate`).
-    pub fn generate_base64() -> Result<Zeroizing<String>, crate::Error> {
+    pub(crate) fn generate_base64() -> Result<Zeroizing<String>, Error> {
+        use rand::TryRng as _;
         let mut bytes = Zeroizing::new([0u8; 32]);
-        crate::crypto::fill_from_os(bytes.as_mut())?;
+        rand::rngs::SysRng
+            .try_fill_bytes(bytes.as_mut())
+            .map_err(|error| Error::RandomSource {
+                detail: error.to_string(),
+            })?;
         Ok(Zeroizing::new(BASE64.encode(bytes.as_ref())))
     }
 }
 
 /// Reads the API credentials from `file`, or else from `KEYLIFE_CREDENTIALS` (same format:
 /// one `KEY SECRET` pair per line, `#` starts a comment).
-pub fn load_credentials(file: Option<&Path>) -> Result<Credentials, ConfigError> {
+pub(crate) fn load_credentials(file: Option<&Path>) -> Result<Credentials, ConfigError> {
     if let Some(path) = file {
         warn_if_readable_by_others(path, "credentials");
     }
     let (text, origin) = match file {
         Some(path) => (
             Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
-                ConfigError(format!(
+                ConfigError::Invalid(format!(
                     "cannot read the credentials file {}: {error}",
                     path.display()
                 ))
@@ -120,13 +151,13 @@ pub fn load_credentials(file: Option<&Path>) -> Result<Credentials, ConfigError>
         None => match std::env::var(CREDENTIALS_ENV) {
             Ok(text) => (Zeroizing::new(text), CREDENTIALS_ENV.to_owned()),
             Err(_) => {
-                return Err(ConfigError(format!(
+                return Err(ConfigError::Invalid(format!(
                     "no credentials: give --credentials-file FILE or set {CREDENTIALS_ENV}"
                 )));
             }
         },
     };
-    Credentials::parse(&text).map_err(|error| ConfigError(format!("{origin}: {error}")))
+    Credentials::parse(&text).map_err(|error| ConfigError::Invalid(format!("{origin}: {error}")))
 }
 
 /// Warns on stderr when the secrets file `path` may be read by other users than its owner
@@ -138,7 +169,7 @@ fn warn_if_readable_by_others(path: &Path, what: &str) {
         if let Ok(metadata) = std::fs::metadata(path)
             && metadata.permissions().mode() & 0o077 != 0
         {
-            super::log(format_args!(
+            log(format_args!(
                 "keylife: warning: the {what} file {} has mode {:o}: not only its owner \
                  can read it; `chmod 600` it",
                 path.display(),
@@ -152,13 +183,13 @@ fn warn_if_readable_by_others(path: &Path, what: &str) {
 
 /// The store directory of `zone` under the data directory: `DATA/ZONE`.
 #[must_use]
-pub fn zone_dir(data: &Path, zone: &str) -> PathBuf {
+pub(crate) fn zone_dir(data: &Path, zone: &str) -> PathBuf {
     data.join(zone)
 }
 
 /// Checks a zone name: 1 to 64 characters among ASCII letters, digits, `-` and `_` (it names a
 /// directory).
-pub fn check_zone_name(zone: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_zone_name(zone: &str) -> Result<(), ConfigError> {
     let valid = !zone.is_empty()
         && zone.len() <= 64
         && zone
@@ -167,7 +198,7 @@ pub fn check_zone_name(zone: &str) -> Result<(), ConfigError> {
     if valid {
         Ok(())
     } else {
-        Err(ConfigError(format!(
+        Err(ConfigError::Invalid(format!(
             "invalid zone name {zone:?}: 1 to 64 characters among letters, digits, `-` and `_`"
         )))
     }
@@ -176,7 +207,7 @@ pub fn check_zone_name(zone: &str) -> Result<(), ConfigError> {
 /// Opens the store of every zone in `zones` under `data` (`DATA/ZONE`, created if missing),
 /// all sealed under `root_key` and connected by one [`LocalLink`], so that keys replicate
 /// between them as in the library.
-pub fn open_zones(
+pub(crate) fn open_zones(
     data: &Path,
     zones: &[String],
     root_key: &RootKeyBytes,
@@ -186,25 +217,19 @@ pub fn open_zones(
     for zone in zones {
         check_zone_name(zone)?;
         if opened.iter().any(|kms: &Arc<Kms>| kms.zone() == zone) {
-            return Err(ConfigError(format!("zone {zone} is given twice")));
+            return Err(ConfigError::Invalid(format!("zone {zone} is given twice")));
         }
         let dir = zone_dir(data, zone);
-        std::fs::create_dir_all(&dir)
-            .map_err(|error| ConfigError(format!("cannot create {}: {error}", dir.display())))?;
-        let options = KmsOptions::new(zone.clone()).link(link.clone());
-        let kms = Kms::open(&dir, root_key.root_key(), options).map_err(|error| {
-            let hint = match error {
-                crate::Error::StoreInUse { .. } => {
-                    " (stop `keylife serve` or the other user of the store first)"
-                }
-                _ => "",
-            };
-            ConfigError(format!(
-                "cannot open the store of zone {zone} in {}: {error} [{}]{hint}",
-                dir.display(),
-                error.code()
-            ))
+        std::fs::create_dir_all(&dir).map_err(|error| {
+            ConfigError::Invalid(format!("cannot create {}: {error}", dir.display()))
         })?;
+        let options = KmsOptions::new(zone.clone()).link(link.clone());
+        let kms =
+            Kms::open(&dir, root_key.root_key(), options).map_err(|error| ConfigError::Store {
+                zone: zone.clone(),
+                dir: dir.clone(),
+                error,
+            })?;
         let kms = Arc::new(kms);
         link.attach(&kms);
         opened.push(kms);
@@ -213,17 +238,17 @@ pub fn open_zones(
 }
 
 /// Whether `dir` holds a zone's store: keylife's marker file (written after the first commit,
-/// [`crate::store::MARKER`]) or sled's `conf` (written when sled creates the store).
-#[must_use]
-pub fn is_zone_store(dir: &Path) -> bool {
-    dir.join(crate::store::MARKER).is_file() || dir.join("conf").is_file()
+/// [`keylife::store::MARKER`]) or sled's `conf` (written when sled creates the store).
+pub(crate) fn is_zone_store(dir: &Path) -> bool {
+    dir.join(keylife::store::MARKER).is_file() || dir.join("conf").is_file()
 }
 
 /// The zones that have a store under `data`: its subdirectories with a valid zone name that
 /// hold a store ([`is_zone_store`]), sorted.
-pub fn existing_zones(data: &Path) -> Result<Vec<String>, ConfigError> {
-    let entries = std::fs::read_dir(data)
-        .map_err(|error| ConfigError(format!("cannot read {}: {error}", data.display())))?;
+pub(crate) fn existing_zones(data: &Path) -> Result<Vec<String>, ConfigError> {
+    let entries = std::fs::read_dir(data).map_err(|error| {
+        ConfigError::Invalid(format!("cannot read {}: {error}", data.display()))
+    })?;
     let mut zones = Vec::new();
     for entry in entries.flatten() {
         if entry.file_type().map(|t| t.is_dir()).unwrap_or(false)

@@ -1,0 +1,51 @@
+//! The binary's log: lines on standard error. A closed or full stderr is not a reason to stop.
+
+use keylife::server::Event;
+use keylife::{DueReport, Error};
+
+/// Writes `line` on standard error.
+pub(crate) fn log(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Logs what failed in a run of what is due in `zone` (rotations, deletions, deliveries to
+/// replicas); the failures stay due. `keylife serve` logs every background run, the local
+/// commands the run they make first.
+pub(crate) fn due(zone: &str, result: &Result<DueReport, Error>) {
+    match result {
+        Ok(report) => {
+            for (id, error) in &report.failed {
+                log(format_args!(
+                    "keylife: zone {zone}: the due work of key {id} failed: {error} [{}]",
+                    error.code()
+                ));
+            }
+            for (id, target, error) in &report.replication.failed {
+                log(format_args!(
+                    "keylife: zone {zone}: key {id} did not reach its replica in zone {target}: \
+                     {error} [{}]",
+                    error.code()
+                ));
+            }
+        }
+        Err(error) => log(format_args!(
+            "keylife: zone {zone}: cannot run the due rotations and deletions: {error} [{}]",
+            error.code()
+        )),
+    }
+}
+
+/// Logs what `keylife serve` reports.
+pub(crate) fn server_event(event: &Event<'_>) {
+    match event {
+        Event::AcceptFailed(error) => log(format_args!("keylife: accept failed: {error}")),
+        Event::ConnectionsDropped { open, grace } => log(format_args!(
+            "keylife: {} s after the stop, {open} connection(s) still open are dropped",
+            grace.as_secs()
+        )),
+        Event::DueRun { zone, result } => due(zone, result),
+        // Events added later are not logged until the binary learns them.
+        _ => {}
+    }
+}
