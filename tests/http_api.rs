@@ -135,15 +135,114 @@ async fn refused(
     status: u16,
     code: &str,
 ) -> String {
+    refused_with(client, id, method, path, body, |reply| {
+        problem(reply, status, code)
+    })
+    .await
+}
+
+/// How a refusal must read, for a table's row: checks the answer, returns the problem's detail.
+type Check = fn(&Reply) -> String;
+
+/// [`refused`], with `check` saying how the answer must read (it returns the detail).
+async fn refused_with(
+    client: &mut Client,
+    id: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    check: impl FnOnce(&Reply) -> String,
+) -> String {
+    let sent = body
+        .as_ref()
+        .map_or_else(|| "(no body)".to_owned(), Value::to_string);
+    let _row = Row::new(format!("{method} {path} {sent}"));
     let before = get_key(client, id).await;
     let reply = client.call(method, path, body.as_ref()).await;
-    let detail = problem(&reply, status, code);
+    let detail = check(&reply);
     let after = get_key(client, id).await;
     assert_eq!(
         before, after,
         "{method} {path} was refused but changed the key"
     );
     detail
+}
+
+/// Sends `{ field: value }` to `operation` of key `id` for each `(value, mentions)` row: each
+/// must be a bad request naming `field` and mentioning every one of `mentions`, and leave the
+/// key as it was.
+async fn refused_values(
+    client: &mut Client,
+    id: &str,
+    operation: &str,
+    field: &str,
+    rows: &[(Value, &[&str])],
+) {
+    for (value, mentions) in rows {
+        refused_with(
+            client,
+            id,
+            "POST",
+            &key_path(id, operation),
+            Some(json!({ field: value })),
+            |reply| bad_request(reply, field, mentions),
+        )
+        .await;
+    }
+}
+
+/// While alive, names a table's row if the test fails: the one loop that checks every row
+/// says which row it was checking (on the failed test's output, after the panic message).
+struct Row(String);
+
+impl Row {
+    fn new(label: impl Into<String>) -> Row {
+        Row(label.into())
+    }
+}
+
+impl Drop for Row {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("the failing row: {}", self.0);
+        }
+    }
+}
+
+/// The body of a re-encryption of `ciphertext` from key `source` (sealed with `context`) to
+/// key `destination` (sealed with `destination_context`).
+fn re_encrypt_body(
+    source: &str,
+    ciphertext: &str,
+    context: Option<&[u8]>,
+    destination: &str,
+    destination_context: Option<&[u8]>,
+) -> Value {
+    let mut body = json!({
+        "source": { "key": source, "ciphertext": ciphertext },
+        "destination": { "key": destination },
+    });
+    if let Some(context) = context {
+        body["source"]["encryption-context"] = json!(b64(context));
+    }
+    if let Some(context) = destination_context {
+        body["destination"]["encryption-context"] = json!(b64(context));
+    }
+    body
+}
+
+/// The request (method, path, body) that re-encrypts `ciphertext` of key `source` into key
+/// `destination`, without contexts.
+fn re_encrypt_into(
+    source: &str,
+    ciphertext: &str,
+    destination: &str,
+) -> (&'static str, String, Option<Value>) {
+    (
+        "POST",
+        key_path(source, "re-encrypt"),
+        Some(re_encrypt_body(source, ciphertext, None, destination, None)),
+    )
 }
 
 /// Every operation on key `id`, each with a body it accepts: (method, path, body).
@@ -186,14 +285,7 @@ fn operations_on(
             key_path(id, "decrypt"),
             Some(json!({ "ciphertext": ciphertext })),
         ),
-        (
-            "POST",
-            key_path(id, "re-encrypt"),
-            Some(json!({
-                "source": { "key": id, "ciphertext": ciphertext },
-                "destination": { "key": other },
-            })),
-        ),
+        re_encrypt_into(id, ciphertext, other),
         (
             "POST",
             key_path(id, "generate-data-key"),
@@ -339,26 +431,26 @@ async fn create_refusals_name_the_field_and_create_nothing() {
         ),
     ];
     for (body, field, mentions) in cases {
-        let reply = c.post("/v2/kms-key", body.clone()).await;
+        let _row = Row::new(body.to_string());
+        let reply = c.post("/v2/kms-key", body).await;
         bad_request(&reply, field, &mentions);
     }
     // An absent body is `{}`: the name is missing.
     bad_request(&c.post_empty("/v2/kms-key").await, "name", &["required"]);
-    // An unknown field is refused, naming it.
-    let detail = problem(
-        &c.post("/v2/kms-key", json!({ "name": "x", "colour": "blue" }))
-            .await,
-        400,
-        "bad-request",
-    );
-    assert!(detail.contains("colour"), "{detail}");
-    // Name conflict: 409.
-    let detail = problem(
-        &c.post("/v2/kms-key", json!({ "name": "taken" })).await,
-        409,
-        "name-conflict",
-    );
-    assert!(detail.contains("taken"), "{detail}");
+    // An unknown field is refused, naming it; a taken name is a conflict, naming it.
+    for (body, status, code, named) in [
+        (
+            json!({ "name": "x", "colour": "blue" }),
+            400,
+            "bad-request",
+            "colour",
+        ),
+        (json!({ "name": "taken" }), 409, "name-conflict", "taken"),
+    ] {
+        let _row = Row::new(body.to_string());
+        let detail = problem(&c.post("/v2/kms-key", body).await, status, code);
+        assert!(detail.contains(named), "{code}: {detail}");
+    }
     assert_eq!(
         list_keys(&mut c).await,
         before,
@@ -478,28 +570,22 @@ async fn enable_and_disable_answer_already_applied_without_a_new_revision() {
     )
     .await;
     assert!(detail.contains("force"), "{detail}");
-    // Cancel on a key that is not pending deletion.
-    refused(
-        &mut c,
-        &id,
-        "POST",
-        &key_path(&id, "cancel-deletion"),
-        None,
-        400,
-        "not-pending-deletion",
-    )
-    .await;
-    success(&mut c, &id, "disable", None).await;
-    refused(
-        &mut c,
-        &id,
-        "POST",
-        &key_path(&id, "cancel-deletion"),
-        None,
-        400,
-        "not-pending-deletion",
-    )
-    .await;
+    // Cancel on a key that is not pending deletion: enabled (enabling it again is
+    // already-applied), then disabled.
+    for (operation, status) in [("enable", "enabled"), ("disable", "disabled")] {
+        success(&mut c, &id, operation, None).await;
+        assert_eq!(get_key(&mut c, &id).await["status"], status);
+        refused(
+            &mut c,
+            &id,
+            "POST",
+            &key_path(&id, "cancel-deletion"),
+            None,
+            400,
+            "not-pending-deletion",
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -512,32 +598,23 @@ async fn schedule_and_cancel_deletion() {
     server.clock.advance_days(2);
     let now = start_time() + days(2);
 
-    // Bounds of delay-days.
-    for (delay, got) in [
-        (json!(6), "6"),
-        (json!(31), "31"),
-        (json!(-1), "-1"),
-        (json!(0), "0"),
-    ] {
-        let before = get_key(&mut c, &id).await;
-        let reply = c
-            .post(
-                &key_path(&id, "schedule-deletion"),
-                json!({ "delay-days": delay }),
-            )
-            .await;
-        bad_request(&reply, "delay-days", &["7", "30", got]);
-        assert_eq!(get_key(&mut c, &id).await, before);
-    }
-    for delay in [json!("7"), json!(7.5), json!(true)] {
-        let reply = c
-            .post(
-                &key_path(&id, "schedule-deletion"),
-                json!({ "delay-days": delay }),
-            )
-            .await;
-        bad_request(&reply, "delay-days", &[]);
-    }
+    // Bounds of delay-days, and values that are not a whole number.
+    refused_values(
+        &mut c,
+        &id,
+        "schedule-deletion",
+        "delay-days",
+        &[
+            (json!(6), &["7", "30", "6"]),
+            (json!(31), &["7", "30", "31"]),
+            (json!(-1), &["7", "30", "-1"]),
+            (json!(0), &["7", "30", "0"]),
+            (json!("7"), &[]),
+            (json!(7.5), &[]),
+            (json!(true), &[]),
+        ],
+    )
+    .await;
 
     let before = get_key(&mut c, &id).await;
     let reply = c
@@ -556,8 +633,13 @@ async fn schedule_and_cancel_deletion() {
     assert_eq!(seq(&pending), seq(&before) + 1);
 
     // In pending deletion: every change but cancel, and every cryptographic operation, is
-    // refused; reads work.
-    for (method, path, body) in operations_on(&id, &other, &ciphertext) {
+    // refused; reads work. A ciphertext of another key cannot be re-encrypted into it either.
+    let theirs = encrypt(&mut c, &other, b"theirs", None).await;
+    for (method, path, body) in operations_on(&id, &other, &ciphertext)
+        .into_iter()
+        .chain([re_encrypt_into(&other, &theirs, &id)])
+    {
+        let _row = Row::new(format!("{method} {path}"));
         let operation = path.rsplit('/').next().unwrap();
         match operation {
             _ if method == "GET" => {
@@ -579,21 +661,6 @@ async fn schedule_and_cancel_deletion() {
         }
     }
     assert_eq!(rotations(&mut c, &id).await, Vec::<Value>::new());
-    // A ciphertext of another key cannot be re-encrypted into a key pending deletion.
-    let theirs = encrypt(&mut c, &other, b"theirs", None).await;
-    refused(
-        &mut c,
-        &id,
-        "POST",
-        &key_path(&other, "re-encrypt"),
-        Some(json!({
-            "source": { "key": other, "ciphertext": theirs },
-            "destination": { "key": id },
-        })),
-        400,
-        "key-pending-deletion",
-    )
-    .await;
 
     server.clock.advance_days(3);
     assert_eq!(
@@ -647,25 +714,18 @@ async fn a_due_deletion_answers_key_not_found_to_every_call() {
     server.clock.advance_days(7);
     server.clock.advance(jiff::SignedDuration::from_secs(-1));
     assert_eq!(get_key(&mut c, &id).await["status"], "pending-deletion");
-    // At delete-at: gone, for every operation.
+    // At delete-at: gone, for every operation, and as the destination of a re-encryption.
     server.clock.set(delete_at);
-    for (method, path, body) in operations_on(&id, &other, &ciphertext) {
+    let theirs = encrypt(&mut c, &other, b"theirs", None).await;
+    for (method, path, body) in operations_on(&id, &other, &ciphertext)
+        .into_iter()
+        .chain([re_encrypt_into(&other, &theirs, &id)])
+    {
+        let _row = Row::new(format!("{method} {path}"));
         let reply = c.call(method, &path, body.as_ref()).await;
         let detail = problem(&reply, 404, "key-not-found");
         assert!(detail.contains(&id), "{method} {path}: {detail}");
     }
-    // Also as the destination of a re-encryption.
-    let theirs = encrypt(&mut c, &other, b"theirs", None).await;
-    let reply = c
-        .post(
-            &key_path(&other, "re-encrypt"),
-            json!({
-                "source": { "key": other, "ciphertext": theirs },
-                "destination": { "key": id },
-            }),
-        )
-        .await;
-    problem(&reply, 404, "key-not-found");
     let listed = list_keys(&mut c).await;
     assert!(
         listed.iter().all(|key| key["id"] != id.as_str()),
@@ -799,30 +859,23 @@ async fn rotation_settings_conflicts_and_bounds() {
     )
     .await;
 
-    // Bounds of rotation-period.
-    for (period, got) in [
-        (json!(89), "89"),
-        (json!(2561), "2561"),
-        (json!(0), "0"),
-        (json!(-90), "-90"),
-    ] {
-        let reply = c
-            .post(
-                &key_path(&id, "enable-key-rotation"),
-                json!({ "rotation-period": period }),
-            )
-            .await;
-        bad_request(&reply, "rotation-period", &["90", "2560", got]);
-    }
-    for period in [json!("90"), json!(90.5), json!([90])] {
-        let reply = c
-            .post(
-                &key_path(&id, "enable-key-rotation"),
-                json!({ "rotation-period": period }),
-            )
-            .await;
-        bad_request(&reply, "rotation-period", &[]);
-    }
+    // Bounds of rotation-period, and values that are not a whole number.
+    refused_values(
+        &mut c,
+        &id,
+        "enable-key-rotation",
+        "rotation-period",
+        &[
+            (json!(89), &["90", "2560", "89"]),
+            (json!(2561), &["90", "2560", "2561"]),
+            (json!(0), &["90", "2560", "0"]),
+            (json!(-90), &["90", "2560", "-90"]),
+            (json!("90"), &[]),
+            (json!(90.5), &[]),
+            (json!([90]), &[]),
+        ],
+    )
+    .await;
     assert_eq!(get_key(&mut c, &id).await, off, "refusals changed the key");
 
     let now = start_time() + days(5);
@@ -909,54 +962,35 @@ async fn a_disabled_key_refuses_rotation_and_cryptography() {
     let id = create_multi_zone(&mut c, "k").await;
     let other = create_id(&mut c, "other").await;
     let ciphertext = encrypt(&mut c, &id, b"x", None).await;
+    let theirs = encrypt(&mut c, &other, b"theirs", None).await;
     success(&mut c, &id, "disable", None).await;
 
-    for operation in ["rotate", "enable-key-rotation", "disable-key-rotation"] {
-        refused(
-            &mut c,
-            &id,
-            "POST",
-            &key_path(&id, operation),
-            None,
-            400,
-            "key-disabled",
-        )
-        .await;
-    }
-    for (method, path, body) in operations_on(&id, &other, &ciphertext) {
-        let operation = path.rsplit('/').next().unwrap();
-        if ["encrypt", "decrypt", "re-encrypt", "generate-data-key"].contains(&operation) {
-            let detail = refused(&mut c, &id, method, &path, body, 400, "key-disabled").await;
-            assert!(detail.contains(&id), "{detail}");
-        }
-    }
+    // Rotation and its settings, and every cryptographic operation.
+    let mut cases: Vec<(&str, String, Option<Value>)> =
+        ["rotate", "enable-key-rotation", "disable-key-rotation"]
+            .into_iter()
+            .map(|operation| ("POST", key_path(&id, operation), None))
+            .collect();
+    cases.extend(
+        operations_on(&id, &other, &ciphertext)
+            .into_iter()
+            .filter(|(_, path, _)| {
+                let operation = path.rsplit('/').next().unwrap();
+                ["encrypt", "decrypt", "re-encrypt", "generate-data-key"].contains(&operation)
+            }),
+    );
     // Replication is refused while disabled (as AWS).
-    let detail = refused(
-        &mut c,
-        &id,
+    cases.push((
         "POST",
-        &key_path(&id, "replicate"),
+        key_path(&id, "replicate"),
         Some(json!({ "zone": ZONE_B })),
-        400,
-        "key-disabled",
-    )
-    .await;
-    assert!(detail.contains(&id), "{detail}");
+    ));
     // A disabled destination refuses a re-encryption.
-    let theirs = encrypt(&mut c, &other, b"theirs", None).await;
-    refused(
-        &mut c,
-        &id,
-        "POST",
-        &key_path(&other, "re-encrypt"),
-        Some(json!({
-            "source": { "key": other, "ciphertext": theirs },
-            "destination": { "key": id },
-        })),
-        400,
-        "key-disabled",
-    )
-    .await;
+    cases.push(re_encrypt_into(&other, &theirs, &id));
+    for (method, path, body) in cases {
+        let detail = refused(&mut c, &id, method, &path, body, 400, "key-disabled").await;
+        assert!(detail.contains(&id), "{method} {path}: {detail}");
+    }
     // Reads work; enabling brings everything back.
     assert_eq!(rotations(&mut c, &id).await, Vec::<Value>::new());
     success(&mut c, &id, "enable", None).await;
@@ -971,7 +1005,12 @@ async fn unknown_ids_are_404_and_ids_that_are_not_uuids_400() {
     let mut c = server.client(0).await;
     let id = create_id(&mut c, "k").await;
     let ciphertext = encrypt(&mut c, &id, b"x", None).await;
-    for (method, path, body) in operations_on(NO_SUCH_KEY, &id, &ciphertext) {
+    // Every operation on an unknown key, and an unknown destination of re-encrypt.
+    for (method, path, body) in operations_on(NO_SUCH_KEY, &id, &ciphertext)
+        .into_iter()
+        .chain([re_encrypt_into(&id, &ciphertext, NO_SUCH_KEY)])
+    {
+        let _row = Row::new(format!("{method} {path}"));
         let detail = problem(
             &c.call(method, &path, body.as_ref()).await,
             404,
@@ -979,17 +1018,6 @@ async fn unknown_ids_are_404_and_ids_that_are_not_uuids_400() {
         );
         assert!(detail.contains(NO_SUCH_KEY), "{method} {path}: {detail}");
     }
-    // An unknown destination of re-encrypt.
-    let reply = c
-        .post(
-            &key_path(&id, "re-encrypt"),
-            json!({
-                "source": { "key": id, "ciphertext": ciphertext },
-                "destination": { "key": NO_SUCH_KEY },
-            }),
-        )
-        .await;
-    problem(&reply, 404, "key-not-found");
     for bad in [
         "not-a-uuid",
         "0190b6a4",
@@ -997,6 +1025,7 @@ async fn unknown_ids_are_404_and_ids_that_are_not_uuids_400() {
         "1",
     ] {
         for (method, path, body) in operations_on(bad, &id, &ciphertext) {
+            let _row = Row::new(format!("{method} {path}"));
             let reply = c.call(method, &path, body.as_ref()).await;
             bad_request(&reply, "id", &[]);
         }
@@ -1007,12 +1036,11 @@ async fn unknown_ids_are_404_and_ids_that_are_not_uuids_400() {
 async fn an_id_that_is_not_utf8_is_a_problem_naming_id() {
     let server = TestServer::start(&[ZONE_A]).await;
     let mut c = server.client(0).await;
-    for path in ["/v2/kms-key/%FF", "/v2/kms-key/%C3%28/enable"] {
-        let method = if path.ends_with("enable") {
-            "POST"
-        } else {
-            "GET"
-        };
+    for (method, path) in [
+        ("GET", "/v2/kms-key/%FF"),
+        ("POST", "/v2/kms-key/%C3%28/enable"),
+    ] {
+        let _row = Row::new(format!("{method} {path}"));
         let reply = c.signed(method, path, b"").await;
         bad_request(&reply, "id", &[]);
     }
@@ -1137,10 +1165,7 @@ async fn re_encrypt_moves_a_ciphertext_to_another_key() {
     let reply = c
         .post(
             &key_path(&source, "re-encrypt"),
-            json!({
-                "source": { "key": source, "ciphertext": ciphertext, "encryption-context": b64(b"a") },
-                "destination": { "key": destination, "encryption-context": b64(b"b") },
-            }),
+            re_encrypt_body(&source, &ciphertext, Some(b"a"), &destination, Some(b"b")),
         )
         .await;
     let answer = ok(&reply).clone();
@@ -1160,47 +1185,36 @@ async fn re_encrypt_moves_a_ciphertext_to_another_key() {
     c.post_empty(&key_path(&destination, "rotate")).await;
     decrypts_to(&mut c, &destination, &moved, Some(b"b"), b"payload").await;
 
-    // The source context must match.
-    let reply = c
-        .post(
-            &key_path(&source, "re-encrypt"),
-            json!({
-                "source": { "key": source, "ciphertext": ciphertext, "encryption-context": b64(b"x") },
-                "destination": { "key": destination },
-            }),
-        )
-        .await;
-    problem(&reply, 400, "invalid-ciphertext");
-    // A ciphertext of another key than the source: incorrect key.
-    let reply = c
-        .post(
-            &key_path(&destination, "re-encrypt"),
-            json!({
-                "source": { "key": destination, "ciphertext": ciphertext, "encryption-context": b64(b"a") },
-                "destination": { "key": source },
-            }),
-        )
-        .await;
-    problem(&reply, 400, "incorrect-key");
-    // The path names the source: source.key must agree.
-    let reply = c
-        .post(
-            &key_path(&destination, "re-encrypt"),
-            json!({
-                "source": { "key": source, "ciphertext": ciphertext, "encryption-context": b64(b"a") },
-                "destination": { "key": destination },
-            }),
-        )
-        .await;
-    bad_request(&reply, "source.key", &[]);
+    // (what is wrong, the key of the path, the body, how the answer must read)
+    let refusals: [(&str, &str, Value, Check); 3] = [
+        (
+            "the source context must match",
+            &source,
+            re_encrypt_body(&source, &ciphertext, Some(b"x"), &destination, None),
+            |reply| problem(reply, 400, "invalid-ciphertext"),
+        ),
+        (
+            "a ciphertext of another key than the source: incorrect key",
+            &destination,
+            re_encrypt_body(&destination, &ciphertext, Some(b"a"), &source, None),
+            |reply| problem(reply, 400, "incorrect-key"),
+        ),
+        (
+            "the path names the source: source.key must agree",
+            &destination,
+            re_encrypt_body(&source, &ciphertext, Some(b"a"), &destination, None),
+            |reply| bad_request(reply, "source.key", &[]),
+        ),
+    ];
+    for (what, path_key, body, check) in refusals {
+        let _row = Row::new(what);
+        check(&c.post(&key_path(path_key, "re-encrypt"), body).await);
+    }
     // Re-encrypting into the same key works too.
     let reply = c
         .post(
             &key_path(&source, "re-encrypt"),
-            json!({
-                "source": { "key": source, "ciphertext": ciphertext, "encryption-context": b64(b"a") },
-                "destination": { "key": source },
-            }),
+            re_encrypt_body(&source, &ciphertext, Some(b"a"), &source, None),
         )
         .await;
     let same = ok(&reply)["ciphertext"].as_str().unwrap().to_owned();
@@ -1228,6 +1242,7 @@ async fn generate_data_key_sizes_and_its_ciphertext() {
     ];
     let mut seen = Vec::new();
     for (body, size) in cases {
+        let _row = Row::new(format!("{body:?}"));
         let reply = c.call("POST", &path, body.as_ref()).await;
         let answer = ok(&reply).clone();
         check_shape("generate-data-key", &answer);
@@ -1278,6 +1293,7 @@ async fn generate_data_key_sizes_and_its_ciphertext() {
             vec![],
         ),
     ] {
+        let _row = Row::new(body.to_string());
         let reply = c.post(&path, body).await;
         bad_request(&reply, field, &mentions);
     }
@@ -1294,20 +1310,22 @@ async fn plaintexts_over_the_zones_limit_are_bad_requests() {
     let mut c = server.client(0).await;
     let id = create_id(&mut c, "k").await;
     encrypt(&mut c, &id, &[7; 100], Some(&[1; 10])).await;
-    let reply = c
-        .post(
-            &key_path(&id, "encrypt"),
+    for (body, field, mentions) in [
+        (
             json!({ "plaintext": b64(&[7; 101]) }),
-        )
-        .await;
-    bad_request(&reply, "plaintext", &["100", "101"]);
-    let reply = c
-        .post(
-            &key_path(&id, "encrypt"),
+            "plaintext",
+            ["100", "101"],
+        ),
+        (
             json!({ "plaintext": b64(b"x"), "encryption-context": b64(&[1; 11]) }),
-        )
-        .await;
-    bad_request(&reply, "encryption-context", &["10", "11"]);
+            "encryption-context",
+            ["10", "11"],
+        ),
+    ] {
+        let _row = Row::new(field);
+        let reply = c.post(&key_path(&id, "encrypt"), body).await;
+        bad_request(&reply, field, &mentions);
+    }
 }
 
 // ----- replication -------------------------------------------------------------------------
@@ -1468,44 +1486,30 @@ async fn replicate_refusals_and_what_a_replica_may_not_do() {
     let single = create_id(&mut a, "single").await;
     let replicate = key_path(&id, "replicate");
 
-    let detail = refused(
-        &mut a,
-        &id,
-        "POST",
-        &replicate,
-        Some(json!({ "zone": ZONE_A })),
-        400,
-        "invalid-argument",
-    )
-    .await;
-    assert!(detail.contains("zone"), "{detail}");
-    refused(
-        &mut a,
-        &id,
-        "POST",
-        &replicate,
-        Some(json!({ "zone": "xx-nowhere-1" })),
-        400,
-        "invalid-argument",
-    )
-    .await;
-    refused(
-        &mut a,
-        &id,
-        "POST",
-        &replicate,
-        Some(json!({ "zone": "" })),
-        400,
-        "invalid-argument",
-    )
-    .await;
-    bad_request(&a.post_empty(&replicate).await, "zone", &["required"]);
-    bad_request(&a.post(&replicate, json!({ "zone": 5 })).await, "zone", &[]);
-    bad_request(
-        &a.post(&replicate, json!({ "zones": [ZONE_B] })).await,
-        "body",
-        &["zones"],
-    );
+    // Zones that cannot be used, and bodies that name none: each detail names the zone.
+    let refusals: [(Option<Value>, Check); 6] = [
+        (Some(json!({ "zone": ZONE_A })), |reply| {
+            problem(reply, 400, "invalid-argument")
+        }),
+        (Some(json!({ "zone": "xx-nowhere-1" })), |reply| {
+            problem(reply, 400, "invalid-argument")
+        }),
+        (Some(json!({ "zone": "" })), |reply| {
+            problem(reply, 400, "invalid-argument")
+        }),
+        (None, |reply| bad_request(reply, "zone", &["required"])),
+        (Some(json!({ "zone": 5 })), |reply| {
+            bad_request(reply, "zone", &[])
+        }),
+        (Some(json!({ "zones": [ZONE_B] })), |reply| {
+            bad_request(reply, "body", &["zones"])
+        }),
+    ];
+    for (body, check) in refusals {
+        let label = format!("{body:?}");
+        let detail = refused_with(&mut a, &id, "POST", &replicate, body, check).await;
+        assert!(detail.contains("zone"), "{label}: {detail}");
+    }
     refused(
         &mut a,
         &single,
@@ -1686,21 +1690,18 @@ async fn an_absent_body_is_read_as_an_empty_object() {
     );
     assert_eq!(success(&mut c, &id, "enable", None).await, "success");
     // Required fields are still required.
-    bad_request(
-        &c.post_empty(&key_path(&id, "encrypt")).await,
-        "plaintext",
-        &["required"],
-    );
-    bad_request(
-        &c.post_empty(&key_path(&id, "decrypt")).await,
-        "ciphertext",
-        &["required"],
-    );
-    bad_request(
-        &c.post_empty(&key_path(&id, "re-encrypt")).await,
-        "source",
-        &["required"],
-    );
+    for (operation, field) in [
+        ("encrypt", "plaintext"),
+        ("decrypt", "ciphertext"),
+        ("re-encrypt", "source"),
+    ] {
+        let _row = Row::new(operation);
+        bad_request(
+            &c.post_empty(&key_path(&id, operation)).await,
+            field,
+            &["required"],
+        );
+    }
 }
 
 // ----- malformed bodies --------------------------------------------------------------------
@@ -1733,6 +1734,7 @@ async fn malformed_bodies_are_400_naming_the_field_and_change_nothing() {
             key_path(&id, "encrypt"),
             key_path(&id, "enable"),
         ] {
+            let _row = Row::new(format!("{path} {}", String::from_utf8_lossy(raw)));
             let reply = c.signed("POST", &path, raw).await;
             bad_request(&reply, "body", &[]);
         }
@@ -1846,7 +1848,8 @@ async fn malformed_bodies_are_400_naming_the_field_and_change_nothing() {
         ),
     ];
     for (path, body, field) in cases {
-        let reply = c.post(path, body.clone()).await;
+        let _row = Row::new(format!("{path} {body}"));
+        let reply = c.post(path, body).await;
         bad_request(&reply, field, &[]);
     }
     let detail = bad_request(
@@ -1873,25 +1876,25 @@ async fn missing_and_malformed_authorization_is_401() {
     let before = list_keys(&mut c).await;
 
     let body = br#"{"name":"intruder"}"#.to_vec();
-    let reply = c.send("POST", "/v2/kms-key", &[], body.clone()).await;
-    problem(&reply, 401, "unauthorized");
-    // RFC 9110 §11.6.1: a 401 names the scheme to authenticate with.
-    assert_eq!(
-        reply
-            .headers
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok()),
-        Some("EXO2-HMAC-SHA256")
-    );
-    let reply = c.send("GET", &key_path(&id, ""), &[], Vec::new()).await;
-    problem(&reply, 401, "unauthorized");
-    // Unsigned, even with a malformed id: the signature is checked first.
-    problem(
-        &c.send("POST", "/v2/kms-key/nope/enable", &[], Vec::new())
-            .await,
-        401,
-        "unauthorized",
-    );
+    for (method, path, body) in [
+        ("POST", "/v2/kms-key".to_owned(), body.clone()),
+        ("GET", key_path(&id, ""), Vec::new()),
+        // Unsigned, even with a malformed id: the signature is checked first.
+        ("POST", "/v2/kms-key/nope/enable".to_owned(), Vec::new()),
+    ] {
+        let _row = Row::new(format!("{method} {path}"));
+        let reply = c.send(method, &path, &[], body).await;
+        problem(&reply, 401, "unauthorized");
+        // RFC 9110 §11.6.1: a 401 names the scheme to authenticate with.
+        assert_eq!(
+            reply
+                .headers
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some("EXO2-HMAC-SHA256"),
+            "{method} {path}"
+        );
+    }
 
     let expires = unix_now() + 300;
     let good = auth::sign(
@@ -1923,6 +1926,7 @@ async fn missing_and_malformed_authorization_is_401() {
         b"EXO2-HMAC-SHA256 credential=EXOtest,expires=1,signature=\xff\xfe".to_vec(),
     ];
     for header in malformed {
+        let _row = Row::new(String::from_utf8_lossy(&header));
         let value = HeaderValue::from_bytes(&header).unwrap();
         let reply = c
             .send(
@@ -1955,190 +1959,98 @@ async fn bad_signatures_are_403_and_change_nothing() {
     let disable = key_path(&id, "disable");
     let now = unix_now();
 
-    let header = |value: String| [("authorization", HeaderValue::from_str(&value).unwrap())];
-    let body = br#"{"name":"intruder"}"#.to_vec();
-    let cases: Vec<(&str, String, Vec<u8>, String)> = vec![
-        // Unknown key.
-        (
-            "POST",
-            disable.clone(),
-            Vec::new(),
+    /// A request as it is signed (or sent: its method, path and body).
+    #[derive(Clone)]
+    struct Signing {
+        key: &'static str,
+        secret: &'static [u8],
+        method: &'static str,
+        path: String,
+        body: Vec<u8>,
+        expires: i64,
+    }
+    impl Signing {
+        /// A copy with `alter` applied.
+        fn altered(&self, alter: impl FnOnce(&mut Signing)) -> Signing {
+            let mut altered = self.clone();
+            alter(&mut altered);
+            altered
+        }
+        /// Its `Authorization`.
+        fn sign(&self) -> String {
             auth::sign(
-                "EXOnobody",
-                http_support::SECRET,
-                "POST",
-                &disable,
-                b"",
-                now + 300,
-            ),
-        ),
-        // Wrong secret.
-        (
-            "POST",
-            disable.clone(),
-            Vec::new(),
-            auth::sign(
-                http_support::KEY,
-                b"guess",
-                "POST",
-                &disable,
-                b"",
-                now + 300,
-            ),
-        ),
-        // Expired.
-        (
-            "POST",
-            disable.clone(),
-            Vec::new(),
-            auth::sign(
-                http_support::KEY,
-                http_support::SECRET,
-                "POST",
-                &disable,
-                b"",
-                now - 60,
-            ),
-        ),
-        // Valid for too long.
-        (
-            "POST",
-            disable.clone(),
-            Vec::new(),
-            auth::sign(
-                http_support::KEY,
-                http_support::SECRET,
-                "POST",
-                &disable,
-                b"",
-                now + 2 * 3600,
-            ),
-        ),
-        // Path altered after signing: signed for another key.
-        (
-            "POST",
-            disable.clone(),
-            Vec::new(),
-            auth::sign(
-                http_support::KEY,
-                http_support::SECRET,
-                "POST",
-                &key_path(&other, "disable"),
-                b"",
-                now + 300,
-            ),
-        ),
-        // Path altered: signed for another operation.
-        (
-            "POST",
-            disable.clone(),
-            Vec::new(),
-            auth::sign(
-                http_support::KEY,
-                http_support::SECRET,
-                "POST",
-                &key_path(&id, "enable"),
-                b"",
-                now + 300,
-            ),
-        ),
-        // Method altered.
-        (
-            "POST",
-            disable.clone(),
-            Vec::new(),
-            auth::sign(
-                http_support::KEY,
-                http_support::SECRET,
-                "GET",
-                &disable,
-                b"",
-                now + 300,
-            ),
-        ),
-        (
-            "POST",
-            "/v2/kms-key".to_owned(),
-            body.clone(),
-            auth::sign(
-                http_support::KEY,
-                http_support::SECRET,
-                "PUT",
-                "/v2/kms-key",
-                &body,
-                now + 300,
-            ),
-        ),
-        // Body altered.
-        (
-            "POST",
-            "/v2/kms-key".to_owned(),
-            body.clone(),
-            auth::sign(
-                http_support::KEY,
-                http_support::SECRET,
-                "POST",
-                "/v2/kms-key",
-                br#"{"name":"innocent"}"#,
-                now + 300,
-            ),
-        ),
-        (
-            "POST",
-            "/v2/kms-key".to_owned(),
-            body.clone(),
-            auth::sign(
-                http_support::KEY,
-                http_support::SECRET,
-                "POST",
-                "/v2/kms-key",
-                b"",
-                now + 300,
-            ),
-        ),
-        // expires altered after signing.
-        (
-            "POST",
-            disable.clone(),
-            Vec::new(),
-            auth::sign(
-                http_support::KEY,
-                http_support::SECRET,
-                "POST",
-                &disable,
-                b"",
-                now + 300,
+                self.key,
+                self.secret,
+                self.method,
+                &self.path,
+                &self.body,
+                self.expires,
             )
-            .replace(
+        }
+        /// A row: `what` is wrong, this request is sent, signed with `alter` applied.
+        fn forged(
+            &self,
+            what: &'static str,
+            alter: impl FnOnce(&mut Signing),
+        ) -> (&'static str, Signing, String) {
+            (what, self.clone(), self.altered(alter).sign())
+        }
+    }
+    // The requests sent; each row signs one of them with one thing altered.
+    let disable_it = Signing {
+        key: http_support::KEY,
+        secret: http_support::SECRET,
+        method: "POST",
+        path: disable.clone(),
+        body: Vec::new(),
+        expires: now + 300,
+    };
+    let create_one = disable_it.altered(|s| {
+        s.path = "/v2/kms-key".to_owned();
+        s.body = br#"{"name":"intruder"}"#.to_vec();
+    });
+    let with_query = disable_it.altered(|s| s.path = format!("{disable}?zone=x"));
+    let cases = vec![
+        disable_it.forged("unknown key", |s| s.key = "EXOnobody"),
+        disable_it.forged("wrong secret", |s| s.secret = b"guess"),
+        disable_it.forged("expired", |s| s.expires = now - 60),
+        disable_it.forged("valid for too long", |s| s.expires = now + 2 * 3600),
+        disable_it.forged("path altered: signed for another key", |s| {
+            s.path = key_path(&other, "disable");
+        }),
+        disable_it.forged("path altered: signed for another operation", |s| {
+            s.path = key_path(&id, "enable");
+        }),
+        disable_it.forged("method altered: signed for GET", |s| s.method = "GET"),
+        create_one.forged("method altered: signed for PUT", |s| s.method = "PUT"),
+        create_one.forged("body altered", |s| {
+            s.body = br#"{"name":"innocent"}"#.to_vec();
+        }),
+        create_one.forged("body altered: signed without", |s| s.body = Vec::new()),
+        (
+            "expires altered after signing",
+            disable_it.clone(),
+            disable_it.sign().replace(
                 &format!("expires={}", now + 300),
                 &format!("expires={}", now + 301),
             ),
         ),
-        // A query argument added to the signed path.
-        (
-            "POST",
-            format!("{disable}?zone=x"),
-            Vec::new(),
-            auth::sign(
-                http_support::KEY,
-                http_support::SECRET,
-                "POST",
-                &format!("{disable}?zone=x"),
-                b"",
-                now + 300,
-            ),
-        ),
+        with_query.forged("a query argument added to the signed path", |_| {}),
     ];
-    for (method, path, body, authorization) in cases {
-        let reply = c
-            .send(method, &path, &header(authorization.clone()), body)
-            .await;
+    for (what, sent, authorization) in cases {
+        let _row = Row::new(what);
+        let (method, path) = (sent.method, sent.path.as_str());
+        let header = [(
+            "authorization",
+            HeaderValue::from_str(&authorization).unwrap(),
+        )];
+        let reply = c.send(method, path, &header, sent.body).await;
         let detail = problem(&reply, 403, "forbidden");
-        assert!(!detail.contains("test-secret"), "{detail}");
+        assert!(!detail.contains("test-secret"), "{what}: {detail}");
         assert_eq!(
             list_keys(&mut c).await,
             keys,
-            "{method} {path} with {authorization}: refused but changed a key"
+            "{what}: {method} {path} with {authorization}: refused but changed a key"
         );
     }
     // The control: the right signature works.
