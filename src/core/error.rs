@@ -218,65 +218,47 @@ impl Error {
     /// Codes never change once released; new conditions get new codes.
     #[must_use]
     pub fn code(&self) -> &'static str {
-        match self {
-            Error::KeyNotFound { .. } => "key-not-found",
-            Error::KeyDisabled { .. } => "key-disabled",
-            Error::KeyPendingDeletion { .. } => "key-pending-deletion",
-            Error::NotPendingDeletion { .. } => "not-pending-deletion",
-            Error::NotOnReplica { .. } => "not-on-replica",
-            Error::NotMultiZone { .. } => "not-multi-zone",
-            Error::NameConflict { .. } => "name-conflict",
-            Error::Conflict { .. } => "conflict",
-            Error::InvalidArgument { .. } => "invalid-argument",
-            Error::ManualRotationLimit { .. } => "manual-rotation-limit",
-            Error::InvalidUsage { .. } => "invalid-usage",
-            Error::QuotaExceeded { .. } => "quota-exceeded",
-            Error::IncorrectKey { .. } => "incorrect-key",
-            Error::InvalidCiphertext => "invalid-ciphertext",
-            Error::RevisionConflict { .. } => "revision-conflict",
-            Error::BadRequest { .. } => "bad-request",
-            Error::WrongRootKey => "wrong-root-key",
-            Error::Corrupt { .. } => "corrupt-record",
-            Error::Storage { .. } => "storage",
-            Error::NotDurable { .. } => "not-durable",
-            Error::RandomSource { .. } => "random-source",
-            Error::ZoneUnreachable { .. } => "zone-unreachable",
-            Error::RotationPending { .. } => "rotation-pending",
-            Error::StoreInUse { .. } => "store-in-use",
-            Error::Forbidden { .. } => "forbidden",
-        }
+        self.names().0
     }
 
     /// A short summary of the kind of error, the same for every error of one code: the
     /// `title` of the HTTP problem document.
     #[must_use]
     pub fn title(&self) -> &'static str {
+        self.names().1
+    }
+
+    /// The code and the title, written side by side.
+    fn names(&self) -> (&'static str, &'static str) {
+        use Error::*;
         match self {
-            Error::KeyNotFound { .. } => "Key not found",
-            Error::KeyDisabled { .. } => "Key is disabled",
-            Error::KeyPendingDeletion { .. } => "Key is pending deletion",
-            Error::NotPendingDeletion { .. } => "Key is not pending deletion",
-            Error::NotOnReplica { .. } => "Not allowed on a replica",
-            Error::NotMultiZone { .. } => "Key is not multi-zone",
-            Error::NameConflict { .. } => "Name already in use",
-            Error::Conflict { .. } => "Conflict",
-            Error::InvalidArgument { .. } => "Invalid argument",
-            Error::ManualRotationLimit { .. } => "Manual rotation limit reached",
-            Error::InvalidUsage { .. } => "Invalid key usage",
-            Error::QuotaExceeded { .. } => "Key quota exceeded",
-            Error::IncorrectKey { .. } => "Incorrect key",
-            Error::InvalidCiphertext => "Invalid ciphertext",
-            Error::RevisionConflict { .. } => "Revision conflict",
-            Error::BadRequest { .. } => "Bad request",
-            Error::WrongRootKey => "Wrong root key",
-            Error::Corrupt { .. } => "Corrupt record",
-            Error::Storage { .. } => "Storage error",
-            Error::NotDurable { .. } => "Change not durable",
-            Error::RandomSource { .. } => "Random source failed",
-            Error::ZoneUnreachable { .. } => "Zone unreachable",
-            Error::RotationPending { .. } => "Rotation pending",
-            Error::StoreInUse { .. } => "Store in use",
-            Error::Forbidden { .. } => "Forbidden",
+            KeyNotFound { .. } => ("key-not-found", "Key not found"),
+            KeyDisabled { .. } => ("key-disabled", "Key is disabled"),
+            KeyPendingDeletion { .. } => ("key-pending-deletion", "Key is pending deletion"),
+            NotPendingDeletion { .. } => ("not-pending-deletion", "Key is not pending deletion"),
+            NotOnReplica { .. } => ("not-on-replica", "Not allowed on a replica"),
+            NotMultiZone { .. } => ("not-multi-zone", "Key is not multi-zone"),
+            NameConflict { .. } => ("name-conflict", "Name already in use"),
+            Conflict { .. } => ("conflict", "Conflict"),
+            InvalidArgument { .. } => ("invalid-argument", "Invalid argument"),
+            ManualRotationLimit { .. } => {
+                ("manual-rotation-limit", "Manual rotation limit reached")
+            }
+            InvalidUsage { .. } => ("invalid-usage", "Invalid key usage"),
+            QuotaExceeded { .. } => ("quota-exceeded", "Key quota exceeded"),
+            IncorrectKey { .. } => ("incorrect-key", "Incorrect key"),
+            InvalidCiphertext => ("invalid-ciphertext", "Invalid ciphertext"),
+            RevisionConflict { .. } => ("revision-conflict", "Revision conflict"),
+            BadRequest { .. } => ("bad-request", "Bad request"),
+            WrongRootKey => ("wrong-root-key", "Wrong root key"),
+            Corrupt { .. } => ("corrupt-record", "Corrupt record"),
+            Storage { .. } => ("storage", "Storage error"),
+            NotDurable { .. } => ("not-durable", "Change not durable"),
+            RandomSource { .. } => ("random-source", "Random source failed"),
+            ZoneUnreachable { .. } => ("zone-unreachable", "Zone unreachable"),
+            RotationPending { .. } => ("rotation-pending", "Rotation pending"),
+            StoreInUse { .. } => ("store-in-use", "Store in use"),
+            Forbidden { .. } => ("forbidden", "Forbidden"),
         }
     }
 

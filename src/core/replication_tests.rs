@@ -10,6 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::replication::{
     Follow, FollowContext, LiveKey, Snapshot, SnapshotBody, deletion_snapshot, follow, snapshot,
 };
+use super::tests::{changed, changed_with_event};
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -107,17 +108,6 @@ fn run(record: &KeyRecord, command: &Command, at: Timestamp) -> Result<Transitio
     let result = apply(record, command, at, None);
     assert_eq!(*record, before, "apply modified its input record");
     result
-}
-
-fn changed_with_event(transition: Transition) -> (KeyRecord, Event) {
-    match transition {
-        Transition::Changed { record, event } => (*record, event),
-        other => panic!("expected Transition::Changed, got {other:?}"),
-    }
-}
-
-fn changed(transition: Transition) -> KeyRecord {
-    changed_with_event(transition).0
 }
 
 /// The receiving context in zone `HERE` at `now`.

@@ -103,7 +103,7 @@ fn run(record: &KeyRecord, command: Command, at: Timestamp) -> Result<Transition
 }
 
 /// The new record and the event of a `Transition::Changed`; panics on anything else.
-fn changed_with_event(transition: Transition) -> (KeyRecord, Event) {
+pub(super) fn changed_with_event(transition: Transition) -> (KeyRecord, Event) {
     match transition {
         Transition::Changed { record, event } => (*record, event),
         other => panic!("expected Transition::Changed, got {other:?}"),
@@ -111,7 +111,7 @@ fn changed_with_event(transition: Transition) -> (KeyRecord, Event) {
 }
 
 /// The new record of a `Transition::Changed`; panics on anything else.
-fn changed(transition: Transition) -> KeyRecord {
+pub(super) fn changed(transition: Transition) -> KeyRecord {
     changed_with_event(transition).0
 }
 

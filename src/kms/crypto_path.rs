@@ -46,10 +46,8 @@ impl CryptoPath {
         plaintext: &[u8],
         context: Option<&[u8]>,
     ) -> Result<Ciphertext, Error> {
-        self.shared.live()?;
-        self.check_plaintext(plaintext)?;
-        let context = self.context(context)?;
-        let ciphertext = self.seal(self.usable(id)?, plaintext, context)?;
+        let (state, context) = self.begin(id, context, || self.check_plaintext(plaintext))?;
+        let ciphertext = self.seal(state, plaintext, context)?;
         Ok(Ciphertext { ciphertext })
     }
 
@@ -60,12 +58,23 @@ impl CryptoPath {
         ciphertext: &[u8],
         context: Option<&[u8]>,
     ) -> Result<Plaintext, Error> {
-        self.shared.live()?;
-        self.check_ciphertext(ciphertext)?;
-        let context = self.context(context)?;
-        let state = self.usable(id)?;
+        let (state, context) = self.begin(id, context, || self.check_ciphertext(ciphertext))?;
         let plaintext = open(&state, ciphertext, context)?;
         Ok(Plaintext { plaintext })
+    }
+
+    /// What encrypt and decrypt check first, in this order: the zone works, the message's
+    /// length (`check`), the context's; then the key's state, if it may be used.
+    fn begin<'a>(
+        &self,
+        id: KeyId,
+        context: Option<&'a [u8]>,
+        check: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<(Arc<KeyState>, &'a [u8]), Error> {
+        self.shared.live()?;
+        check()?;
+        let context = self.context(context)?;
+        Ok((self.usable(id)?, context))
     }
 
     /// re-encrypt (see [`Kms::re_encrypt`](crate::Kms::re_encrypt)).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde::Serialize;
 
 use super::extract::{Answer, Json, KeyCall, Signed, Zone};
@@ -21,37 +21,29 @@ use crate::{CreateKey, DataKeySpec, Error};
 
 /// The router of one zone: every operation under `/v2`, problems for everything else.
 pub(crate) fn router(zone: Arc<Zone>) -> Router {
-    Router::new()
+    let key_routes: [(&str, MethodRouter<Arc<Zone>>); 13] = [
+        ("list-key-rotations", get(list_key_rotations)),
+        ("enable", post(enable_key)),
+        ("disable", post(disable_key)),
+        ("rotate", post(rotate_key)),
+        ("enable-key-rotation", post(enable_key_rotation)),
+        ("disable-key-rotation", post(disable_key_rotation)),
+        ("schedule-deletion", post(schedule_deletion)),
+        ("cancel-deletion", post(cancel_deletion)),
+        ("replicate", post(replicate_key)),
+        ("encrypt", post(encrypt)),
+        ("decrypt", post(decrypt)),
+        ("re-encrypt", post(re_encrypt)),
+        ("generate-data-key", post(generate_data_key)),
+    ];
+    let router = Router::new()
         .route("/v2/kms-key", get(list_keys).post(create_key))
-        .route("/v2/kms-key/{id}", get(get_key))
-        .route(
-            "/v2/kms-key/{id}/list-key-rotations",
-            get(list_key_rotations),
-        )
-        .route("/v2/kms-key/{id}/enable", post(enable_key))
-        .route("/v2/kms-key/{id}/disable", post(disable_key))
-        .route("/v2/kms-key/{id}/rotate", post(rotate_key))
-        .route(
-            "/v2/kms-key/{id}/enable-key-rotation",
-            post(enable_key_rotation),
-        )
-        .route(
-            "/v2/kms-key/{id}/disable-key-rotation",
-            post(disable_key_rotation),
-        )
-        .route(
-            "/v2/kms-key/{id}/schedule-deletion",
-            post(schedule_deletion),
-        )
-        .route("/v2/kms-key/{id}/cancel-deletion", post(cancel_deletion))
-        .route("/v2/kms-key/{id}/replicate", post(replicate_key))
-        .route("/v2/kms-key/{id}/encrypt", post(encrypt))
-        .route("/v2/kms-key/{id}/decrypt", post(decrypt))
-        .route("/v2/kms-key/{id}/re-encrypt", post(re_encrypt))
-        .route(
-            "/v2/kms-key/{id}/generate-data-key",
-            post(generate_data_key),
-        )
+        .route("/v2/kms-key/{id}", get(get_key));
+    key_routes
+        .into_iter()
+        .fold(router, |router, (operation, handler)| {
+            router.route(&format!("/v2/kms-key/{{id}}/{operation}"), handler)
+        })
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
         .with_state(zone)
@@ -175,25 +167,36 @@ async fn replicate_key(KeyCall { id, signed }: KeyCall) -> Answer<SuccessRespons
 
 async fn encrypt(KeyCall { id, signed }: KeyCall) -> Answer<Ciphertext> {
     crypto(signed.is_large(), move || {
-        let fields = signed.fields(&["plaintext", "encryption-context"])?;
-        let plaintext = fields.required_bytes("plaintext", "plaintext")?;
-        let context = fields.bytes("encryption-context", "encryption-context")?;
-        let context = context.as_deref().map(Vec::as_slice);
-        signed.kms.encrypt(id, &plaintext, context)
+        let (plaintext, context) = message(&signed, "plaintext")?;
+        signed
+            .kms
+            .encrypt(id, &plaintext, context.as_deref().map(Vec::as_slice))
     })
     .await
 }
 
 async fn decrypt(KeyCall { id, signed }: KeyCall) -> Answer<Plaintext> {
     crypto(signed.is_large(), move || {
-        let fields = signed.fields(&["ciphertext", "encryption-context"])?;
-        let ciphertext = fields.required_bytes("ciphertext", "ciphertext")?;
-        let context = fields.bytes("encryption-context", "encryption-context")?;
-        let context = context.as_deref().map(Vec::as_slice);
-        signed.kms.decrypt(id, &ciphertext, context)
+        let (ciphertext, context) = message(&signed, "ciphertext")?;
+        signed
+            .kms
+            .decrypt(id, &ciphertext, context.as_deref().map(Vec::as_slice))
     })
     .await
 }
+
+/// The message of an encrypt or decrypt body (field `field`, required) and its context.
+fn message(signed: &Signed, field: &'static str) -> Result<(Secret, Option<Secret>), Error> {
+    let fields = signed.fields(&[field, "encryption-context"])?;
+    let message = fields.required_bytes(field, field)?;
+    Ok((
+        message,
+        fields.bytes("encryption-context", "encryption-context")?,
+    ))
+}
+
+/// Decoded bytes that may be secret, wiped when dropped.
+type Secret = zeroize::Zeroizing<Vec<u8>>;
 
 async fn re_encrypt(KeyCall { id, signed }: KeyCall) -> Answer<Ciphertext> {
     crypto(signed.is_large(), move || {

@@ -98,8 +98,8 @@ impl From<Error> for Problem {
 
 impl From<&AuthError> for Problem {
     fn from(error: &AuthError) -> Problem {
-        let (code, title, status) = (error.code(), error.title(), error.http_status());
-        Problem::new(code, title, status, error.to_string())
+        let (code, title) = error.code_and_title();
+        Problem::new(code, title, error.http_status(), error.to_string())
     }
 }
 

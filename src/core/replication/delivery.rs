@@ -192,11 +192,32 @@ mod tests {
         deleted: false,
     };
 
+    const DELETION: Sent = Sent {
+        seq: 8,
+        deleted: true,
+    };
+
+    fn unreachable() -> Error {
+        Error::ZoneUnreachable {
+            zone: "de-fra-1".to_owned(),
+            detail: "down".to_owned(),
+        }
+    }
+
     fn ack(applied_seq: u64, versions: u32) -> Result<Ack, Error> {
         Ok(Ack {
             applied_seq,
             versions,
         })
+    }
+
+    /// A replica that confirmed revision `seq` and `versions` material versions.
+    fn confirmed(seq: u64, versions: u32) -> Delivery {
+        Delivery {
+            confirmed_seq: seq,
+            confirmed_versions: versions,
+            ..Delivery::default()
+        }
     }
 
     fn failing() -> Delivery {
@@ -250,23 +271,15 @@ mod tests {
 
     #[test]
     fn a_confirmation_never_moves_back() {
-        let ahead = Delivery {
-            confirmed_seq: 9,
-            ..Delivery::default()
-        };
         // A late answer to an older attempt confirms less than what is known.
-        let settled = settle(id(), ahead, LIVE, ack(5, 1), 9, now());
+        let settled = settle(id(), confirmed(9, 1), LIVE, ack(5, 1), 9, now());
         assert_eq!(settled.delivery.unwrap().confirmed_seq, 9);
         assert_eq!(settled.outcome, Outcome::Delivered);
     }
 
     #[test]
     fn a_confirmed_deletion_forgets_the_replica() {
-        let sent = Sent {
-            seq: 8,
-            deleted: true,
-        };
-        let settled = settle(id(), failing(), sent, ack(8, 0), 0, now());
+        let settled = settle(id(), failing(), DELETION, ack(8, 0), 0, now());
         assert_eq!(
             settled,
             Settlement {
@@ -279,10 +292,7 @@ mod tests {
 
     #[test]
     fn a_failure_is_counted_recorded_owed_and_backed_off() {
-        let error = Error::ZoneUnreachable {
-            zone: "de-fra-1".to_owned(),
-            detail: "down".to_owned(),
-        };
+        let error = unreachable();
         let settled = settle(id(), failing(), LIVE, Err(error.clone()), 5, now());
         assert_eq!(settled.outcome, Outcome::Failed(error.clone()));
         assert!(settled.owed);
@@ -302,26 +312,21 @@ mod tests {
 
     #[test]
     fn a_failed_deletion_stays_owed() {
-        let sent = Sent {
-            seq: 8,
-            deleted: true,
-        };
-        let error = Error::ZoneUnreachable {
-            zone: "z".to_owned(),
-            detail: "d".to_owned(),
-        };
-        let settled = settle(id(), Delivery::default(), sent, Err(error), 0, now());
+        let settled = settle(
+            id(),
+            Delivery::default(),
+            DELETION,
+            Err(unreachable()),
+            0,
+            now(),
+        );
         assert!(settled.owed);
         assert_eq!(settled.delivery.unwrap().attempts, 1);
     }
 
     #[test]
     fn an_answer_below_the_revision_sent_fails_and_says_which_versions_the_replica_holds() {
-        let held = Delivery {
-            confirmed_versions: 3,
-            ..Delivery::default()
-        };
-        let settled = settle(id(), held, LIVE, ack(2, 1), 5, now());
+        let settled = settle(id(), confirmed(0, 3), LIVE, ack(2, 1), 5, now());
         assert_eq!(
             settled.outcome,
             Outcome::Failed(Error::Conflict {

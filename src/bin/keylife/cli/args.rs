@@ -96,7 +96,7 @@ pub(crate) enum KeyCommand {
     CancelDeletion(IdArgs),
     /// Replicate a multi-zone key to another zone.
     ///
-    /// The target zone's store, DATA/ZONE, is created if missing. The replica has the same id
+    /// The key must be multi-zone, enabled, and created in this zone. The target zone's store, DATA/ZONE, is created if missing. The replica has the same id
     /// and material; it follows every later rotation and deletion of the key, and its enabled
     /// or disabled status is its own.
     #[command(after_help = AFTER_HELP)]
@@ -149,7 +149,7 @@ pub(crate) struct ListArgs {
     pub(super) store: StoreArgs,
 }
 
-/// The commands that take just a key.
+/// The commands that take just a key; the others that take a key start with these.
 #[derive(Debug, Args)]
 pub(crate) struct IdArgs {
     /// The key: its id (a UUID, as `key create` and `key list` show it) or its name.
@@ -162,39 +162,43 @@ pub(crate) struct IdArgs {
 /// `key enable-rotation`.
 #[derive(Debug, Args)]
 pub(crate) struct EnableRotationArgs {
-    /// The key: its id (a UUID) or its name.
-    #[arg(value_name = "KEY")]
-    pub(super) key: String,
+    #[command(flatten)]
+    pub(super) target: IdArgs,
     /// Days between automatic rotations: 90 to 2560 (default 365).
     #[arg(long, value_name = "DAYS")]
     pub(super) period: Option<u32>,
-    #[command(flatten)]
-    pub(super) store: StoreArgs,
 }
 
 /// `key schedule-deletion`.
 #[derive(Debug, Args)]
 pub(crate) struct ScheduleDeletionArgs {
-    /// The key: its id (a UUID) or its name.
-    #[arg(value_name = "KEY")]
-    pub(super) key: String,
+    #[command(flatten)]
+    pub(super) target: IdArgs,
     /// Days until the key is destroyed: 7 to 30 (default 30).
     #[arg(long, value_name = "N")]
     pub(super) days: Option<u32>,
-    #[command(flatten)]
-    pub(super) store: StoreArgs,
 }
 
 /// `key replicate`.
 #[derive(Debug, Args)]
 pub(crate) struct ReplicateArgs {
-    /// The key: its id (a UUID) or its name; it must be multi-zone, enabled, and created in
-    /// this zone.
-    #[arg(value_name = "KEY")]
-    pub(super) key: String,
+    #[command(flatten)]
+    pub(super) target: IdArgs,
     /// The zone to replicate to (not `--zone`, which is the key's own zone).
     #[arg(long, value_name = "ZONE")]
     pub(super) to: String,
+}
+
+/// The key and the encryption context of `encrypt`, `decrypt` and `generate-data-key`.
+#[derive(Debug, Args)]
+pub(crate) struct CryptoArgs {
+    /// The key: its id (a UUID) or its name.
+    #[arg(long, value_name = "KEY")]
+    pub(super) key: String,
+    /// Encryption context: text bound to the ciphertext (additional authenticated data);
+    /// decrypting needs the same. Absent and empty are the same.
+    #[arg(long, value_name = "TEXT")]
+    pub(super) context: Option<String>,
     #[command(flatten)]
     pub(super) store: StoreArgs,
 }
@@ -202,13 +206,8 @@ pub(crate) struct ReplicateArgs {
 /// `encrypt`.
 #[derive(Debug, Args)]
 pub(crate) struct EncryptArgs {
-    /// The key: its id (a UUID) or its name.
-    #[arg(long, value_name = "KEY")]
-    pub(super) key: String,
-    /// Encryption context: text bound to the ciphertext (additional authenticated data);
-    /// decrypt must give the same. Absent and empty are the same.
-    #[arg(long, value_name = "TEXT")]
-    pub(super) context: Option<String>,
+    #[command(flatten)]
+    pub(super) crypto: CryptoArgs,
     /// Read the plaintext from FILE (default, or `-`: standard input).
     #[arg(long, value_name = "FILE")]
     pub(super) input: Option<PathBuf>,
@@ -219,19 +218,13 @@ pub(crate) struct EncryptArgs {
     /// Write the ciphertext as base64 text (one line) rather than raw bytes.
     #[arg(long, conflicts_with = "json")]
     pub(super) base64: bool,
-    #[command(flatten)]
-    pub(super) store: StoreArgs,
 }
 
 /// `decrypt`.
 #[derive(Debug, Args)]
 pub(crate) struct DecryptArgs {
-    /// The key: its id (a UUID) or its name.
-    #[arg(long, value_name = "KEY")]
-    pub(super) key: String,
-    /// Encryption context: the text given at encryption, if any.
-    #[arg(long, value_name = "TEXT")]
-    pub(super) context: Option<String>,
+    #[command(flatten)]
+    pub(super) crypto: CryptoArgs,
     /// Read the ciphertext from FILE (default, or `-`: standard input).
     #[arg(long, value_name = "FILE")]
     pub(super) input: Option<PathBuf>,
@@ -243,22 +236,14 @@ pub(crate) struct DecryptArgs {
     /// The ciphertext is base64 text (as `encrypt --base64` writes it), not raw bytes.
     #[arg(long)]
     pub(super) base64: bool,
-    #[command(flatten)]
-    pub(super) store: StoreArgs,
 }
 
 /// `generate-data-key`.
 #[derive(Debug, Args)]
 pub(crate) struct DataKeyArgs {
-    /// The key: its id (a UUID) or its name.
-    #[arg(long, value_name = "KEY")]
-    pub(super) key: String,
+    #[command(flatten)]
+    pub(super) crypto: CryptoArgs,
     /// Length of the data key in bytes: 1 to 1024. Default: 32, an AES-256 key.
     #[arg(long, value_name = "N")]
     pub(super) bytes: Option<u32>,
-    /// Encryption context bound to the encrypted data key; decrypt must give the same.
-    #[arg(long, value_name = "TEXT")]
-    pub(super) context: Option<String>,
-    #[command(flatten)]
-    pub(super) store: StoreArgs,
 }

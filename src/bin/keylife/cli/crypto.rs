@@ -4,17 +4,24 @@ use std::io::{self, IsTerminal as _};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use keylife::{DataKeySpec, Error};
+use keylife::{DataKeySpec, Error, KeyId};
 use zeroize::Zeroizing;
 
 use super::Failure;
-use super::args::{DataKeyArgs, DecryptArgs, EncryptArgs};
+use super::args::{CryptoArgs, DataKeyArgs, DecryptArgs, EncryptArgs};
 use super::io::{is_stdio, json_text, read_input, write_output};
 use super::table::fields;
 use super::zones::{NewStore, Zones};
 
+/// The zones of the command (none created), the key it names and its context's bytes.
+fn open(args: &CryptoArgs) -> Result<(Zones, KeyId, Option<&[u8]>), Failure> {
+    let zones = Zones::open(&args.store, NewStore::Never)?;
+    let id = zones.key(&args.key)?;
+    Ok((zones, id, args.context.as_deref().map(str::as_bytes)))
+}
+
 pub(super) fn encrypt(args: EncryptArgs) -> Result<(), Failure> {
-    let json = args.store.json;
+    let json = args.crypto.store.json;
     let to_stdout = is_stdio(args.output.as_deref());
     if to_stdout && !json && !args.base64 && io::stdout().is_terminal() {
         return Err(Failure::Other(
@@ -23,15 +30,14 @@ pub(super) fn encrypt(args: EncryptArgs) -> Result<(), Failure> {
                 .to_owned(),
         ));
     }
-    let zones = Zones::open(&args.store, NewStore::Never)?;
-    let id = zones.key(&args.key)?;
+    let (zones, id, context) = open(&args.crypto)?;
     let kms = zones.kms();
     let plaintext = read_input(
         args.input.as_deref(),
         kms.limits().max_plaintext_bytes,
         "plaintext",
     )?;
-    let sealed = kms.encrypt(id, &plaintext, context(args.context.as_deref()))?;
+    let sealed = kms.encrypt(id, &plaintext, context)?;
     drop(plaintext);
     let bytes = if json {
         json_text(&sealed)?.into_bytes()
@@ -44,8 +50,7 @@ pub(super) fn encrypt(args: EncryptArgs) -> Result<(), Failure> {
 }
 
 pub(super) fn decrypt(args: DecryptArgs) -> Result<(), Failure> {
-    let zones = Zones::open(&args.store, NewStore::Never)?;
-    let id = zones.key(&args.key)?;
+    let (zones, id, context) = open(&args.crypto)?;
     let kms = zones.kms();
     let largest = kms
         .limits()
@@ -66,8 +71,8 @@ pub(super) fn decrypt(args: DecryptArgs) -> Result<(), Failure> {
     } else {
         read_input(args.input.as_deref(), largest, "ciphertext")?.to_vec()
     };
-    let opened = kms.decrypt(id, &ciphertext, context(args.context.as_deref()))?;
-    if args.store.json {
+    let opened = kms.decrypt(id, &ciphertext, context)?;
+    if args.crypto.store.json {
         let text = Zeroizing::new(json_text(&opened)?);
         write_output(args.output.as_deref(), text.as_bytes(), true)
     } else {
@@ -76,13 +81,10 @@ pub(super) fn decrypt(args: DecryptArgs) -> Result<(), Failure> {
 }
 
 pub(super) fn generate_data_key(args: DataKeyArgs) -> Result<(), Failure> {
-    let zones = Zones::open(&args.store, NewStore::Never)?;
-    let id = zones.key(&args.key)?;
+    let (zones, id, context) = open(&args.crypto)?;
     let spec = args.bytes.map_or(DataKeySpec::Aes256, DataKeySpec::Bytes);
-    let data_key = zones
-        .kms()
-        .generate_data_key(id, spec, context(args.context.as_deref()))?;
-    let text = if args.store.json {
+    let data_key = zones.kms().generate_data_key(id, spec, context)?;
+    let text = if args.crypto.store.json {
         Zeroizing::new(json_text(&data_key)?)
     } else {
         let plaintext = Zeroizing::new(BASE64.encode(data_key.plaintext.as_bytes()));
@@ -94,9 +96,4 @@ pub(super) fn generate_data_key(args: DataKeyArgs) -> Result<(), Failure> {
         ]))
     };
     write_output(None, text.as_bytes(), true)
-}
-
-/// The encryption context of the command line: absent, or the text's bytes.
-fn context(text: Option<&str>) -> Option<&[u8]> {
-    text.map(str::as_bytes)
 }

@@ -17,8 +17,8 @@ pub(super) fn run(command: KeyCommand) -> Result<(), Failure> {
         KeyCommand::Create(args) => create(args),
         KeyCommand::List(args) => list(&args),
         KeyCommand::Get(args) => get(&args),
-        KeyCommand::Enable(args) => enable(&args),
-        KeyCommand::Disable(args) => disable(&args),
+        KeyCommand::Enable(args) => set_enabled(&args, true),
+        KeyCommand::Disable(args) => set_enabled(&args, false),
         KeyCommand::Rotate(args) => rotate(&args),
         KeyCommand::EnableRotation(args) => enable_rotation(&args),
         KeyCommand::DisableRotation(args) => disable_rotation(&args),
@@ -64,21 +64,18 @@ fn get(args: &IdArgs) -> Result<(), Failure> {
     output(args.store.json, &details, || describe(&details))
 }
 
-fn enable(args: &IdArgs) -> Result<(), Failure> {
+fn set_enabled(args: &IdArgs, enabled: bool) -> Result<(), Failure> {
     let (zones, id) = open(&args.store, &args.key)?;
-    let answer = zones.kms().enable_key(id, None)?;
+    let kms = zones.kms();
+    let answer = if enabled {
+        kms.enable_key(id, None)?
+    } else {
+        kms.disable_key(id, None)?
+    };
+    let state = if enabled { "enabled" } else { "disabled" };
     output(args.store.json, &answer, || match answer.status {
-        SuccessStatus::AlreadyApplied => format!("Key {id} was already enabled.\n"),
-        _ => format!("Key {id} enabled.\n"),
-    })
-}
-
-fn disable(args: &IdArgs) -> Result<(), Failure> {
-    let (zones, id) = open(&args.store, &args.key)?;
-    let answer = zones.kms().disable_key(id, None)?;
-    output(args.store.json, &answer, || match answer.status {
-        SuccessStatus::AlreadyApplied => format!("Key {id} was already disabled.\n"),
-        _ => format!("Key {id} disabled.\n"),
+        SuccessStatus::AlreadyApplied => format!("Key {id} was already {state}.\n"),
+        _ => format!("Key {id} {state}.\n"),
     })
 }
 
@@ -101,9 +98,9 @@ fn rotate(args: &IdArgs) -> Result<(), Failure> {
 }
 
 fn enable_rotation(args: &EnableRotationArgs) -> Result<(), Failure> {
-    let (zones, id) = open(&args.store, &args.key)?;
+    let (zones, id) = open(&args.target.store, &args.target.key)?;
     let answer = zones.kms().enable_key_rotation(id, args.period, None)?;
-    output(args.store.json, &answer, || {
+    output(args.target.store.json, &answer, || {
         let period = answer.rotation.rotation_period;
         format!("Key {id}: automatic rotation every {period} days.\n") + &rotation(&answer)
     })
@@ -130,9 +127,9 @@ fn list_rotations(args: &IdArgs) -> Result<(), Failure> {
 }
 
 fn schedule_deletion(args: &ScheduleDeletionArgs) -> Result<(), Failure> {
-    let (zones, id) = open(&args.store, &args.key)?;
+    let (zones, id) = open(&args.target.store, &args.target.key)?;
     let answer = zones.kms().schedule_key_deletion(id, args.days, None)?;
-    output(args.store.json, &answer, || {
+    output(args.target.store.json, &answer, || {
         format!(
             "Key {id} is pending deletion: it will be destroyed at {}.\n\
              Until then, `keylife key cancel-deletion {id}` cancels the deletion.\n",
@@ -153,9 +150,10 @@ fn cancel_deletion(args: &IdArgs) -> Result<(), Failure> {
 }
 
 fn replicate(args: &ReplicateArgs) -> Result<(), Failure> {
-    let zones = Zones::open(&args.store, NewStore::Target(&args.to))?;
+    let IdArgs { key, store } = &args.target;
+    let zones = Zones::open(store, NewStore::Target(&args.to))?;
     let replicated = zones
-        .key(&args.key)
+        .key(key)
         .and_then(|id| Ok((id, zones.kms().replicate_key(id, &args.to, None)?)));
     let (id, answer) = match replicated {
         Ok(replicated) => replicated,
@@ -166,13 +164,13 @@ fn replicate(args: &ReplicateArgs) -> Result<(), Failure> {
     };
     // The first delivery is made in the background at once: see it through.
     zones.kms().wait_for_deliveries();
-    let state = if args.store.json {
+    let state = if store.json {
         None
     } else {
         let key = zones.kms().get_key(id).ok();
         key.and_then(|key| key.replicas_status.into_iter().find(|r| r.zone == args.to))
     };
-    output(args.store.json, &answer, || {
+    output(store.json, &answer, || {
         let mut text = format!("Key {id}: replica registered in zone {}.\n", args.to);
         if let Some(state) = &state {
             text.push_str(&match &state.last_failure {
