@@ -83,6 +83,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     link.attach(&fra);
     let shared = kms.create_key(&CreateKey::new("orders").multi_zone(true))?;
     let answer = kms.replicate_key(shared.id, "de-fra-1", None)?;
+    // The delivery runs in the background, off this call; wait for it.
+    kms.wait_for_deliveries();
     println!(
         "10. opened zone {} (its own store and root key) and replicated multi-zone key {} to it: {:?}",
         fra.zone(),
@@ -98,6 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     kms.rotate_key(shared.id, None)?;
+    kms.wait_for_deliveries();
     let origin = kms.get_key(shared.id)?;
     let replica = fra.get_key(shared.id)?;
     println!(
