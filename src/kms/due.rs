@@ -1,4 +1,4 @@
-//! Running what is due: the report of [`Kms::run_due`] and the background loop that calls it.
+//! The background loop that runs what is due ([`Kms::run_due`]).
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -6,24 +6,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use super::Kms;
-use super::replicator::SyncReport;
-use crate::core::{Error, KeyId};
-
-/// What one [`Kms::run_due`] did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct DueReport {
-    /// Keys rotated automatically.
-    pub rotated: Vec<KeyId>,
-    /// Keys destroyed because their deletion was due.
-    pub deleted: Vec<KeyId>,
-    /// Keys whose due work failed (for example a storage error); they stay due and are
-    /// retried by the next run. The other keys were not affected.
-    pub failed: Vec<(KeyId, Error)>,
-    /// Entries of the due index that name no key (only a damaged store has them); skipped.
-    pub unreadable: Vec<Error>,
-    /// The deliveries to replicas that were waiting (retries in backoff left for later).
-    pub replication: SyncReport,
-}
+use super::report::DueReport;
+use crate::core::Error;
 
 /// Runs [`Kms::run_due`] in the background: every `every`, on a thread of its own, until the
 /// runner is stopped or dropped. This is the loop `keylife serve` runs for each zone.

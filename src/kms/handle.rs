@@ -8,10 +8,10 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::caller::{Caller, Operation, Target};
-use super::due::DueReport;
 use super::lifecycle::Changed;
+use super::link::ReplicaUpdate;
 use super::options::{KmsOptions, Limits};
-use super::replicator::{ReplicaUpdate, SyncReport};
+use super::report::{DueReport, SyncReport};
 use super::zone::Zone;
 use crate::Result;
 use crate::api::{

@@ -9,8 +9,8 @@ use jiff::Timestamp;
 use uuid::Uuid;
 
 use super::cache::{Cache, Fresh};
-use super::due::DueReport;
 use super::replicator::Dispatcher;
+use super::report::DueReport;
 use super::shared::{Shared, lock};
 use crate::api::{KeySummary, SuccessResponse, SuccessStatus};
 use crate::core::{
@@ -221,7 +221,7 @@ impl Lifecycle {
 
     /// Destroys key `record` (with its lock held): store first, then memory. With `gone`,
     /// the key is remembered as gone since that origin revision.
-    pub(super) fn destroy(&self, record: &KeyRecord, gone: Option<u64>) -> Result<(), Error> {
+    fn destroy(&self, record: &KeyRecord, gone: Option<u64>) -> Result<(), Error> {
         self.shared.write(|store| store.delete(record, gone))?;
         self.cache.forget(record.id());
         Ok(())

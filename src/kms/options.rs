@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::clock::{Clock, SystemClock};
-use super::replicator::Link;
+use super::link::Link;
 use crate::core::Error;
 use crate::core::limits::{
     DEFAULT_KEY_QUOTA, DEFAULT_MAX_CONTEXT_BYTES, DEFAULT_MAX_PLAINTEXT_BYTES,

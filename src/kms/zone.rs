@@ -42,7 +42,6 @@ impl Zone {
         let replicator = Arc::new(Replicator::new(
             Arc::clone(&shared),
             Arc::clone(&cache),
-            Arc::clone(&lifecycle),
             delivering,
         ));
         let crypto = CryptoPath::new(

@@ -11,11 +11,11 @@
 //! ([`Dispatcher`]) and, on demand, on the caller's ([`Replicator::sync`]); no lock is held
 //! while a link carries a message.
 
-mod link;
+mod local;
 mod send;
 mod worker;
 
-pub use link::{Link, LocalLink, ReplicaUpdate};
+pub use local::LocalLink;
 pub(crate) use worker::Dispatcher;
 
 use std::collections::HashMap;
@@ -23,32 +23,18 @@ use std::sync::Arc;
 
 use self::send::{Attempt, Sender};
 use super::cache::{Cache, Fresh};
-use super::lifecycle::Lifecycle;
+use super::link::{Link, ReplicaUpdate};
+use super::report::SyncReport;
 use super::shared::Shared;
 use crate::api::{ReplicaFailure, ReplicaState};
 use crate::core::replication::delivery::{Ack, Delivery};
 use crate::core::replication::{self, Follow, FollowContext, SnapshotBody};
 use crate::core::{Error, KeyId, KeyRecord, Role};
 
-/// What one [`Kms::sync`](crate::Kms::sync) (or the replication part of
-/// [`Kms::run_due`](crate::Kms::run_due)) did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SyncReport {
-    /// Replicas brought up to date (key, zone).
-    pub delivered: Vec<(KeyId, String)>,
-    /// Deliveries that failed; each is recorded as the replica's `last-failure` and retried.
-    pub failed: Vec<(KeyId, String, Error)>,
-    /// Replicas left for later: their retry is not due yet.
-    pub deferred: Vec<(KeyId, String)>,
-    /// Entries of the outbox that name no key and zone (a damaged store): skipped.
-    pub unreadable: Vec<Error>,
-}
-
 /// Delivers this zone's updates and receives other zones'.
 pub(super) struct Replicator {
     shared: Arc<Shared>,
     cache: Arc<Cache>,
-    lifecycle: Arc<Lifecycle>,
     sender: Arc<Sender>,
     dispatcher: Arc<Dispatcher>,
 }
@@ -68,13 +54,11 @@ impl Replicator {
     pub(super) fn new(
         shared: Arc<Shared>,
         cache: Arc<Cache>,
-        lifecycle: Arc<Lifecycle>,
         (sender, dispatcher): (Arc<Sender>, Arc<Dispatcher>),
     ) -> Replicator {
         Replicator {
             shared,
             cache,
-            lifecycle,
             sender,
             dispatcher,
         }
@@ -166,7 +150,11 @@ impl Replicator {
             Follow::Stale => Ok(held(current.as_ref())),
             Follow::Delete => {
                 match &current {
-                    Some(record) => self.lifecycle.destroy(record, Some(snapshot.seq))?,
+                    Some(record) => {
+                        self.shared
+                            .write(|store| store.delete(record, Some(snapshot.seq)))?;
+                        self.cache.forget(id);
+                    }
                     None => self.shared.write(|store| store.bury(id, snapshot.seq))?,
                 }
                 Ok(Ack {

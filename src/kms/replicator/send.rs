@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, ThreadId};
 
-use super::link::{Link, ReplicaUpdate};
 use crate::core::replication::delivery::{self, Sent};
 use crate::core::replication::{self, Snapshot, SnapshotBody};
 use crate::core::{Error, KeyId, KeyRecord, Role};
+use crate::kms::link::{Link, ReplicaUpdate};
 use crate::kms::shared::{Shared, lock};
 
 /// How one attempt ended, as the replicator reports it.
