@@ -170,6 +170,7 @@ impl Caller {
     }
 
     /// Whether the caller has a check: without one, no key needs to be looked up for it.
+    #[inline]
     pub(super) fn is_restricted(&self) -> bool {
         self.check.is_some()
     }

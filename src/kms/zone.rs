@@ -77,6 +77,7 @@ impl Zone {
     /// Asks `caller`'s check about `operation` on key `id`, with the key's name if this zone
     /// holds it (from memory, else the store). A caller without a check is not asked, and
     /// nothing is looked up for it.
+    #[cold]
     pub(super) fn admit_key(
         &self,
         caller: &Caller,
