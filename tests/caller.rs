@@ -293,3 +293,71 @@ fn replication_traffic_is_asked_about_too() {
         "nothing arrived"
     );
 }
+
+#[test]
+fn a_handle_made_from_a_restricted_one_stays_within_its_restriction() {
+    let (kms, _clock) = memory_kms();
+    let app = kms.create_key(&CreateKey::new("app-orders")).unwrap().id;
+    let billing = kms.create_key(&CreateKey::new("billing")).unwrap().id;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let restricted = kms.as_caller(app_only(&seen));
+    // Unrestricted, or restricted otherwise: the first check still applies.
+    for escape in [
+        restricted.as_caller(Caller::default()),
+        restricted.as_caller(Caller::new("other").permit(|_| true)),
+    ] {
+        assert_eq!(
+            escape.encrypt(billing, b"x", None).unwrap_err().code(),
+            "forbidden"
+        );
+        assert!(escape.encrypt(app, b"x", None).is_ok());
+    }
+    // Both checks apply: the narrower one refuses what the first allows.
+    let narrower = restricted.as_caller(Caller::new("none").permit(|_| false));
+    assert_eq!(
+        narrower.encrypt(app, b"x", None).unwrap_err().code(),
+        "forbidden"
+    );
+    assert_eq!(narrower.caller().actor(), Some("none"));
+}
+
+/// A link that counts the questions it is asked.
+#[derive(Debug, Default)]
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl keylife::Link for Counting {
+    fn knows(&self, _: &str) -> bool {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        true
+    }
+
+    fn deliver(&self, zone: &str, _: &keylife::ReplicaUpdate) -> Result<keylife::Ack, Error> {
+        Err(Error::ZoneUnreachable {
+            zone: zone.to_owned(),
+            detail: "no".to_owned(),
+        })
+    }
+
+    fn request_rotation(&self, zone: &str, _: KeyId, _: u32) -> Result<(), Error> {
+        Err(Error::ZoneUnreachable {
+            zone: zone.to_owned(),
+            detail: "no".to_owned(),
+        })
+    }
+}
+
+#[test]
+fn replicate_key_asks_the_caller_before_the_link() {
+    let link = Arc::new(Counting::default());
+    let kms = Kms::open_in_memory(root(1), KmsOptions::new("z").link(link.clone())).unwrap();
+    let refused = kms.as_caller(Caller::new("svc").permit(|_| false));
+    let id = KeyId::from_bytes([9; 16]);
+    assert_eq!(
+        refused.replicate_key(id, "elsewhere", None),
+        Err(Error::Forbidden {
+            operation: "replicate-kms-key",
+            id: Some(id)
+        })
+    );
+    assert_eq!(link.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

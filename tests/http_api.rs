@@ -1522,6 +1522,9 @@ async fn replicate_refusals_and_what_a_replica_may_not_do() {
     .await;
 
     success(&mut a, &id, "replicate", Some(json!({ "zone": ZONE_B }))).await;
+    // The first delivery runs in the background; its bookkeeping (replicas-status) must not
+    // land between the two reads of the refusal below.
+    server.kms[0].wait_for_deliveries();
     refused(
         &mut a,
         &id,
@@ -2622,4 +2625,43 @@ fn random_signed_requests_get_a_contract_status_and_never_break_the_server() {
         panic!("{error}");
     }
     runtime.block_on(server.stop());
+}
+
+/// `serve` runs what is due in each zone once before it serves (what came due while it was
+/// down), then every `due_interval`; each run is reported as an event.
+#[tokio::test]
+async fn what_is_due_runs_at_start_and_is_reported() {
+    use keylife::DueRun;
+    use keylife::server::{Event, Events};
+    use std::sync::{Arc, Mutex};
+    let runs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let options = keylife::server::ServeOptions {
+        events: Events::new({
+            let runs = Arc::clone(&runs);
+            move |event: &Event<'_>| {
+                if let Event::DueRun { zone, run } = event {
+                    let outcome = match run {
+                        DueRun::Ran(Ok(report)) => format!("ran, {} deleted", report.deleted.len()),
+                        other => format!("{other:?}"),
+                    };
+                    runs.lock().unwrap().push(format!("{zone}: {outcome}"));
+                }
+            }
+        }),
+        ..http_support::options(keylife::server::DEFAULT_MAX_BODY_BYTES)
+    };
+    let server = TestServer::start_with(&[ZONE_A, ZONE_B], Limits::default(), options).await;
+    let mut client = server.client(0).await;
+    ok(&client.get("/v2/kms-key").await);
+    let mut seen = runs.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            format!("{ZONE_A}: ran, 0 deleted"),
+            format!("{ZONE_B}: ran, 0 deleted")
+        ],
+        "one run per zone before serving, none more within the (24 h) interval"
+    );
+    server.stop().await;
 }

@@ -222,7 +222,9 @@ impl Error {
     }
 
     /// A short summary of the kind of error, the same for every error of one code: the
-    /// `title` of the HTTP problem document.
+    /// `title` of the HTTP problem document. The failures of the store and the operating
+    /// system (HTTP 500) share one title, `Internal error`: what to do about them is the
+    /// operator's business, and their code and detail say which.
     #[must_use]
     pub fn title(&self) -> &'static str {
         self.names().1
@@ -230,6 +232,7 @@ impl Error {
 
     /// The code and the title, written side by side.
     fn names(&self) -> (&'static str, &'static str) {
+        const INTERNAL: &str = "Internal error";
         use Error::*;
         match self {
             KeyNotFound { .. } => ("key-not-found", "Key not found"),
@@ -250,11 +253,11 @@ impl Error {
             InvalidCiphertext => ("invalid-ciphertext", "Invalid ciphertext"),
             RevisionConflict { .. } => ("revision-conflict", "Revision conflict"),
             BadRequest { .. } => ("bad-request", "Bad request"),
-            WrongRootKey => ("wrong-root-key", "Wrong root key"),
-            Corrupt { .. } => ("corrupt-record", "Corrupt record"),
-            Storage { .. } => ("storage", "Storage error"),
-            NotDurable { .. } => ("not-durable", "Change not durable"),
-            RandomSource { .. } => ("random-source", "Random source failed"),
+            WrongRootKey => ("wrong-root-key", INTERNAL),
+            Corrupt { .. } => ("corrupt-record", INTERNAL),
+            Storage { .. } => ("storage", INTERNAL),
+            NotDurable { .. } => ("not-durable", INTERNAL),
+            RandomSource { .. } => ("random-source", INTERNAL),
             ZoneUnreachable { .. } => ("zone-unreachable", "Zone unreachable"),
             RotationPending { .. } => ("rotation-pending", "Rotation pending"),
             StoreInUse { .. } => ("store-in-use", "Store in use"),
@@ -489,10 +492,26 @@ pub(crate) mod examples {
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), VARIANTS, "one code per variant");
+        // Every title but the one of the store's and the OS's failures (500) is its own.
+        let internal: Vec<&str> = all
+            .iter()
+            .filter(|e| e.title() == "Internal error")
+            .map(Error::code)
+            .collect();
+        assert_eq!(
+            internal,
+            [
+                "wrong-root-key",
+                "corrupt-record",
+                "storage",
+                "not-durable",
+                "random-source"
+            ]
+        );
         let mut titles: Vec<&str> = all.iter().map(Error::title).collect();
         titles.sort_unstable();
         titles.dedup();
-        assert_eq!(titles.len(), VARIANTS, "one title per variant");
+        assert_eq!(titles.len(), VARIANTS - internal.len() + 1);
         for error in &all {
             assert!(!error.title().is_empty(), "{}", error.code());
             assert!(
@@ -500,6 +519,8 @@ pub(crate) mod examples {
                 "{}",
                 error.code()
             );
+            let internal = error.title() == "Internal error";
+            assert_eq!(internal, error.http_status() == 500, "{}", error.code());
         }
     }
 }

@@ -163,6 +163,25 @@ impl Caller {
         self
     }
 
+    /// This caller, within what `outer` may do: calls pass both checks. A handle made from a
+    /// restricted handle stays within its restriction.
+    pub(super) fn within(self, outer: &Caller) -> Caller {
+        let check = match (&outer.check, self.check) {
+            (None, inner) => inner,
+            (Some(outer), None) => Some(Arc::clone(outer)),
+            (Some(outer), Some(inner)) => {
+                let outer = Arc::clone(outer);
+                let both: Arc<Check> =
+                    Arc::new(move |access: &Access<'_>| outer(access) && inner(access));
+                Some(both)
+            }
+        };
+        Caller {
+            actor: self.actor,
+            check,
+        }
+    }
+
     /// The actor, if named.
     #[must_use]
     pub fn actor(&self) -> Option<&str> {

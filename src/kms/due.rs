@@ -1,5 +1,6 @@
 //! The background loop that runs what is due ([`Kms::run_due`]).
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
@@ -9,13 +10,39 @@ use super::Kms;
 use super::report::DueReport;
 use crate::core::Error;
 
+/// What one run of [`Kms::run_due`] by a [`DueRunner`] did.
+#[derive(Debug)]
+pub enum DueRun {
+    /// It ran: what it did, or why it could not run.
+    Ran(Result<DueReport, Error>),
+    /// It panicked (a bug of keylife or of a link), with the panic's message if it had one.
+    Panicked(String),
+}
+
+impl DueRun {
+    /// Runs `kms.run_due()`, catching a panic. The `Kms` stays usable after one: its locks
+    /// guard no data of their own, and a change is either committed whole or not at all.
+    pub fn of(kms: &Kms) -> DueRun {
+        match panic::catch_unwind(AssertUnwindSafe(|| kms.run_due())) {
+            Ok(result) => DueRun::Ran(result),
+            Err(payload) => DueRun::Panicked(
+                payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+}
+
 /// Runs [`Kms::run_due`] in the background: every `every`, on a thread of its own, until the
 /// runner is stopped or dropped. This is the loop `keylife serve` runs for each zone.
 ///
 /// ```
 /// use std::sync::{Arc, mpsc};
 /// use std::time::Duration;
-/// use keylife::{CreateKey, DueRunner, Kms, KmsOptions, ManualClock, RootKey};
+/// use keylife::{CreateKey, DueRun, DueRunner, Kms, KmsOptions, ManualClock, RootKey};
 ///
 /// # fn main() -> Result<(), keylife::Error> {
 /// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap());
@@ -27,7 +54,8 @@ use crate::core::Error;
 /// let runner = DueRunner::start_with(&kms, Duration::from_millis(10), move |run| {
 ///     let _ = reports.send(run);
 /// });
-/// let report = received.recv().unwrap()?;
+/// let DueRun::Ran(report) = received.recv().unwrap() else { panic!("run_due panicked") };
+/// let report = report?;
 /// assert_eq!(report.deleted, vec![key.id]);
 /// runner.stop();
 /// # Ok(())
@@ -40,18 +68,19 @@ pub struct DueRunner {
 }
 
 impl DueRunner {
-    /// Runs `kms.run_due()` every `every`, dropping its reports and errors; use
+    /// Runs `kms.run_due()` every `every`, dropping its reports, errors and panics; use
     /// [`DueRunner::start_with`] to see them.
     pub fn start(kms: &Arc<Kms>, every: Duration) -> DueRunner {
         DueRunner::start_with(kms, every, |_| {})
     }
 
     /// Runs `kms.run_due()` every `every` (the first run `every` after the start), handing
-    /// each run's result to `on_run`, on the runner's thread.
+    /// what each run did to `on_run`, on the runner's thread. A run that panics (a bug) is
+    /// reported as [`DueRun::Panicked`], and the loop goes on.
     pub fn start_with(
         kms: &Arc<Kms>,
         every: Duration,
-        mut on_run: impl FnMut(Result<DueReport, Error>) + Send + 'static,
+        mut on_run: impl FnMut(DueRun) + Send + 'static,
     ) -> DueRunner {
         let (stop, stopped) = mpsc::channel::<()>();
         let kms = Arc::clone(kms);
@@ -59,7 +88,7 @@ impl DueRunner {
             .name("keylife-due".to_owned())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    on_run(kms.run_due());
+                    on_run(DueRun::of(&kms));
                 }
             });
         DueRunner {

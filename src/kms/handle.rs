@@ -29,7 +29,8 @@ use crate::store::{Backend, MemoryBackend, SledBackend};
 /// that changes a key returns once the change is durable; the key's replicas are brought up
 /// to date in the background ([`Kms::sync`] does it now). Changes of one key are serialized;
 /// the cryptographic operations read only memory and run in parallel. A `Kms` is a handle:
-/// [`Kms::as_caller`] makes another on the same zone; the store closes with the last one.
+/// [`Kms::as_caller`] makes another on the same zone; the store closes with the last one (after
+/// the delivery to a replica under way, if any: what is still queued stays owed in the store).
 ///
 /// ```
 /// use keylife::{CreateKey, Kms, KmsOptions, RootKey};
@@ -74,12 +75,23 @@ impl Kms {
     }
 
     /// A handle on the same zone whose calls are made by `caller`: its actor names them, and
-    /// its check, if any, sees each call before anything is done.
+    /// its check, if any, sees each call before anything is done. A handle can only narrow:
+    /// made from a restricted handle, it keeps that handle's check too.
     #[must_use]
     pub fn as_caller(&self, caller: Caller) -> Kms {
+        let caller = caller.within(&self.caller);
         Kms {
             zone: Arc::clone(&self.zone),
             caller,
+        }
+    }
+
+    /// A weak reference to this handle's zone (for [`LocalLink`](crate::LocalLink)): it
+    /// does not keep the zone open.
+    pub(super) fn downgrade(&self) -> WeakKms {
+        WeakKms {
+            zone: Arc::downgrade(&self.zone),
+            caller: self.caller.clone(),
         }
     }
 
@@ -224,22 +236,21 @@ impl Kms {
     /// the first delivery, in the background at once, retried by [`Kms::run_due`] and
     /// [`Kms::sync`] while it fails. Errors, in this order: `not-multi-zone`, `not-on-replica`,
     /// `invalid-argument` (the key's own zone, or one the link does not know), `conflict`
-    /// (already replicated there), `key-pending-deletion`, `key-disabled`.
+    /// (already replicated there), `key-pending-deletion`, `key-disabled`; `forbidden` first if the
+    /// caller may not.
     pub fn replicate_key(
         &self,
         id: KeyId,
         zone: &str,
         expected_seq: Option<u64>,
     ) -> Result<SuccessResponse> {
+        self.ask_key(Operation::ReplicateKey, id)?;
         let known = self.zone.replicator.knows(zone);
-        self.change(
-            id,
-            Command::Replicate {
-                zone: zone.to_owned(),
-                known,
-            },
-            expected_seq,
-        )?;
+        let command = Command::Replicate {
+            zone: zone.to_owned(),
+            known,
+        };
+        self.zone.lifecycle.change(id, command, expected_seq)?;
         Ok(SuccessResponse {
             status: SuccessStatus::TargetRegistered,
         })
@@ -306,7 +317,8 @@ impl Kms {
     /// Performs every automatic rotation and final deletion due at the clock's `now`, then the
     /// deliveries to replicas whose retry is due. Reads only the due part of the due-time
     /// index. One key's failure does not stop the others: it is in the report. An error means
-    /// the index itself could not be read.
+    /// the caller may not (`forbidden`), the zone stopped (`not-durable`) or the index itself
+    /// could not be read.
     pub fn run_due(&self) -> Result<DueReport> {
         self.ask(Operation::RunDue, Target::Zone)?;
         let mut report = self.zone.lifecycle.run_due()?;
@@ -322,15 +334,15 @@ impl Kms {
     }
 
     /// Delivers every waiting update to every replica now, on this thread, retries in backoff
-    /// included, once the background deliveries queued so far are done.
+    /// included, once the background deliveries queued before this call are done.
     pub fn sync(&self) -> Result<SyncReport> {
         self.ask(Operation::Sync, Target::Zone)?;
         self.zone.replicator.deliver_outbox(true)
     }
 
-    /// Waits until the deliveries earlier changes queued in the background are done (delivered,
-    /// or failed and recorded as `last-failure`). It delivers nothing itself; a test uses it
-    /// to see a change's first delivery.
+    /// Waits until the deliveries that changes made before this call queued in the background
+    /// are done (delivered, or failed and recorded as `last-failure`). It delivers nothing
+    /// itself; a test uses it to see a change's first delivery.
     pub fn wait_for_deliveries(&self) {
         self.zone.replicator.wait_idle();
     }
@@ -391,5 +403,23 @@ mod tests {
     fn kms_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<super::Kms>();
+    }
+}
+
+/// A weak reference to a zone, with the caller of the handle it was made from.
+#[derive(Clone)]
+pub(super) struct WeakKms {
+    zone: std::sync::Weak<Zone>,
+    caller: Caller,
+}
+
+impl WeakKms {
+    /// A handle on the zone, if it is still open.
+    pub(super) fn upgrade(&self) -> Option<Kms> {
+        let zone = self.zone.upgrade()?;
+        Some(Kms {
+            zone,
+            caller: self.caller.clone(),
+        })
     }
 }

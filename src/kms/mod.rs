@@ -26,7 +26,7 @@ mod zone;
 
 pub use caller::{Access, Caller, Operation, Target};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use due::DueRunner;
+pub use due::{DueRun, DueRunner};
 pub use handle::Kms;
 pub use link::{Link, ReplicaUpdate};
 pub use options::{KmsOptions, Limits, RESERVATION_BLOCK};

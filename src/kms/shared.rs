@@ -111,7 +111,7 @@ impl Shared {
 
     /// Refuses every call once a change could not be made durable.
     pub(super) fn live(&self) -> Result<(), Error> {
-        if self.failed.load(Ordering::Relaxed) {
+        if self.failed.load(Ordering::Acquire) {
             Err(Error::NotDurable {
                 detail: "an earlier change could not be made durable".to_owned(),
             })
@@ -120,15 +120,18 @@ impl Shared {
         }
     }
 
-    /// Runs a write of the store, stopping this zone if the write's durability is unknown
-    /// (the change is applied in the backend but may be lost in a crash).
+    /// Runs a write of the store, unless this zone was stopped; stops it if the write's
+    /// durability is unknown (the change is applied in the backend but may be lost in a
+    /// crash). Every write goes through here, so none happens once `not-durable` was reported,
+    /// whatever the caller checked before it took its locks.
     pub(super) fn write<T>(
         &self,
         write: impl FnOnce(&Store) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        self.live()?;
         let result = write(&self.store);
         if let Err(Error::NotDurable { .. }) = &result {
-            self.failed.store(true, Ordering::Relaxed);
+            self.failed.store(true, Ordering::Release);
         }
         result
     }

@@ -88,11 +88,29 @@ impl Zone {
             return Ok(());
         }
         let name = match self.cache.get(id) {
-            Some(state) => Some(state.name.to_string()),
-            None => self.shared.store().load(id)?.map(|r| r.name().to_owned()),
+            Some(state) => Ok(Some(state.name.to_string())),
+            None => self
+                .shared
+                .store()
+                .load(id)
+                .map(|r| r.map(|r| r.name().to_owned())),
         };
-        let name = name.as_deref();
-        self.admit(caller, operation, Target::Key { id, name })
+        match name {
+            Ok(name) => self.admit(
+                caller,
+                operation,
+                Target::Key {
+                    id,
+                    name: name.as_deref(),
+                },
+            ),
+            // The check comes first: asked as for a key it cannot see, a refused caller learns
+            // nothing of the record; an allowed one gets the store's error.
+            Err(error) => {
+                self.admit(caller, operation, Target::Key { id, name: None })?;
+                Err(error)
+            }
+        }
     }
 
     /// Asks `caller`, then applies `command` to key `id` (see

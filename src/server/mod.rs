@@ -45,7 +45,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::{DueReport, DueRunner, Error, Kms};
+use crate::{DueRun, DueRunner, Kms};
 
 use self::auth::Credentials;
 
@@ -68,12 +68,13 @@ pub enum Event<'a> {
         /// The grace period.
         grace: Duration,
     },
-    /// A background run of what is due in zone `zone` ([`Kms::run_due`]) ended.
+    /// A run of what is due in zone `zone` ([`Kms::run_due`]) ended: one when serving starts,
+    /// then one every `due_interval`.
     DueRun {
         /// The zone.
         zone: &'a str,
-        /// What the run did (its failures stay due), or why it could not run.
-        result: &'a Result<DueReport, Error>,
+        /// What the run did (its failures stay due), why it could not run, or its panic.
+        run: &'a DueRun,
     },
 }
 
@@ -139,8 +140,9 @@ impl Default for ServeOptions {
 /// Serves each zone on its listener (`http://ADDR/v2`) until `shutdown` completes, then stops
 /// accepting, lets the requests in flight finish, and returns. Every change acknowledged to a
 /// client was durable before its answer was sent; the stores close when the last `Arc<Kms>`
-/// is dropped. In the background, every `due_interval`, each zone runs [`Kms::run_due`] (a
-/// [`DueRunner`] per zone), reported as [`Event::DueRun`].
+/// is dropped. Each zone runs [`Kms::run_due`] once before it serves, then every
+/// `due_interval` in the background (a [`DueRunner`] per zone), each run reported as an
+/// [`Event::DueRun`].
 ///
 /// Responses go out with `TCP_NODELAY`: without it, Nagle's algorithm and the client's
 /// delayed ACK hold a keep-alive response for about 40 ms.
@@ -163,15 +165,20 @@ pub async fn serve(
     let body_budget = Arc::new(Semaphore::new(BODY_BUDGET_KIB));
     for (kms, listener) in zones {
         let events = options.events.clone();
-        runners.push(DueRunner::start_with(&kms, options.due_interval, {
-            let zone = kms.zone().to_owned();
-            move |result| {
-                events.emit(&Event::DueRun {
-                    zone: &zone,
-                    result: &result,
-                })
-            }
-        }));
+        let zone = kms.zone().to_owned();
+        let report = move |run: DueRun| {
+            events.emit(&Event::DueRun {
+                zone: &zone,
+                run: &run,
+            })
+        };
+        // What came due while the server was down, before the first interval.
+        let first = {
+            let (kms, report) = (Arc::clone(&kms), report.clone());
+            tokio::task::spawn_blocking(move || report(DueRun::of(&kms)))
+        };
+        let _ = first.await;
+        runners.push(DueRunner::start_with(&kms, options.due_interval, report));
         let zone = Arc::new(extract::Zone {
             kms,
             credentials: credentials.clone(),

@@ -67,35 +67,35 @@ impl SledBackend {
     /// Opens (or creates) the database in the directory `path`.
     ///
     /// keylife's own lock on the directory ([`DirLock`]) is taken first: a store another
-    /// process or backend holds is [`Error::StoreInUse`] (after waiting up to [`LOCK_WAIT`](super::LOCK_WAIT)
-    /// for it to be let go). With that lock held, sled's failure to take its own lock is a
-    /// `Db` of this process still closing (sled releases its lock only when its background
-    /// threads let go of the last handle, a moment after the `Db` was dropped): the open is
-    /// retried, without reading sled's message, for up to [`LOCK_WAIT`](super::LOCK_WAIT).
+    /// process or backend holds is [`Error::StoreInUse`] (after waiting up to
+    /// [`LOCK_WAIT`](super::LOCK_WAIT) for it to be let go). With that lock held, sled's
+    /// failure to take its own lock is a `Db` of this process still closing (sled releases
+    /// its lock only when its background threads let go of the last handle, a moment after
+    /// the `Db` was dropped): the open is retried, without reading sled's message, for up to
+    /// [`LOCK_WAIT`](super::LOCK_WAIT) more, then sled's error is [`Error::Storage`].
     pub fn open(path: impl AsRef<Path>) -> Result<SledBackend, Error> {
         let path = path.as_ref();
         let lock = DirLock::acquire(path)?;
         // Every commit flushes, so sled's periodic flusher thread has nothing to do.
         let config = sled::Config::new().path(path).flush_every_ms(None);
-        let mut opened = None;
-        let free = retry_while_busy(|| match config.open() {
+        let mut opened = Err(Error::Storage {
+            detail: "sled was not opened".to_owned(),
+        });
+        retry_while_busy(|| match config.open() {
             Ok(db) => {
-                opened = Some(db);
+                opened = Ok(db);
                 Ok(true)
             }
             // sled reports its lock as an I/O error of kind `Other` (sled 0.34,
-            // `Config::try_lock`); with our lock held, only this process can hold it.
-            Err(sled::Error::Io(error)) if error.kind() == std::io::ErrorKind::Other => Ok(false),
+            // `Config::try_lock`); with our lock held, only this process can hold it. Other
+            // errors of that kind are retried too and, if they last, reported as they are.
+            Err(sled::Error::Io(error)) if error.kind() == std::io::ErrorKind::Other => {
+                opened = Err(storage(sled::Error::Io(error)));
+                Ok(false)
+            }
             Err(error) => Err(storage(error)),
         })?;
-        let db = match opened {
-            Some(db) if free => db,
-            _ => {
-                return Err(Error::StoreInUse {
-                    store: path.display().to_string(),
-                });
-            }
-        };
+        let db = opened?;
         let mut backend = SledBackend::from_db(db)?;
         let marker = path.join(MARKER);
         let marked = marker.exists();

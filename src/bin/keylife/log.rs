@@ -1,7 +1,7 @@
 //! The binary's log: lines on standard error. A closed or full stderr is not a reason to stop.
 
 use keylife::server::Event;
-use keylife::{DueReport, Error};
+use keylife::{DueReport, DueRun, Error};
 
 /// Writes `line` on standard error.
 pub(crate) fn log(line: std::fmt::Arguments<'_>) {
@@ -44,7 +44,16 @@ pub(crate) fn server_event(event: &Event<'_>) {
             "keylife: {} s after the stop, {open} connection(s) still open are dropped",
             grace.as_secs()
         )),
-        Event::DueRun { zone, result } => due(zone, result),
+        Event::DueRun {
+            zone,
+            run: DueRun::Ran(result),
+        } => due(zone, result),
+        Event::DueRun {
+            zone,
+            run: DueRun::Panicked(message),
+        } => log(format_args!(
+            "keylife: zone {zone}: run_due panicked ({message}); the next run is in a second"
+        )),
         // Events added later are not logged until the binary learns them.
         _ => {}
     }

@@ -91,10 +91,6 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
     let names: Vec<String> = args.zones.iter().map(|(name, _)| name.clone()).collect();
     let zones = config::open_zones(&args.data, &names, &root_key)?;
     drop(root_key);
-    // What came due while the server was down, before the first request.
-    for kms in &zones {
-        log::due(kms.zone(), &kms.run_due());
-    }
     let mut served = Vec::with_capacity(zones.len());
     for (kms, (name, address)) in zones.into_iter().zip(&args.zones) {
         let listener = tokio::net::TcpListener::bind(address)

@@ -2,18 +2,20 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::Kms;
 use crate::core::replication::delivery::Ack;
 use crate::core::{Error, KeyId};
+use crate::kms::handle::WeakKms;
 use crate::kms::link::{Link, ReplicaUpdate};
 
 /// The in-process [`Link`]: connects `Kms` instances of one program by zone name.
 ///
-/// A zone is known once [`LocalLink::attach`]ed, and stays known when its `Kms` is dropped
-/// (it is then unreachable until a new `Kms` of that zone is attached). The link holds its
-/// `Kms` weakly, so that dropping a `Kms` closes it.
+/// A zone is known once [`LocalLink::attach`]ed, and stays known when its `Kms` is closed (it
+/// is then unreachable until a new `Kms` of that zone is attached). The link holds the zone
+/// weakly: it is reachable while any handle on it lives, and the calls the link makes there
+/// are made by the attached handle's caller.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -42,7 +44,7 @@ use crate::kms::link::{Link, ReplicaUpdate};
 /// ```
 #[derive(Default)]
 pub struct LocalLink {
-    zones: RwLock<HashMap<String, Weak<Kms>>>,
+    zones: RwLock<HashMap<String, WeakKms>>,
 }
 
 impl LocalLink {
@@ -53,19 +55,19 @@ impl LocalLink {
     }
 
     /// Connects `kms` under its zone name, replacing an earlier `Kms` of that zone.
-    pub fn attach(&self, kms: &Arc<Kms>) {
+    pub fn attach(&self, kms: &Kms) {
         self.zones
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(kms.zone().to_owned(), Arc::downgrade(kms));
+            .insert(kms.zone().to_owned(), kms.downgrade());
     }
 
-    fn zone(&self, zone: &str) -> Option<Option<Arc<Kms>>> {
+    fn zone(&self, zone: &str) -> Option<Option<Kms>> {
         self.zones
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(zone)
-            .map(Weak::upgrade)
+            .map(WeakKms::upgrade)
     }
 }
 
@@ -93,7 +95,7 @@ impl Link for LocalLink {
 }
 
 impl LocalLink {
-    fn reach(&self, zone: &str) -> Result<Arc<Kms>, Error> {
+    fn reach(&self, zone: &str) -> Result<Kms, Error> {
         let unreachable = |detail: &str| Error::ZoneUnreachable {
             zone: zone.to_owned(),
             detail: detail.to_owned(),

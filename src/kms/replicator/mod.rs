@@ -47,7 +47,13 @@ impl Replicator {
         link: Option<Arc<dyn Link>>,
     ) -> (Arc<Sender>, Arc<Dispatcher>) {
         let sender = Arc::new(Sender::new(Arc::clone(shared), link));
-        let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&sender)));
+        let deliver = {
+            let sender = Arc::clone(&sender);
+            // The outcome is recorded in the store (or, if even that failed, the outbox entry
+            // stays): `Kms::sync` and `Kms::run_due` retry from there.
+            move |id, zone: &str| drop(sender.deliver_until_current(id, zone, false))
+        };
+        let dispatcher = Arc::new(Dispatcher::new(Arc::new(deliver)));
         (sender, dispatcher)
     }
 
@@ -69,9 +75,10 @@ impl Replicator {
         self.sender.link().is_some_and(|link| link.knows(zone))
     }
 
-    /// Waits for the background deliveries queued so far, then delivers what waits in the
-    /// outbox on this thread; with `force`, also to replicas still in backoff.
+    /// Waits for the background deliveries queued before this call, then delivers what waits in
+    /// the outbox on this thread; with `force`, also to replicas still in backoff.
     pub(super) fn deliver_outbox(&self, force: bool) -> Result<SyncReport, Error> {
+        self.shared.live()?;
         self.dispatcher.wait_idle();
         self.shared.live()?;
         let outbox = self.shared.store().outbox(usize::MAX)?;
@@ -90,7 +97,7 @@ impl Replicator {
         Ok(report)
     }
 
-    /// Waits until the deliveries queued in the background so far are done.
+    /// Waits until the deliveries queued in the background before this call are done.
     pub(super) fn wait_idle(&self) {
         self.dispatcher.wait_idle();
     }

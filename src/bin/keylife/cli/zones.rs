@@ -129,13 +129,9 @@ impl Zones {
 
     /// Closes every zone and removes the replication target's store if this command created
     /// it: after a refused replication it holds nothing.
-    pub(super) fn close_and_forget_target(self) {
-        let Zones {
-            zones,
-            created_target,
-            ..
-        } = self;
-        drop(zones);
+    pub(super) fn close_and_forget_target(mut self) {
+        let created_target = self.created_target.take();
+        self.zones.clear();
         if let Some(dir) = created_target
             && let Err(error) = std::fs::remove_dir_all(&dir)
         {
@@ -143,6 +139,16 @@ impl Zones {
                 "keylife: warning: cannot remove the empty store {}: {error}",
                 dir.display()
             );
+        }
+    }
+}
+
+impl Drop for Zones {
+    /// A command's changes reach the replicas in the data directory before it exits, as the
+    /// server delivers them at once: the zones wait for their background deliveries first.
+    fn drop(&mut self) {
+        for kms in &self.zones {
+            kms.wait_for_deliveries();
         }
     }
 }
