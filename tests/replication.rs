@@ -793,66 +793,9 @@ fn a_failed_extra_delivery_to_an_up_to_date_replica_is_retried_and_cleared() {
     assert_eq!(a.sync().unwrap(), keylife::SyncReport::default());
 }
 
-/// A link that holds every delivery at a gate until the test opens it (or 10 s pass, which
-/// it records: then an answer waited for the delivery).
-#[derive(Debug, Default)]
-struct Gate {
-    inner: std::sync::Arc<keylife::LocalLink>,
-    /// (open, deliveries that arrived while it was closed)
-    state: std::sync::Mutex<(bool, usize)>,
-    changed: std::sync::Condvar,
-    timed_out: std::sync::atomic::AtomicBool,
-}
-
-impl Gate {
-    fn set(&self, open: bool) {
-        self.state.lock().unwrap().0 = open;
-        self.changed.notify_all();
-    }
-
-    /// Waits (10 s at most) until `n` deliveries wait at the closed gate; how many do.
-    fn wait_held(&self, n: usize) -> usize {
-        let state = self.state.lock().unwrap();
-        let (state, _) = self
-            .changed
-            .wait_timeout_while(state, std::time::Duration::from_secs(10), |s| s.1 < n)
-            .unwrap();
-        state.1
-    }
-}
-
-impl keylife::Link for Gate {
-    fn knows(&self, zone: &str) -> bool {
-        self.inner.knows(zone)
-    }
-
-    fn deliver(&self, zone: &str, update: &keylife::ReplicaUpdate) -> Result<keylife::Ack, Error> {
-        let mut state = self.state.lock().unwrap();
-        if !state.0 {
-            state.1 += 1;
-            self.changed.notify_all();
-        }
-        let (state, waited) = self
-            .changed
-            .wait_timeout_while(state, std::time::Duration::from_secs(10), |s| !s.0)
-            .unwrap();
-        if waited.timed_out() {
-            self.timed_out
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-        drop(state);
-        self.inner.deliver(zone, update)
-    }
-
-    fn request_rotation(&self, zone: &str, id: keylife::KeyId, version: u32) -> Result<(), Error> {
-        self.inner.request_rotation(zone, id, version)
-    }
-}
-
 #[test]
 fn a_change_is_answered_while_its_delivery_is_stuck() {
-    let gate = std::sync::Arc::new(Gate::default());
-    gate.set(true);
+    let gate = std::sync::Arc::new(common::gate::Gate::default());
     let local = std::sync::Arc::clone(&gate.inner);
     let zones = Zones::on(&["ch-gva-2", "de-fra-1"], gate.clone(), |kms| {
         local.attach(kms);
@@ -867,7 +810,7 @@ fn a_change_is_answered_while_its_delivery_is_stuck() {
     assert_eq!(b.get_key(id).unwrap().key.material.version, 1);
     // The zone stops answering: every change of the key is still answered, durable, and
     // its delivery waits at the gate.
-    gate.set(false);
+    gate.set_closed(true);
     let rotated = a.rotate_key(id, None).unwrap();
     assert_eq!(
         gate.wait_held(1),
@@ -883,12 +826,9 @@ fn a_change_is_answered_while_its_delivery_is_stuck() {
         1,
         "not delivered yet"
     );
-    gate.set(true);
+    gate.set_closed(false);
     a.wait_for_deliveries();
-    assert!(
-        !gate.timed_out.load(std::sync::atomic::Ordering::SeqCst),
-        "a change waited for its delivery"
-    );
+    assert!(!gate.timed_out(), "a change waited for its delivery");
     let replica = b.get_key(id).unwrap().key;
     assert_eq!(replica.material.version, 2);
     assert!(!replica.rotation.automatic);

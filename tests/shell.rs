@@ -14,6 +14,7 @@ use keylife::{
     Ack, Caller, CreateKey, DueRun, Error, KeyId, Kms, KmsOptions, Link, LocalLink, ReplicaUpdate,
 };
 
+use common::gate::Gate;
 use common::root;
 
 /// A memory backend that can be told to apply its next commit and answer `not-durable`, or to
@@ -74,51 +75,6 @@ impl Backend for Latch {
     }
 }
 
-/// A link over a [`LocalLink`] that can hold deliveries at a gate.
-#[derive(Debug, Default)]
-struct Gate {
-    inner: Arc<LocalLink>,
-    closed: Mutex<bool>,
-    changed: Condvar,
-    entered: AtomicUsize,
-}
-
-impl Gate {
-    fn set_closed(&self, closed: bool) {
-        *self.closed.lock().unwrap() = closed;
-        self.changed.notify_all();
-    }
-
-    /// Waits until `n` deliveries have reached the gate.
-    fn wait_entered(&self, n: usize) {
-        let mut closed = self.closed.lock().unwrap();
-        while self.entered.load(Ordering::SeqCst) < n {
-            closed = self.changed.wait(closed).unwrap();
-        }
-    }
-}
-
-impl Link for Gate {
-    fn knows(&self, zone: &str) -> bool {
-        self.inner.knows(zone)
-    }
-
-    fn deliver(&self, zone: &str, update: &ReplicaUpdate) -> Result<Ack, Error> {
-        let mut closed = self.closed.lock().unwrap();
-        self.entered.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_all();
-        while *closed {
-            closed = self.changed.wait(closed).unwrap();
-        }
-        drop(closed);
-        self.inner.deliver(zone, update)
-    }
-
-    fn request_rotation(&self, zone: &str, id: KeyId, version: u32) -> Result<(), Error> {
-        self.inner.request_rotation(zone, id, version)
-    }
-}
-
 #[test]
 fn a_delivery_under_way_writes_nothing_once_not_durable_was_reported() {
     let gate = Arc::new(Gate::default());
@@ -134,9 +90,8 @@ fn a_delivery_under_way_writes_nothing_once_not_durable_was_reported() {
     a.sync().unwrap();
     // The delivery of a change waits at the gate while another change fails.
     gate.set_closed(true);
-    let entered = gate.entered.load(Ordering::SeqCst);
     a.disable_key(key.id, None).unwrap();
-    gate.wait_entered(entered + 1);
+    assert_eq!(gate.wait_held(1), 1, "the delivery waits at the gate");
     backend.fail_next.store(true, Ordering::SeqCst);
     assert_eq!(
         a.disable_key(other.id, None).unwrap_err().code(),

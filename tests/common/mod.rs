@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fault;
+pub mod gate;
 
 use std::sync::Arc;
 
