@@ -102,6 +102,13 @@ impl Delivery {
     pub fn retry_due(&self, now: Timestamp) -> bool {
         self.retry_at.is_none_or(|at| at <= now)
     }
+
+    /// Whether the replica confirmed revision `latest_seq` of the live key, with no failure
+    /// recorded since: a delivery would carry nothing it lacks.
+    #[must_use]
+    pub fn is_current(&self, latest_seq: u64) -> bool {
+        self.failure.is_none() && self.confirmed_seq >= latest_seq
+    }
 }
 
 /// Decides what the origin records after sending `sent` to a replica of key `id` whose state
@@ -352,5 +359,21 @@ mod tests {
         assert!(delivery.retry_due(now()));
         assert!(!delivery.retry_due(now() - SignedDuration::from_nanos(1)));
         assert!(Delivery::default().retry_due(now()));
+    }
+
+    #[test]
+    fn a_replica_is_current_once_it_confirmed_the_latest_revision_without_failure_since() {
+        let confirmed = Delivery {
+            confirmed_seq: 5,
+            ..Delivery::default()
+        };
+        assert!(confirmed.is_current(5));
+        assert!(confirmed.is_current(4));
+        assert!(!confirmed.is_current(6));
+        let failed = settle(id(), confirmed, LIVE, Err(unreachable()), 5, now());
+        assert!(
+            !failed.delivery.unwrap().is_current(5),
+            "a failure is retried"
+        );
     }
 }

@@ -22,7 +22,8 @@ pub(super) enum Attempt {
     Deferred,
     /// Delivered, but the key changed meanwhile: deliver again.
     Behind,
-    /// Nothing to deliver (the key has no such replica any more).
+    /// Nothing to deliver: the key has no such replica any more, or the replica holds its
+    /// latest revision.
     Nothing,
 }
 
@@ -118,9 +119,15 @@ impl Sender {
             return Ok(Loaded::Deferred);
         }
         match store.load(id)? {
-            Some(record) if record.role() == Role::Origin => Ok(Loaded::Send(Box::new(
-                self.live_update(&record, delivery.confirmed_versions)?,
-            ))),
+            Some(record) if record.role() == Role::Origin => {
+                if delivery.is_current(record.revision().seq) {
+                    // Delivered meanwhile (a retired version is delivered before the asking
+                    // replica is answered; a sync): the queued delivery has nothing to send.
+                    return Ok(Loaded::Nothing);
+                }
+                let update = self.live_update(&record, delivery.confirmed_versions)?;
+                Ok(Loaded::Send(Box::new(update)))
+            }
             _ => match store.gone(id)? {
                 Some(seq) => Ok(Loaded::Send(Box::new(ReplicaUpdate::new(
                     Snapshot {
