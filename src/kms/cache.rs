@@ -3,7 +3,8 @@
 //!
 //! A [`KeyState`] is an immutable snapshot; a change of the key builds a new one (reusing the
 //! ciphers) and swaps it in after the change is durable, with the key's lock held. The crypto
-//! path takes a read lock only long enough to clone an `Arc`.
+//! path takes a read lock only long enough to clone an `Arc`. A key is destroyed through the
+//! cache ([`Cache::destroy`]): in the store, then in memory.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -116,8 +117,17 @@ impl Cache {
         }
     }
 
-    /// Drops key `id` from memory (it was destroyed).
-    pub(super) fn forget(&self, id: KeyId) {
+    /// Destroys key `record` (with its lock held): in the store first, so that a failure
+    /// leaves the key whole, then in memory. With `gone`, the store remembers the key as gone
+    /// since that origin revision.
+    pub(super) fn destroy(&self, record: &KeyRecord, gone: Option<u64>) -> Result<(), Error> {
+        self.shared.write(|store| store.delete(record, gone))?;
+        self.forget(record.id());
+        Ok(())
+    }
+
+    /// Drops key `id` from memory.
+    fn forget(&self, id: KeyId) {
         self.write().remove(&id);
     }
 

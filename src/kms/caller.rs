@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::core::{Error, KeyId};
+use crate::core::{Command, Error, KeyId};
 
 /// The operations a caller's check is asked about: the 16 of the API, the two a zone's link
 /// calls on the receiving side, and the two that run what waits.
@@ -83,6 +83,22 @@ impl Operation {
             Operation::RetireVersion => "retire-version",
             Operation::RunDue => "run-due",
             Operation::Sync => "sync",
+        }
+    }
+
+    /// The operation a caller makes with `command`.
+    pub(super) fn of(command: &Command) -> Operation {
+        match command {
+            Command::Enable => Operation::EnableKey,
+            Command::Disable => Operation::DisableKey,
+            Command::ScheduleDeletion { .. } => Operation::ScheduleKeyDeletion,
+            Command::CancelDeletion => Operation::CancelKeyDeletion,
+            Command::Rotate => Operation::RotateKey,
+            Command::EnableRotation { .. } => Operation::EnableKeyRotation,
+            Command::DisableRotation => Operation::DisableKeyRotation,
+            Command::Replicate { .. } => Operation::ReplicateKey,
+            Command::RetireExhausted { .. } => Operation::RetireVersion,
+            Command::RunDue => Operation::RunDue,
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The background loop that runs what is due ([`Kms::run_due`]).
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -36,17 +35,18 @@ impl DueRun {
     }
 }
 
-/// Runs [`Kms::run_due`] in the background: every `every`, on a thread of its own, until the
-/// runner is stopped or dropped. This is the loop `keylife serve` runs for each zone.
+/// Runs [`Kms::run_due`] in the background: every `every`, on a thread of its own holding a
+/// handle on the zone (so the store stays open), until the runner is stopped or dropped. This
+/// is the loop `keylife serve` runs for each zone.
 ///
 /// ```
-/// use std::sync::{Arc, mpsc};
+/// use std::sync::mpsc;
 /// use std::time::Duration;
 /// use keylife::{CreateKey, DueRun, DueRunner, Kms, KmsOptions, ManualClock, RootKey};
 ///
 /// # fn main() -> Result<(), keylife::Error> {
 /// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap());
-/// let kms = Arc::new(Kms::open_in_memory(RootKey::generate()?, KmsOptions::new("z").clock(clock.clone()))?);
+/// let kms = Kms::open_in_memory(RootKey::generate()?, KmsOptions::new("z").clock(clock.clone()))?;
 /// let key = kms.create_key(&CreateKey::new("k"))?;
 /// kms.schedule_key_deletion(key.id, Some(7), None)?;
 /// clock.advance_days(7);
@@ -70,7 +70,7 @@ pub struct DueRunner {
 impl DueRunner {
     /// Runs `kms.run_due()` every `every`, dropping its reports, errors and panics; use
     /// [`DueRunner::start_with`] to see them.
-    pub fn start(kms: &Arc<Kms>, every: Duration) -> DueRunner {
+    pub fn start(kms: &Kms, every: Duration) -> DueRunner {
         DueRunner::start_with(kms, every, |_| {})
     }
 
@@ -78,12 +78,12 @@ impl DueRunner {
     /// what each run did to `on_run`, on the runner's thread. A run that panics (a bug) is
     /// reported as [`DueRun::Panicked`], and the loop goes on.
     pub fn start_with(
-        kms: &Arc<Kms>,
+        kms: &Kms,
         every: Duration,
         mut on_run: impl FnMut(DueRun) + Send + 'static,
     ) -> DueRunner {
         let (stop, stopped) = mpsc::channel::<()>();
-        let kms = Arc::clone(kms);
+        let kms = kms.clone();
         let thread = thread::Builder::new()
             .name("keylife-due".to_owned())
             .spawn(move || {

@@ -182,10 +182,7 @@ impl Kms {
     ) -> Result<DeletionScheduled> {
         self.ask_key(Operation::ScheduleKeyDeletion, id)?;
         let delay = DeletionDelay::from_request(days)?;
-        let changed =
-            self.zone
-                .lifecycle
-                .change(id, Command::ScheduleDeletion { delay }, expected_seq)?;
+        let changed = self.apply(id, Command::ScheduleDeletion { delay }, expected_seq)?;
         DeletionScheduled::try_from(&changed.record)
     }
 
@@ -215,10 +212,7 @@ impl Kms {
     ) -> Result<RotationResponse> {
         self.ask_key(Operation::EnableKeyRotation, id)?;
         let period = RotationPeriod::from_request(days)?;
-        let changed =
-            self.zone
-                .lifecycle
-                .change(id, Command::EnableRotation { period }, expected_seq)?;
+        let changed = self.apply(id, Command::EnableRotation { period }, expected_seq)?;
         Ok(RotationResponse::from(&changed.record))
     }
 
@@ -250,7 +244,7 @@ impl Kms {
             zone: zone.to_owned(),
             known,
         };
-        self.zone.lifecycle.change(id, command, expected_seq)?;
+        self.apply(id, command, expected_seq)?;
         Ok(SuccessResponse {
             status: SuccessStatus::TargetRegistered,
         })
@@ -349,16 +343,17 @@ impl Kms {
 
     /// Applies an update from a key's origin zone to this zone's replica (creates, updates or
     /// destroys it), each revision at most once; a destroyed key never comes back. Durable
-    /// before it answers. A [`Link`](super::Link) calls it on the receiving side. Errors: `name-conflict`,
-    /// `conflict` (this zone is the key's origin), the store's.
+    /// before it answers. A [`Link`](super::Link) calls it on the receiving side. Errors:
+    /// `name-conflict`, `conflict` (this zone is the key's origin), the store's.
     pub fn receive(&self, update: &ReplicaUpdate) -> Result<Ack> {
         self.ask_key(Operation::ReceiveUpdate, update.snapshot().id)?;
         self.zone.replicator.receive(update)
     }
 
-    /// The receiving side of [`Link::request_rotation`](super::Link::request_rotation): a replica spent the budget of version
-    /// `version` of origin key `id`. Makes a new version (automatic) unless one was made since,
-    /// and delivers it before answering, since the asking zone waits. Errors: rotation's.
+    /// The receiving side of [`Link::request_rotation`](super::Link::request_rotation): a
+    /// replica spent the budget of version `version` of origin key `id`. Makes a new version
+    /// (automatic) unless one was made since, and delivers it before answering, since the
+    /// asking zone waits. Errors: rotation's.
     pub fn retire_version(&self, id: KeyId, version: u32) -> Result<()> {
         let changed = self.change(id, Command::RetireExhausted { version }, None)?;
         self.zone
@@ -384,25 +379,24 @@ impl Kms {
 
     /// Asks the caller's check, then applies `command` to key `id`.
     fn change(&self, id: KeyId, command: Command, expected_seq: Option<u64>) -> Result<Changed> {
-        self.zone.change(&self.caller, id, command, expected_seq)
+        self.ask_key(Operation::of(&command), id)?;
+        self.apply(id, command, expected_seq)
+    }
+
+    /// Applies `command` to key `id` (the caller's check already asked: the commands whose
+    /// arguments are checked after it).
+    fn apply(&self, id: KeyId, command: Command, expected_seq: Option<u64>) -> Result<Changed> {
+        self.zone.lifecycle.change(id, command, expected_seq)
     }
 }
 
 impl fmt::Debug for Kms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut kms = f.debug_struct("Kms");
-        kms.field("zone", &self.zone())
-            .field("caller", &self.caller);
-        kms.field("limits", &self.limits()).finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn kms_is_send_and_sync() {
-        fn assert_send_sync<T: Send + Sync>() {}
-        assert_send_sync::<super::Kms>();
+        f.debug_struct("Kms")
+            .field("zone", &self.zone())
+            .field("caller", &self.caller)
+            .field("limits", &self.limits())
+            .finish_non_exhaustive()
     }
 }
 
@@ -421,5 +415,14 @@ impl WeakKms {
             zone,
             caller: self.caller.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kms_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::Kms>();
     }
 }

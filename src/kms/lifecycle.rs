@@ -216,15 +216,7 @@ impl Lifecycle {
     fn destroy_origin(&self, record: &KeyRecord) -> Result<(), Error> {
         let gone = (!record.replicas().is_empty())
             .then(|| core::replication::deletion_snapshot(record).seq);
-        self.destroy(record, gone)
-    }
-
-    /// Destroys key `record` (with its lock held): store first, then memory. With `gone`,
-    /// the key is remembered as gone since that origin revision.
-    fn destroy(&self, record: &KeyRecord, gone: Option<u64>) -> Result<(), Error> {
-        self.shared.write(|store| store.delete(record, gone))?;
-        self.cache.forget(record.id());
-        Ok(())
+        self.cache.destroy(record, gone)
     }
 
     /// Performs every automatic rotation and final deletion due at the clock's `now`. One

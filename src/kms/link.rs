@@ -9,11 +9,12 @@ use crate::crypto::MaterialKey;
 
 /// Carries replication updates from one zone to the others.
 ///
-/// keylife ships [`LocalLink`](crate::LocalLink), which connects `Kms` instances of one process. Another link
-/// implements the same three methods: [`Link::deliver`] ends in [`Kms::receive`](crate::Kms::receive) on the other
-/// side and [`Link::request_rotation`] in [`Kms::retire_version`](crate::Kms::retire_version). A link outside this crate
-/// can carry updates only between `Kms` instances of one process for now: a
-/// [`ReplicaUpdate`] has no wire encoding and no public constructor yet.
+/// keylife ships [`LocalLink`](crate::LocalLink), which connects `Kms` instances of one
+/// process. Another link implements the same three methods: [`Link::deliver`] ends in
+/// [`Kms::receive`](crate::Kms::receive) on the other side and [`Link::request_rotation`] in
+/// [`Kms::retire_version`](crate::Kms::retire_version). A link outside this crate can carry
+/// updates only between `Kms` instances of one process for now: a [`ReplicaUpdate`] has no
+/// wire encoding and no public constructor yet.
 pub trait Link: Send + Sync + fmt::Debug {
     /// Whether `zone` is a zone this link can carry updates to (reachable or not right now):
     /// replicate-key accepts only such zones.
@@ -26,7 +27,8 @@ pub trait Link: Send + Sync + fmt::Debug {
 
     /// Asks zone `zone`, the origin of key `id`, for a new material version because
     /// `version` used its encryption budget in this zone: the receiving side calls
-    /// [`Kms::retire_version`](crate::Kms::retire_version). The new version reaches this zone as a normal update.
+    /// [`Kms::retire_version`](crate::Kms::retire_version). The new version reaches this zone
+    /// as a normal update.
     fn request_rotation(&self, zone: &str, id: KeyId, version: u32) -> Result<(), Error>;
 }
 

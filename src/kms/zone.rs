@@ -6,12 +6,11 @@ use std::sync::Arc;
 use super::cache::Cache;
 use super::caller::{Access, Caller, Operation, Target};
 use super::crypto_path::CryptoPath;
-use super::lifecycle::Changed;
 use super::lifecycle::Lifecycle;
 use super::options::KmsOptions;
 use super::replicator::Replicator;
 use super::shared::Shared;
-use crate::core::{Command, Error, KeyId};
+use crate::core::{Error, KeyId};
 use crate::crypto::RootKey;
 use crate::store::Backend;
 
@@ -75,8 +74,8 @@ impl Zone {
     }
 
     /// Asks `caller`'s check about `operation` on key `id`, with the key's name if this zone
-    /// holds it (from memory, else the store). A caller without a check is not asked, and
-    /// nothing is looked up for it.
+    /// holds it (from memory, else the store). [`Kms`](super::Kms) asks only a caller with a
+    /// check: for the others nothing is looked up.
     #[cold]
     pub(super) fn admit_key(
         &self,
@@ -84,16 +83,9 @@ impl Zone {
         operation: Operation,
         id: KeyId,
     ) -> Result<(), Error> {
-        if !caller.is_restricted() {
-            return Ok(());
-        }
-        let name = match self.cache.get(id) {
-            Some(state) => Ok(Some(state.name.to_string())),
-            None => self
-                .shared
-                .store()
-                .load(id)
-                .map(|r| r.map(|r| r.name().to_owned())),
+        let name: Result<Option<Arc<str>>, Error> = match self.cache.get(id) {
+            Some(state) => Ok(Some(Arc::clone(&state.name))),
+            None => (self.shared.store().load(id)).map(|r| r.map(|r| Arc::from(r.name()))),
         };
         match name {
             Ok(name) => self.admit(
@@ -111,34 +103,5 @@ impl Zone {
                 Err(error)
             }
         }
-    }
-
-    /// Asks `caller`, then applies `command` to key `id` (see
-    /// [`Lifecycle::change`](super::lifecycle::Lifecycle::change)).
-    pub(super) fn change(
-        &self,
-        caller: &Caller,
-        id: KeyId,
-        command: Command,
-        expected_seq: Option<u64>,
-    ) -> Result<Changed, Error> {
-        self.admit_key(caller, operation(&command), id)?;
-        self.lifecycle.change(id, command, expected_seq)
-    }
-}
-
-/// The operation a caller makes with `command`.
-fn operation(command: &Command) -> Operation {
-    match command {
-        Command::Enable => Operation::EnableKey,
-        Command::Disable => Operation::DisableKey,
-        Command::ScheduleDeletion { .. } => Operation::ScheduleKeyDeletion,
-        Command::CancelDeletion => Operation::CancelKeyDeletion,
-        Command::Rotate => Operation::RotateKey,
-        Command::EnableRotation { .. } => Operation::EnableKeyRotation,
-        Command::DisableRotation => Operation::DisableKeyRotation,
-        Command::Replicate { .. } => Operation::ReplicateKey,
-        Command::RetireExhausted { .. } => Operation::RetireVersion,
-        Command::RunDue => Operation::RunDue,
     }
 }

@@ -120,10 +120,10 @@ impl Replicator {
         id: KeyId,
         version: u32,
     ) -> Result<(), Error> {
-        let link = self.sender.link().ok_or_else(|| Error::ZoneUnreachable {
-            zone: origin_zone.to_owned(),
-            detail: "this Kms has no link to other zones".to_owned(),
-        })?;
+        let link = self
+            .sender
+            .link()
+            .ok_or_else(|| send::no_link(origin_zone))?;
         link.request_rotation(origin_zone, id, version)
     }
 
@@ -157,11 +157,7 @@ impl Replicator {
             Follow::Stale => Ok(held(current.as_ref())),
             Follow::Delete => {
                 match &current {
-                    Some(record) => {
-                        self.shared
-                            .write(|store| store.delete(record, Some(snapshot.seq)))?;
-                        self.cache.forget(id);
-                    }
+                    Some(record) => self.cache.destroy(record, Some(snapshot.seq))?,
                     None => self.shared.write(|store| store.bury(id, snapshot.seq))?,
                 }
                 Ok(Ack {

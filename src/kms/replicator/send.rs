@@ -83,10 +83,7 @@ impl Sender {
     /// not due. Nothing is attempted once a change could not be made durable.
     fn deliver(&self, id: KeyId, zone: &str, force: bool) -> Result<Attempt, Error> {
         let Some(link) = self.link.as_ref() else {
-            return Ok(Attempt::Failed(Error::ZoneUnreachable {
-                zone: zone.to_owned(),
-                detail: "this Kms has no link to other zones".to_owned(),
-            }));
+            return Ok(Attempt::Failed(no_link(zone)));
         };
         let _pair = self.claim(id, zone);
         self.shared.live()?;
@@ -230,5 +227,13 @@ impl Drop for PairGuard<'_> {
             lock(&self.sender.busy).remove(&pair);
             self.sender.freed.notify_all();
         }
+    }
+}
+
+/// What a zone without a link answers for a message to `zone`.
+pub(super) fn no_link(zone: &str) -> Error {
+    Error::ZoneUnreachable {
+        zone: zone.to_owned(),
+        detail: "this Kms has no link to other zones".to_owned(),
     }
 }
