@@ -347,10 +347,7 @@ pub fn decode_delivery(id: KeyId, zone: &str, bytes: &[u8]) -> Result<Delivery, 
         Some((format, _)) => return Err(corrupt(format!("unknown format {format}"))),
         None => return Err(corrupt("empty".to_owned())),
     };
-    let ts = |t: TimeV1| {
-        Timestamp::new(t.second, t.nanosecond)
-            .map_err(|e| corrupt(format!("holds an invalid time: {e}")))
-    };
+    let ts = |t: TimeV1| timestamp(t).map_err(corrupt);
     Ok(Delivery {
         confirmed_seq: layout.confirmed_seq,
         confirmed_versions: layout.confirmed_versions,

@@ -41,33 +41,33 @@ impl DirLock {
             .open(dir.join(LOCK_FILE))
             .map_err(io)?;
         retry_while_busy(|| match file.try_lock() {
-            Ok(()) => Ok(true),
-            Err(TryLockError::WouldBlock) => Ok(false),
+            Ok(()) => Ok(Ok(())),
+            Err(TryLockError::WouldBlock) => Ok(Err(Error::StoreInUse {
+                store: dir.display().to_string(),
+            })),
             Err(TryLockError::Error(error)) => Err(io(error)),
-        })?
-        .then_some(DirLock { _file: file })
-        .ok_or_else(|| Error::StoreInUse {
-            store: dir.display().to_string(),
-        })
+        })?;
+        Ok(DirLock { _file: file })
     }
 }
 
-/// Calls `attempt` until it answers `Ok(true)` or fails, pausing between attempts (5 ms,
-/// doubling up to 100 ms), for at most [`LOCK_WAIT`]; `Ok(false)` if the time ran out.
-pub(crate) fn retry_while_busy(
-    mut attempt: impl FnMut() -> Result<bool, Error>,
-) -> Result<bool, Error> {
+/// Calls `attempt` until it succeeds (`Ok(Ok(value))`) or fails (`Err`), pausing between
+/// attempts (5 ms, doubling up to 100 ms) while it reports the resource busy (`Ok(Err(busy))`),
+/// for at most [`LOCK_WAIT`]: then the last `busy` error is the answer.
+pub(crate) fn retry_while_busy<T>(
+    mut attempt: impl FnMut() -> Result<Result<T, Error>, Error>,
+) -> Result<T, Error> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(5);
     loop {
-        if attempt()? {
-            return Ok(true);
+        match attempt()? {
+            Ok(value) => return Ok(value),
+            Err(busy) if started.elapsed() >= LOCK_WAIT => return Err(busy),
+            Err(_) => {
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
         }
-        if started.elapsed() >= LOCK_WAIT {
-            return Ok(false);
-        }
-        thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 

@@ -78,24 +78,16 @@ impl SledBackend {
         let lock = DirLock::acquire(path)?;
         // Every commit flushes, so sled's periodic flusher thread has nothing to do.
         let config = sled::Config::new().path(path).flush_every_ms(None);
-        let mut opened = Err(Error::Storage {
-            detail: "sled was not opened".to_owned(),
-        });
-        retry_while_busy(|| match config.open() {
-            Ok(db) => {
-                opened = Ok(db);
-                Ok(true)
-            }
+        let db = retry_while_busy(|| match config.open() {
+            Ok(db) => Ok(Ok(db)),
             // sled reports its lock as an I/O error of kind `Other` (sled 0.34,
             // `Config::try_lock`); with our lock held, only this process can hold it. Other
             // errors of that kind are retried too and, if they last, reported as they are.
             Err(sled::Error::Io(error)) if error.kind() == std::io::ErrorKind::Other => {
-                opened = Err(storage(sled::Error::Io(error)));
-                Ok(false)
+                Ok(Err(storage(sled::Error::Io(error))))
             }
             Err(error) => Err(storage(error)),
         })?;
-        let db = opened?;
         let mut backend = SledBackend::from_db(db)?;
         let marker = path.join(MARKER);
         let marked = marker.exists();
