@@ -2,6 +2,7 @@
 //! id of its path for the routes under `/v2/kms-key/{id}` ([`KeyCall`]), and what it answers
 //! ([`Json`]). Every refusal on the way is a [`Problem`].
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -161,13 +162,27 @@ async fn path_id(parts: &mut Parts, zone: &Arc<Zone>) -> Result<String, Problem>
     }
 }
 
-/// A 200 answer with the spec's JSON, which no cache may keep (answers may carry plaintexts
-/// and data keys).
-pub(crate) struct Json<T>(pub(crate) T);
+/// A 200 answer with the spec's JSON of a `T`, which no cache may keep (answers may carry
+/// plaintexts and data keys). It is encoded where the value is made ([`Json::encode`]): for a
+/// large answer, on the blocking pool rather than on the server's async threads.
+pub(crate) struct Json<T> {
+    body: Result<Vec<u8>, serde_json::Error>,
+    answer: PhantomData<fn() -> T>,
+}
 
-impl<T: Serialize> IntoResponse for Json<T> {
+impl<T: Serialize> Json<T> {
+    /// The answer `value`, encoded now.
+    pub(crate) fn encode(value: &T) -> Json<T> {
+        Json {
+            body: serde_json::to_vec(value),
+            answer: PhantomData,
+        }
+    }
+}
+
+impl<T> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
-        match serde_json::to_vec(&self.0) {
+        match self.body {
             Ok(body) => {
                 let mut response = (StatusCode::OK, body).into_response();
                 let headers = response.headers_mut();

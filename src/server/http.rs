@@ -57,15 +57,16 @@ async fn wrong_method(request: Request) -> Problem {
     Problem::wrong_method(request.method().as_str(), request.uri().path())
 }
 
-/// Runs `call` (which writes to the store and waits for the disk, or is large) on the
-/// blocking pool; a panic in it answers 500.
+/// Runs `call` (which writes to the store and waits for the disk, or is large) and encodes
+/// its answer on the blocking pool; a panic in it answers 500.
 async fn blocking<T, F>(call: F) -> Answer<T>
 where
-    T: Serialize + Send + 'static,
+    T: Serialize + 'static,
     F: FnOnce() -> Result<T, Error> + Send + 'static,
 {
+    let call = move || call().map(|answer| Json::encode(&answer));
     match tokio::task::spawn_blocking(call).await {
-        Ok(result) => Ok(Json(result?)),
+        Ok(result) => Ok(result?),
         Err(_) => Err(Problem::internal("the operation failed unexpectedly")),
     }
 }
@@ -74,13 +75,13 @@ where
 /// is cached), else on the blocking pool.
 async fn crypto<T, F>(large: bool, work: F) -> Answer<T>
 where
-    T: Serialize + Send + 'static,
+    T: Serialize + 'static,
     F: FnOnce() -> Result<T, Error> + Send + 'static,
 {
     if large {
         blocking(work).await
     } else {
-        Ok(Json(work()?))
+        Ok(Json::encode(&work()?))
     }
 }
 
