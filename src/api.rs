@@ -118,12 +118,58 @@ pub struct ReplicaState {
     pub last_failure: Option<ReplicaFailure>,
 }
 
-/// The fields every answer about a key shows, in the API's order. `V` stands between
-/// `status-since` and `multi-zone`: nothing in create-kms-key's answer ([`CreatedKey`]), the
-/// material and rotation settings ([`Versioning`]) in the others ([`KeySummary`]).
+/// `create-kms-key-response`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct KeyFields<V> {
+pub struct CreatedKey {
+    /// The new key's id.
+    pub id: KeyId,
+    /// Its name.
+    pub name: String,
+    /// Its description, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `encrypt-decrypt`.
+    pub usage: KeyUsage,
+    /// `exoscale-kms`.
+    pub source: KeySource,
+    /// `enabled`.
+    pub status: KeyStatus,
+    /// When it entered that status.
+    pub status_since: Timestamp,
+    /// Whether it may be replicated.
+    pub multi_zone: bool,
+    /// This zone.
+    pub origin_zone: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// Its revision (1).
+    pub revision: RevisionStamp,
+}
+
+impl From<&KeyRecord> for CreatedKey {
+    fn from(record: &KeyRecord) -> CreatedKey {
+        let summary = KeySummary::from(record);
+        CreatedKey {
+            id: summary.id,
+            name: summary.name,
+            description: summary.description,
+            usage: summary.usage,
+            source: summary.source,
+            status: summary.status,
+            status_since: summary.status_since,
+            multi_zone: summary.multi_zone,
+            origin_zone: summary.origin_zone,
+            created_at: summary.created_at,
+            revision: summary.revision,
+        }
+    }
+}
+
+/// `list-kms-keys-response-entry`: a key as list-kms-keys shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct KeySummary {
     /// The key's id.
     pub id: KeyId,
     /// Its name.
@@ -139,9 +185,10 @@ pub struct KeyFields<V> {
     pub status: KeyStatus,
     /// When it entered its status.
     pub status_since: Timestamp,
-    /// What stands here in this answer.
-    #[serde(flatten)]
-    pub versioning: V,
+    /// The newest material version.
+    pub material: KeyMaterial,
+    /// Rotation settings.
+    pub rotation: KeyRotationConfig,
     /// Whether it may be replicated.
     pub multi_zone: bool,
     /// The zone where it was created.
@@ -150,73 +197,6 @@ pub struct KeyFields<V> {
     pub created_at: Timestamp,
     /// Its revision.
     pub revision: RevisionStamp,
-}
-
-impl<V> KeyFields<V> {
-    /// The fields of `record`, with `versioning`.
-    fn of(record: &KeyRecord, versioning: V) -> KeyFields<V> {
-        let revision = record.revision();
-        KeyFields {
-            id: record.id(),
-            name: record.name().to_owned(),
-            description: record.description().map(str::to_owned),
-            usage: record.usage(),
-            source: record.source(),
-            status: record.status().into(),
-            status_since: record.status_since(),
-            versioning,
-            multi_zone: record.multi_zone(),
-            origin_zone: record.origin_zone().to_owned(),
-            created_at: record.created_at(),
-            revision: RevisionStamp {
-                seq: revision.seq,
-                at: revision.at,
-            },
-        }
-    }
-}
-
-/// A key's newest material version and rotation settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct Versioning {
-    /// The newest material version.
-    pub material: KeyMaterial,
-    /// Rotation settings.
-    pub rotation: KeyRotationConfig,
-}
-
-impl std::ops::Deref for KeyFields<Versioning> {
-    type Target = Versioning;
-
-    fn deref(&self) -> &Versioning {
-        &self.versioning
-    }
-}
-
-impl std::ops::DerefMut for KeyFields<Versioning> {
-    fn deref_mut(&mut self) -> &mut Versioning {
-        &mut self.versioning
-    }
-}
-
-/// `create-kms-key-response`: the key's fields, without material or rotation settings.
-pub type CreatedKey = KeyFields<()>;
-
-impl From<&KeyRecord> for CreatedKey {
-    fn from(record: &KeyRecord) -> CreatedKey {
-        KeyFields::of(record, ())
-    }
-}
-
-/// `list-kms-keys-response-entry`: a key as list-kms-keys shows it. Its [`KeyFields`] (and
-/// their [`Versioning`]) read as its own fields: `summary.id`, `summary.material`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct KeySummary {
-    /// The fields every answer shows, material and rotation included.
-    #[serde(flatten)]
-    pub key: KeyFields<Versioning>,
     /// When it will be destroyed; only while pending deletion.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delete_at: Option<Timestamp>,
@@ -224,28 +204,26 @@ pub struct KeySummary {
     pub replicas: Vec<String>,
 }
 
-impl std::ops::Deref for KeySummary {
-    type Target = KeyFields<Versioning>;
-
-    fn deref(&self) -> &KeyFields<Versioning> {
-        &self.key
-    }
-}
-
-impl std::ops::DerefMut for KeySummary {
-    fn deref_mut(&mut self) -> &mut KeyFields<Versioning> {
-        &mut self.key
-    }
-}
-
 impl From<&KeyRecord> for KeySummary {
     fn from(record: &KeyRecord) -> KeySummary {
-        let versioning = Versioning {
+        let revision = record.revision();
+        KeySummary {
+            id: record.id(),
+            name: record.name().to_owned(),
+            description: record.description().map(str::to_owned),
+            usage: record.usage(),
+            source: record.source(),
+            status: record.status().into(),
+            status_since: record.status_since(),
             material: record.newest_material().into(),
             rotation: record.rotation().into(),
-        };
-        KeySummary {
-            key: KeyFields::of(record, versioning),
+            multi_zone: record.multi_zone(),
+            origin_zone: record.origin_zone().to_owned(),
+            created_at: record.created_at(),
+            revision: RevisionStamp {
+                seq: revision.seq,
+                at: revision.at,
+            },
             delete_at: record.status().delete_at(),
             replicas: record.replica_zones(),
         }

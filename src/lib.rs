@@ -44,9 +44,8 @@ pub mod server;
 pub mod store;
 
 pub use crate::api::{
-    Ciphertext, CreatedKey, DataKey, DeletionScheduled, KeyDetails, KeyFields, KeyList, KeyStatus,
-    KeySummary, Plaintext, RotationList, RotationResponse, SuccessResponse, SuccessStatus,
-    Versioning,
+    Ciphertext, CreatedKey, DataKey, DeletionScheduled, KeyDetails, KeyList, KeyStatus, KeySummary,
+    Plaintext, RotationList, RotationResponse, SuccessResponse, SuccessStatus,
 };
 /// `Result` with keylife's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
