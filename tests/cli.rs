@@ -312,6 +312,22 @@ fn every_command_has_help() {
             );
         }
         assert!(text.contains("Exit status"), "{path:?}:\n{text}");
+        // The store's heading holds the store's options, none of the command's own.
+        let store = text
+            .split("\nStore:")
+            .nth(1)
+            .and_then(|rest| rest.split("\nOutput:").next())
+            .unwrap_or_default();
+        let listed: Vec<&str> = store
+            .lines()
+            .filter_map(|line| line.trim_start().strip_prefix("--"))
+            .filter_map(|line| line.split_whitespace().next())
+            .collect();
+        assert_eq!(
+            listed,
+            ["data", "zone", "root-key-file"],
+            "{path:?}:\n{text}"
+        );
         // A description above the usage line.
         assert!(
             !text.starts_with("Usage"),

@@ -19,14 +19,14 @@ Exit status: 0 on success; 1 when the store or the operation refused, with \
 /// Commands on a local store.
 #[derive(Debug, Subcommand)]
 pub(crate) enum LocalCommand {
-    /// Manage keys: create, list, get, enable, disable, rotate, schedule or cancel deletion, replicate.
+    /// Manage keys: create, list, get, enable, disable, rotate, schedule or cancel deletion,
+    /// replicate.
     #[command(subcommand)]
     Key(KeyCommand),
     /// Encrypt bytes (a file or standard input) with a key; writes the raw ciphertext.
     ///
     /// The ciphertext is 49 bytes longer than the plaintext and names its key and material
     /// version; `keylife decrypt` opens it with the same key and context.
-    #[command(after_help = AFTER_HELP)]
     Encrypt(EncryptArgs),
     /// Decrypt a ciphertext (a file or standard input); writes the plaintext bytes.
     ///
@@ -34,14 +34,12 @@ pub(crate) enum LocalCommand {
     /// holds the key.
     /// Every material version of the key decrypts. A damaged ciphertext or a wrong context
     /// is `invalid-ciphertext`; a ciphertext of another key is `incorrect-key`.
-    #[command(after_help = AFTER_HELP)]
     Decrypt(DecryptArgs),
     /// Generate a data key, in the clear and encrypted under a key.
     ///
     /// Both are printed in base64. Use the clear data key and keep only its encrypted form:
     /// `keylife decrypt --base64` gives the data key back from the encrypted form (the
     /// `ciphertext` value, or `--json` and its `ciphertext` member).
-    #[command(after_help = AFTER_HELP)]
     GenerateDataKey(DataKeyArgs),
 }
 
@@ -49,77 +47,72 @@ pub(crate) enum LocalCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum KeyCommand {
     /// Create a key: enabled, material version 1, automatic rotation every 365 days.
-    #[command(after_help = AFTER_HELP)]
     Create(CreateArgs),
     /// List the zone's keys, replicas included, by id (ids are UUIDv7: about creation order).
-    #[command(after_help = AFTER_HELP)]
     List(ListArgs),
     /// Show a key: status, newest material version, rotation settings, replicas.
-    #[command(after_help = AFTER_HELP)]
     Get(IdArgs),
     /// Enable a disabled key (nothing changes if it is already enabled).
-    #[command(after_help = AFTER_HELP)]
     Enable(IdArgs),
     /// Disable a key: it refuses encryption, decryption and rotation until enabled again.
-    #[command(after_help = AFTER_HELP)]
     Disable(IdArgs),
     /// Rotate a key now: a new material version.
     ///
     /// The new version encrypts from now on; older ones still decrypt. At most 10 manual
     /// rotations per key.
-    #[command(after_help = AFTER_HELP)]
     Rotate(IdArgs),
     /// Turn automatic rotation on.
     ///
     /// The period is 90 to 2560 days (default 365); the next rotation is one period from now.
     /// Refused (`conflict`) if automatic rotation is already on.
-    #[command(after_help = AFTER_HELP)]
     EnableRotation(EnableRotationArgs),
     /// Turn automatic rotation off.
     ///
     /// Refused (`conflict`) if it is already off.
-    #[command(after_help = AFTER_HELP)]
     DisableRotation(IdArgs),
     /// List a key's rotations: material versions 2 and up, oldest first.
-    #[command(after_help = AFTER_HELP)]
     ListRotations(IdArgs),
     /// Schedule a key's deletion.
     ///
     /// The key is destroyed 7 to 30 days (default 30) from now; until then it refuses every
     /// use but `cancel-deletion`. Its replicas follow.
-    #[command(after_help = AFTER_HELP)]
     ScheduleDeletion(ScheduleDeletionArgs),
     /// Cancel a scheduled deletion.
     ///
     /// The key becomes disabled: enable it to use it again.
-    #[command(after_help = AFTER_HELP)]
     CancelDeletion(IdArgs),
     /// Replicate a multi-zone key to another zone.
     ///
-    /// The key must be multi-zone, enabled, and created in this zone. The target zone's store, DATA/ZONE, is created if missing. The replica has the same id
-    /// and material; it follows every later rotation and deletion of the key, and its enabled
+    /// The key must be multi-zone, enabled, and created in this zone. The target zone's
+    /// store, DATA/ZONE, is created if missing. The replica has the same id and material; it follows every later rotation and deletion of the key, and its enabled
     /// or disabled status is its own.
-    #[command(after_help = AFTER_HELP)]
     Replicate(ReplicateArgs),
 }
 
-/// Where the store is, and how to print the answer: the options of every local command.
+/// Where the store is, and how to print the answer: the options of every local command. Each
+/// names its heading (rather than `next_help_heading`, which would also head the options of a
+/// command declared after them). Flattened into every local command, it also ends their help.
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Store")]
+#[command(after_help = AFTER_HELP)]
 pub(crate) struct StoreArgs {
     /// Data directory: the store of zone ZONE is the subdirectory DIR/ZONE, as with `keylife
     /// serve`. `key create` (and `key replicate` for its target) creates a zone's store when
     /// missing; the other commands need an existing one.
-    #[arg(long, value_name = "DIR", env = "KEYLIFE_DATA")]
+    #[arg(long, value_name = "DIR", env = "KEYLIFE_DATA", help_heading = "Store")]
     pub(super) data: PathBuf,
     /// The zone to act in. Default: the one zone whose store is in DIR, or `local` if DIR
     /// holds none yet. Required when DIR holds several zones.
-    #[arg(long, value_name = "NAME", env = "KEYLIFE_ZONE")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "KEYLIFE_ZONE",
+        help_heading = "Store"
+    )]
     pub(super) zone: Option<String>,
     /// File holding the root key (base64 of 32 bytes on one line, as `keylife root-key
     /// generate` prints it); else the environment variable KEYLIFE_ROOT_KEY. The root key is
     /// never taken from a command-line value.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Store")]
     pub(super) root_key_file: Option<PathBuf>,
     /// Print the API's JSON answer instead of a human listing.
     #[arg(long, help_heading = "Output")]
