@@ -12,11 +12,10 @@ mod secret;
 pub use aead::BACKEND;
 pub use envelope::{FORMAT_V1, HEADER_LEN, Header, OVERHEAD, ParseError};
 pub use seal::{MaterialKey, SEALED_MATERIAL_LEN};
-pub use secret::{KEY_LEN, RootKey, SecretBytes};
+pub use secret::{KEY_LEN, RootKey, SecretBytes, fill_from_os};
 
 pub(crate) use aead::Cipher;
 pub(crate) use seal::RootSealer;
-pub(crate) use secret::fill_from_os;
 
 /// A fresh message nonce from the thread's CSPRNG.
 pub(crate) fn message_nonce() -> [u8; aead::NONCE_LEN] {

@@ -45,8 +45,9 @@ impl fmt::Debug for KeyBytes {
     }
 }
 
-/// Fills `buffer` from the operating system's random source (`getrandom`).
-pub(crate) fn fill_from_os(buffer: &mut [u8]) -> Result<(), Error> {
+/// Fills `buffer` from the operating system's random source (`getrandom`), the one keylife
+/// makes keys and nonces from.
+pub fn fill_from_os(buffer: &mut [u8]) -> Result<(), Error> {
     rand::rngs::SysRng
         .try_fill_bytes(buffer)
         .map_err(|error| Error::RandomSource {

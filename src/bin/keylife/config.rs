@@ -121,13 +121,8 @@ impl RootKeyBytes {
 
     /// A new random root key, as base64 (for `keylife root-key generate`).
     pub(crate) fn generate_base64() -> Result<Zeroizing<String>, Error> {
-        use rand::TryRng as _;
         let mut bytes = Zeroizing::new([0u8; 32]);
-        rand::rngs::SysRng
-            .try_fill_bytes(bytes.as_mut())
-            .map_err(|error| Error::RandomSource {
-                detail: error.to_string(),
-            })?;
+        keylife::crypto::fill_from_os(bytes.as_mut())?;
         Ok(Zeroizing::new(BASE64.encode(bytes.as_ref())))
     }
 }

@@ -52,7 +52,7 @@ pub(crate) fn server_event(event: &Event<'_>) {
             zone,
             run: DueRun::Panicked(message),
         } => log(format_args!(
-            "keylife: zone {zone}: run_due panicked ({message}); the next run is in a second"
+            "keylife: zone {zone}: run_due panicked ({message}); it runs again at the next interval"
         )),
         // Events added later are not logged until the binary learns them.
         _ => {}

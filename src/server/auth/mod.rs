@@ -146,8 +146,9 @@ impl Credentials {
 
     /// Parses the credentials file format: one `KEY SECRET` pair per line, separated by
     /// whitespace; `#` at the start of a line or after whitespace starts a comment (a `#`
-    /// inside a word is part of it: secrets may hold one); blank lines are skipped. At least one pair is
-    /// required, and a key may appear once. The error names the line, never its secret.
+    /// inside a word is part of it: secrets may hold one); blank lines are skipped. At least
+    /// one pair is required, and a key may appear once. The error names the line, never its
+    /// secret.
     pub fn parse(text: &str) -> Result<Credentials, String> {
         let mut credentials = Credentials::new();
         for (index, line) in text.lines().enumerate() {
