@@ -140,9 +140,9 @@ impl Default for ServeOptions {
 /// Serves each zone on its listener (`http://ADDR/v2`) until `shutdown` completes, then stops
 /// accepting, lets the requests in flight finish, and returns. Every change acknowledged to a
 /// client was durable before its answer was sent; the stores close when the last `Arc<Kms>`
-/// is dropped. Each zone runs [`Kms::run_due`] once before it serves, then every
-/// `due_interval` in the background (a [`DueRunner`] per zone), each run reported as an
-/// [`Event::DueRun`].
+/// is dropped. Every zone runs [`Kms::run_due`] once (the zones in parallel) before any zone
+/// serves, then every `due_interval` in the background (a [`DueRunner`] per zone), each run
+/// reported as an [`Event::DueRun`].
 ///
 /// Responses go out with `TCP_NODELAY`: without it, Nagle's algorithm and the client's
 /// delayed ACK hold a keep-alive response for about 40 ms.
@@ -163,22 +163,33 @@ pub async fn serve(
     let mut runners = Vec::with_capacity(zones.len());
     // Request bodies in memory at once, in KiB, across every zone.
     let body_budget = Arc::new(Semaphore::new(BODY_BUDGET_KIB));
-    for (kms, listener) in zones {
+    let reporter = |kms: &Kms| {
         let events = options.events.clone();
         let zone = kms.zone().to_owned();
-        let report = move |run: DueRun| {
+        move |run: DueRun| {
             events.emit(&Event::DueRun {
                 zone: &zone,
                 run: &run,
             })
-        };
-        // What came due while the server was down, before the first interval.
-        let first = {
-            let (kms, report) = (Arc::clone(&kms), report.clone());
+        }
+    };
+    // What came due while the server was down, in every zone at once, before any zone serves.
+    let first_runs: Vec<_> = zones
+        .iter()
+        .map(|(kms, _)| {
+            let (kms, report) = (Arc::clone(kms), reporter(kms));
             tokio::task::spawn_blocking(move || report(DueRun::of(&kms)))
-        };
-        let _ = first.await;
-        runners.push(DueRunner::start_with(&kms, options.due_interval, report));
+        })
+        .collect();
+    for run in first_runs {
+        let _ = run.await;
+    }
+    for (kms, listener) in zones {
+        runners.push(DueRunner::start_with(
+            &kms,
+            options.due_interval,
+            reporter(&kms),
+        ));
         let zone = Arc::new(extract::Zone {
             kms,
             credentials: credentials.clone(),
