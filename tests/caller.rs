@@ -248,16 +248,34 @@ fn an_unrestricted_caller_looks_nothing_up() {
     }
     let backend = Arc::new(Counting::default());
     let kms = Kms::with_backend(backend.clone(), root(1), KmsOptions::new("z")).unwrap();
+    let reads = || backend.reads.load(std::sync::atomic::Ordering::SeqCst);
+    // A key the zone does not hold: no cache answers for it, so every lookup reads the store.
+    let unknown = KeyId::from_bytes([9; 16]);
+    let reads_of = |handle: &Kms| {
+        let before = reads();
+        let refused = handle.encrypt(unknown, b"x", None).unwrap_err();
+        assert_eq!(refused, Error::KeyNotFound { id: unknown });
+        reads() - before
+    };
+    let plain = reads_of(&kms);
+    let named = reads_of(&kms.as_caller(Caller::new("alice")));
+    let checked = reads_of(&kms.as_caller(Caller::new("bob").permit(|_| true)));
+    assert_eq!(named, plain, "a caller without a check looks nothing up");
+    assert!(
+        checked > named,
+        "the check's lookup is counted: {checked} vs {named}"
+    );
+    // And with the key in memory, encrypting reads nothing at all.
     let named = kms.as_caller(Caller::new("alice"));
     let id = named.create_key(&CreateKey::new("k")).unwrap().id;
-    let reads = backend.reads.load(std::sync::atomic::Ordering::SeqCst);
+    let before = reads();
     for _ in 0..10 {
         named.encrypt(id, b"x", None).unwrap();
     }
     assert_eq!(
-        backend.reads.load(std::sync::atomic::Ordering::SeqCst),
-        reads,
-        "encrypting with a cached key reads nothing, with or without an actor"
+        reads(),
+        before,
+        "encrypting with a cached key reads nothing"
     );
 }
 

@@ -1486,29 +1486,44 @@ async fn replicate_refusals_and_what_a_replica_may_not_do() {
     let single = create_id(&mut a, "single").await;
     let replicate = key_path(&id, "replicate");
 
-    // Zones that cannot be used, and bodies that name none: each detail names the zone.
-    let refusals: [(Option<Value>, Check); 6] = [
-        (Some(json!({ "zone": ZONE_A })), |reply| {
-            problem(reply, 400, "invalid-argument")
-        }),
-        (Some(json!({ "zone": "xx-nowhere-1" })), |reply| {
-            problem(reply, 400, "invalid-argument")
-        }),
-        (Some(json!({ "zone": "" })), |reply| {
-            problem(reply, 400, "invalid-argument")
-        }),
-        (None, |reply| bad_request(reply, "zone", &["required"])),
-        (Some(json!({ "zone": 5 })), |reply| {
-            bad_request(reply, "zone", &[])
-        }),
-        (Some(json!({ "zones": [ZONE_B] })), |reply| {
-            bad_request(reply, "body", &["zones"])
-        }),
+    // Zones that cannot be used, and bodies that name none: each detail names the zone
+    // refused (quoted) or the field.
+    let refusals: [(Option<Value>, Check, &str); 6] = [
+        (
+            Some(json!({ "zone": ZONE_A })),
+            |reply| problem(reply, 400, "invalid-argument"),
+            "\"ch-gva-2\" is the key's own zone",
+        ),
+        (
+            Some(json!({ "zone": "xx-nowhere-1" })),
+            |reply| problem(reply, 400, "invalid-argument"),
+            "\"xx-nowhere-1\" is not a known zone",
+        ),
+        (
+            Some(json!({ "zone": "" })),
+            |reply| problem(reply, 400, "invalid-argument"),
+            "\"\" is not a known zone",
+        ),
+        (
+            None,
+            |reply| bad_request(reply, "zone", &["required"]),
+            "zone",
+        ),
+        (
+            Some(json!({ "zone": 5 })),
+            |reply| bad_request(reply, "zone", &[]),
+            "zone",
+        ),
+        (
+            Some(json!({ "zones": [ZONE_B] })),
+            |reply| bad_request(reply, "body", &["zones"]),
+            "zones",
+        ),
     ];
-    for (body, check) in refusals {
+    for (body, check, mention) in refusals {
         let label = format!("{body:?}");
         let detail = refused_with(&mut a, &id, "POST", &replicate, body, check).await;
-        assert!(detail.contains("zone"), "{label}: {detail}");
+        assert!(detail.contains(mention), "{label}: {detail}");
     }
     refused(
         &mut a,
@@ -2627,8 +2642,8 @@ fn random_signed_requests_get_a_contract_status_and_never_break_the_server() {
     runtime.block_on(server.stop());
 }
 
-/// `serve` runs what is due in each zone once before it serves (what came due while it was
-/// down), then every `due_interval`; each run is reported as an event.
+/// `serve` runs what is due in every zone once before any zone serves (what came due while
+/// it was down), then every `due_interval`; each run is reported as an event.
 #[tokio::test]
 async fn what_is_due_runs_at_start_and_is_reported() {
     use keylife::DueRun;
@@ -2661,7 +2676,7 @@ async fn what_is_due_runs_at_start_and_is_reported() {
             format!("{ZONE_A}: ran, 0 deleted"),
             format!("{ZONE_B}: ran, 0 deleted")
         ],
-        "one run per zone before serving, none more within the (24 h) interval"
+        "one run per zone before any zone serves, none more within the (24 h) interval"
     );
     server.stop().await;
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::Zones;
-use keylife::{CreateKey, Error, SuccessStatus};
+use keylife::{CreateKey, Error, Kms, SuccessStatus};
 
 const A: usize = 0;
 const B: usize = 1;
@@ -580,6 +580,18 @@ fn an_update_arriving_at_its_own_origin_is_refused() {
     assert!(after.replicas_status[0].last_failure.is_some());
 }
 
+/// A new multi-zone key of `origin` named `name`, replicated to `zone`, its first delivery
+/// made (delivered, or failed and recorded).
+fn replicated_key(origin: &Kms, name: &str, zone: &str) -> keylife::KeyId {
+    let id = origin
+        .create_key(&CreateKey::new(name).multi_zone(true))
+        .unwrap()
+        .id;
+    origin.replicate_key(id, zone, None).unwrap();
+    origin.wait_for_deliveries();
+    id
+}
+
 fn budget_zones(budget: u64) -> (Zones, std::sync::Arc<common::fault::FaultLink>) {
     budget_zones_named(&["ch-gva-2", "de-fra-1"], budget)
 }
@@ -601,12 +613,7 @@ fn budget_zones_named(
 fn a_replica_that_spends_its_budget_gets_a_new_version_from_its_origin() {
     let (zones, faulty) = budget_zones(2);
     let (a, b) = (zones.zone(A), zones.zone(B));
-    let id = a
-        .create_key(&CreateKey::new("hot").multi_zone(true))
-        .unwrap()
-        .id;
-    a.replicate_key(id, "de-fra-1", None).unwrap();
-    a.wait_for_deliveries();
+    let id = replicated_key(a, "hot", "de-fra-1");
     let messages = faulty.counts().passed;
     let version = |ciphertext: &[u8]| {
         keylife::crypto::Header::parse(ciphertext)
@@ -647,12 +654,7 @@ fn a_replica_that_spends_its_budget_gets_a_new_version_from_its_origin() {
 fn a_replica_whose_origin_is_unreachable_answers_rotation_pending() {
     let (zones, faulty) = budget_zones(1);
     let (a, b) = (zones.zone(A), zones.zone(B));
-    let id = a
-        .create_key(&CreateKey::new("hot").multi_zone(true))
-        .unwrap()
-        .id;
-    a.replicate_key(id, "de-fra-1", None).unwrap();
-    a.wait_for_deliveries();
+    let id = replicated_key(a, "hot", "de-fra-1");
     b.encrypt(id, b"first", None).unwrap();
     faulty.cut("ch-gva-2");
     let err = b.encrypt(id, b"second", None).unwrap_err();
@@ -727,12 +729,7 @@ fn a_deletion_made_while_an_older_update_is_in_flight_still_reaches_the_replica(
         local.attach(kms);
     });
     let (a, b) = (std::sync::Arc::clone(&zones.kms[A]), zones.zone(B));
-    let id = a
-        .create_key(&CreateKey::new("k").multi_zone(true))
-        .unwrap()
-        .id;
-    a.replicate_key(id, "de-fra-1", None).unwrap();
-    a.wait_for_deliveries();
+    let id = replicated_key(&a, "k", "de-fra-1");
     assert!(b.get_key(id).is_ok());
     // The delivery of the next change is overtaken: before it arrives, the key is scheduled
     // for deletion and destroyed at the origin, and the news of both is lost.
@@ -806,12 +803,7 @@ fn a_change_is_answered_while_its_delivery_is_stuck() {
         local.attach(kms);
     });
     let (a, b) = (zones.zone(A), zones.zone(B));
-    let id = a
-        .create_key(&CreateKey::new("k").multi_zone(true))
-        .unwrap()
-        .id;
-    a.replicate_key(id, "de-fra-1", None).unwrap();
-    a.wait_for_deliveries();
+    let id = replicated_key(a, "k", "de-fra-1");
     assert_eq!(b.get_key(id).unwrap().key.material.version, 1);
     // The zone stops answering: every change of the key is still answered, durable, and
     // its delivery waits at the gate.

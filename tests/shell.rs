@@ -100,6 +100,10 @@ fn a_delivery_under_way_writes_nothing_once_not_durable_was_reported() {
     assert_eq!(a.get_key(key.id).unwrap_err().code(), "not-durable");
     gate.set_closed(false);
     a.wait_for_deliveries();
+    assert!(
+        !gate.timed_out(),
+        "the change did not wait for its delivery"
+    );
     assert_eq!(
         backend.commits_after_failure.load(Ordering::SeqCst),
         0,
@@ -158,9 +162,11 @@ fn a_zone_stays_reachable_through_any_of_its_handles() {
     assert_eq!(report.failed[0].2.code(), "zone-unreachable");
 }
 
-/// A link whose deliveries panic, as a buggy link might.
-#[derive(Debug)]
-struct Panicking;
+/// A link whose deliveries panic, as a buggy link might; it counts them.
+#[derive(Debug, Default)]
+struct Panicking {
+    deliveries: AtomicUsize,
+}
 
 impl Link for Panicking {
     fn knows(&self, _: &str) -> bool {
@@ -168,6 +174,7 @@ impl Link for Panicking {
     }
 
     fn deliver(&self, _: &str, _: &ReplicaUpdate) -> Result<Ack, Error> {
+        self.deliveries.fetch_add(1, Ordering::SeqCst);
         panic!("the link broke")
     }
 
@@ -178,7 +185,9 @@ impl Link for Panicking {
 
 #[test]
 fn a_run_of_what_is_due_that_panics_is_reported_and_the_zone_goes_on() {
-    let kms = Kms::open_in_memory(root(1), KmsOptions::new("a").link(Arc::new(Panicking))).unwrap();
+    let link = Arc::new(Panicking::default());
+    let deliveries = || link.deliveries.load(Ordering::SeqCst);
+    let kms = Kms::open_in_memory(root(1), KmsOptions::new("a").link(link.clone())).unwrap();
     let key = kms
         .create_key(&CreateKey::new("k").multi_zone(true))
         .unwrap()
@@ -186,6 +195,7 @@ fn a_run_of_what_is_due_that_panics_is_reported_and_the_zone_goes_on() {
     kms.replicate_key(key, "b", None).unwrap();
     // The background delivery panicked on its thread; the change stands and the zone works.
     kms.wait_for_deliveries();
+    assert_eq!(deliveries(), 1);
     assert_eq!(kms.get_key(key).unwrap().key.replicas, ["b"]);
     for _ in 0..2 {
         match DueRun::of(&kms) {
@@ -196,7 +206,17 @@ fn a_run_of_what_is_due_that_panics_is_reported_and_the_zone_goes_on() {
     let sealed = kms.encrypt(key, b"still works", None).unwrap();
     let opened = kms.decrypt(key, &sealed.ciphertext, None).unwrap();
     assert_eq!(opened.plaintext.as_bytes(), b"still works");
+    assert_eq!(deliveries(), 3, "each run tried the delivery once");
     // A new change queues a delivery again: a new delivery thread makes it (and panics).
     kms.disable_key(key, None).unwrap();
-    kms.wait_for_deliveries();
+    let (done, waited) = std::sync::mpsc::channel();
+    let waiter = kms.clone();
+    std::thread::spawn(move || {
+        waiter.wait_for_deliveries();
+        let _ = done.send(());
+    });
+    waited
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the wait ends: the dead thread is not waited for");
+    assert_eq!(deliveries(), 4);
 }

@@ -372,13 +372,13 @@ impl std::fmt::Display for ConflictReason {
 }
 
 #[cfg(test)]
-pub(crate) mod examples {
+mod examples {
     //! One error of each variant, for the tests that must cover them all.
 
     use super::*;
 
     /// How many variants [`Error`] has.
-    pub(crate) const VARIANTS: usize = 25;
+    const VARIANTS: usize = 25;
 
     /// The position of `error`'s variant. The match has no wildcard: a new variant does not
     /// compile until it has a position here, and [`one_of_each`] then needs an example of it.
@@ -413,7 +413,7 @@ pub(crate) mod examples {
     }
 
     /// One error of every variant, in [`index`] order.
-    pub(crate) fn one_of_each() -> Vec<Error> {
+    fn one_of_each() -> Vec<Error> {
         let id = KeyId::from_bytes([1; 16]);
         let at = Timestamp::UNIX_EPOCH;
         let text = || "x".to_owned();

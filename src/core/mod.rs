@@ -26,8 +26,6 @@ mod replication_tests;
 mod tests;
 
 pub use command::{Command, CreateContext, CreateKey, Event, Transition};
-#[cfg(test)]
-pub(crate) use error::examples as error_examples;
 pub use error::{ConflictReason, Error};
 pub use id::KeyId;
 pub use limits::{DataKeySpec, DeletionDelay, RotationPeriod};

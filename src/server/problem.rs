@@ -127,22 +127,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_error_has_its_own_title_in_its_document() {
-        for error in crate::core::error_examples::one_of_each() {
-            let problem = Problem::from(&error);
-            assert_eq!(problem.title, error.title(), "{}", error.code());
-            // Only the store's and the OS's failures (500) are titled `Internal error`.
-            assert_eq!(
-                problem.title == "Internal error",
-                problem.status == 500,
-                "{}",
-                error.code()
-            );
-            assert_eq!(problem.type_, format!("{TYPE_PREFIX}{}", error.code()));
-            assert_eq!(problem.code, error.code());
-            assert_eq!(problem.status, error.http_status());
-            assert_eq!(problem.detail, error.to_string());
-        }
+    fn an_error_is_an_rfc_9457_document_with_its_code() {
+        // The contract: key not found is a 404 naming the key; a store failure is a 500.
+        let id = crate::KeyId::from_bytes([1; 16]);
+        let document = |error: &Error| serde_json::to_value(Problem::from(error)).unwrap();
+        let not_found = document(&Error::KeyNotFound { id });
+        assert_eq!(
+            not_found["type"],
+            "tag:keylife.dev,2026:problem:key-not-found"
+        );
+        assert_eq!(not_found["title"], "Key not found");
+        assert_eq!(not_found["status"], 404);
+        assert_eq!(not_found["code"], "key-not-found");
+        let detail = not_found["detail"].as_str().unwrap();
+        assert!(detail.contains(&id.to_string()), "{detail}");
+        let storage = document(&Error::Storage {
+            detail: "disk full".to_owned(),
+        });
+        assert_eq!(storage["title"], "Internal error");
+        assert_eq!(storage["status"], 500);
+        assert_eq!(storage["code"], "storage");
+        assert!(storage["detail"].as_str().unwrap().contains("disk full"));
     }
 
     #[test]

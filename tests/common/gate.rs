@@ -9,9 +9,7 @@ use keylife::{Ack, Error, KeyId, Link, LocalLink, ReplicaUpdate};
 #[derive(Debug, Default)]
 struct State {
     closed: bool,
-    /// Deliveries that reached the gate.
-    entered: usize,
-    /// Of those, the ones that found it closed.
+    /// Deliveries that found the gate closed.
     held: usize,
 }
 
@@ -31,11 +29,6 @@ impl Gate {
     pub fn set_closed(&self, closed: bool) {
         self.state.lock().unwrap().closed = closed;
         self.changed.notify_all();
-    }
-
-    /// Waits (10 s at most) until `n` deliveries have reached the gate; how many have.
-    pub fn wait_entered(&self, n: usize) -> usize {
-        self.wait_until(|s| s.entered >= n).entered
     }
 
     /// Waits (10 s at most) until `n` deliveries found the gate closed; how many did.
@@ -64,7 +57,6 @@ impl Link for Gate {
 
     fn deliver(&self, zone: &str, update: &ReplicaUpdate) -> Result<Ack, Error> {
         let mut state = self.state.lock().unwrap();
-        state.entered += 1;
         if state.closed {
             state.held += 1;
         }
