@@ -1,8 +1,9 @@
 //! Cryptography: secret containers, the AEAD seam, the ciphertext format and sealing at rest.
 //!
-//! Only `aead.rs` imports an AEAD implementation. No public function takes a nonce: nonces of
-//! messages come from a CSPRNG (`rand::rng()`, seeded from the OS), material, data keys and
-//! sealing nonces from the operating system (`rand::rngs::SysRng`).
+//! Only `aead.rs` imports an AEAD implementation. No public function takes a nonce: every
+//! nonce (of messages and of sealing), material and data key comes from the operating system
+//! (`rand::rngs::SysRng`, `getrandom`), which stays safe across `fork` and VM snapshot restore
+//! where a user-space generator would repeat itself.
 
 pub(crate) mod aead;
 pub mod envelope;
@@ -17,10 +18,13 @@ pub use secret::{KEY_LEN, RootKey, SecretBytes, fill_from_os};
 pub(crate) use aead::Cipher;
 pub(crate) use seal::RootSealer;
 
-/// A fresh message nonce from the thread's CSPRNG.
-pub(crate) fn message_nonce() -> [u8; aead::NONCE_LEN] {
-    use rand::Rng as _;
+use crate::core::Error;
+
+/// A fresh message nonce from the operating system: one `getrandom` call per message. A
+/// user-space generator (`rand::rng()`) is not reseeded when the process forks or its VM is
+/// restored from a snapshot, and would then repeat nonces under the same material.
+pub(crate) fn message_nonce() -> Result<[u8; aead::NONCE_LEN], Error> {
     let mut nonce = [0; aead::NONCE_LEN];
-    rand::rng().fill_bytes(&mut nonce);
-    nonce
+    fill_from_os(&mut nonce)?;
+    Ok(nonce)
 }

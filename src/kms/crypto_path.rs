@@ -179,7 +179,7 @@ impl CryptoPath {
             let header = Header {
                 key_id: id,
                 version: budget.version,
-                nonce: crypto::message_nonce(),
+                nonce: crypto::message_nonce()?,
             };
             return envelope::seal(&state.newest, &header, plaintext, context);
         }
