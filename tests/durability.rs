@@ -154,3 +154,53 @@ fn a_store_in_use_is_refused_and_free_again_once_closed() {
         20
     );
 }
+
+/// Every commit of a sled store ends in an `fdatasync` of sled's data file: one per commit
+/// alone, one per group under concurrency (fewer syncs than commits).
+#[test]
+fn every_sled_commit_is_synced_and_groups_share_a_sync() {
+    use keylife::store::{Backend as _, SledBackend, Table, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let backend = SledBackend::open(dir.path()).unwrap();
+    let before = backend.syncs();
+    assert!(
+        before.dir >= 1,
+        "the directory sled just filled is synced at open"
+    );
+    let put = |i: u32| Write::Put {
+        table: Table::Keys,
+        key: i.to_be_bytes().to_vec(),
+        value: vec![1; 100],
+    };
+    for i in 0..10 {
+        backend.commit(&[put(i)]).unwrap();
+        assert_eq!(backend.syncs().data, before.data + u64::from(i) + 1);
+    }
+    let backend = std::sync::Arc::new(backend);
+    let start = backend.syncs().data;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let backend = backend.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    backend.commit(&[put(1000 + t * 100 + i)]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let synced = backend.syncs().data - start;
+    assert!(
+        (1..=200).contains(&synced),
+        "{synced} syncs for 200 commits"
+    );
+    assert_eq!(
+        backend
+            .scan(Table::Keys, &[], None, usize::MAX)
+            .unwrap()
+            .len(),
+        210
+    );
+}

@@ -10,11 +10,13 @@ pub mod codec;
 mod lock;
 mod memory;
 mod sled;
+mod sync;
 
 pub use self::backend::{Backend, Entries, Table, Write};
 pub use self::lock::{DirLock, LOCK_FILE, LOCK_WAIT};
 pub use self::memory::MemoryBackend;
 pub use self::sled::{MARKER, SledBackend};
+pub use self::sync::Syncs;
 
 use std::sync::Arc;
 

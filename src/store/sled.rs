@@ -9,10 +9,14 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::backend::{Backend, Entries, Table, Write, decode_counter};
 use super::lock::{DirLock, retry_while_busy};
+use super::sync::{DataSync, Syncs};
 use crate::core::Error;
 
 /// A backend on a sled 0.34 database: one tree per [`Table`]; every commit is one sled
-/// transaction over the trees, followed by a flush of the database.
+/// transaction over the trees, followed by a flush of the database and an `fdatasync` of its
+/// data file (sled's flush alone ends in `sync_file_range`, which persists neither the file's
+/// size nor the disk's write cache), and an `fsync` of the directory when sled created, renamed
+/// or removed a file in it.
 ///
 /// Commits are grouped: sled 0.34 does not apply a transaction while a flush runs, so
 /// concurrent commits queue, and one of them (the leader) applies every queued batch, each as
@@ -27,6 +31,8 @@ pub struct SledBackend {
     db: sled::Db,
     trees: Vec<sled::Tree>,
     group: CommitGroup,
+    /// The `fdatasync` of sled's data file (none for a database opened by the caller).
+    sync: Option<DataSync>,
     /// The file that says this directory holds data ([`MARKER`]), and whether it exists.
     marker: Option<(PathBuf, AtomicBool)>,
     /// keylife's lock on the directory, released after sled's handle (fields drop in order).
@@ -89,6 +95,7 @@ impl SledBackend {
             Err(error) => Err(storage(error)),
         })?;
         let mut backend = SledBackend::from_db(db)?;
+        backend.sync = Some(DataSync::open(path, &path.join("db"))?);
         let marker = path.join(MARKER);
         let marked = marker.exists();
         if marked && backend.tree(Table::Meta).is_empty() {
@@ -138,6 +145,7 @@ impl SledBackend {
             db,
             trees,
             group: CommitGroup::default(),
+            sync: None,
             marker: None,
             lock: None,
         })
@@ -145,6 +153,23 @@ impl SledBackend {
 
     fn tree(&self, table: Table) -> &sled::Tree {
         &self.trees[table.index()]
+    }
+
+    /// The syncs this backend made since it was opened: one `fdatasync` of sled's data file
+    /// per commit group (none for a database given to [`SledBackend::from_db`], whose
+    /// directory this backend does not know).
+    #[must_use]
+    pub fn syncs(&self) -> Syncs {
+        self.sync.as_ref().map(DataSync::count).unwrap_or_default()
+    }
+
+    /// sled's flush, then the `fdatasync` of its data file (and of the directory if needed).
+    fn make_durable(&self) -> Result<(), String> {
+        self.db.flush().map_err(|error| error.to_string())?;
+        if let Some(sync) = &self.sync {
+            sync.sync()?;
+        }
+        Ok(())
     }
 }
 
@@ -244,7 +269,7 @@ impl Drop for Leader<'_> {
 
 impl SledBackend {
     /// Applies each batch of `group` as its own transaction, then makes them durable with one
-    /// flush. A batch whose transaction failed is not applied (its own error); if the flush
+    /// flush and one `fdatasync`. A batch whose transaction failed is not applied (its own error); if the flush
     /// fails, every applied batch answers [`Error::NotDurable`].
     fn apply_group(&self, group: Vec<(u64, Vec<Write>)>) -> Vec<(u64, Result<(), Error>)> {
         let mut outcomes: Vec<_> = group
@@ -253,10 +278,8 @@ impl SledBackend {
             .collect();
         if outcomes.iter().any(|(_, outcome)| outcome.is_ok())
             && let Err(error) = self
-                .db
-                .flush()
-                .map_err(|error| error.to_string())
-                .and_then(|_| self.mark().map_err(|error| error.to_string()))
+                .make_durable()
+                .and_then(|()| self.mark().map_err(|error| error.to_string()))
         {
             for (_, outcome) in &mut outcomes {
                 if outcome.is_ok() {
