@@ -9,12 +9,14 @@ mod backend;
 pub mod codec;
 mod lock;
 mod memory;
+mod redb;
 mod sled;
 mod sync;
 
 pub use self::backend::{Backend, Entries, Table, Write};
 pub use self::lock::{DirLock, LOCK_FILE, LOCK_WAIT};
 pub use self::memory::MemoryBackend;
+pub use self::redb::RedbBackend;
 pub use self::sled::{MARKER, SledBackend};
 pub use self::sync::Syncs;
 
