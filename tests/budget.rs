@@ -3,7 +3,6 @@
 
 mod common;
 
-use keylife::store::Store;
 use keylife::{CreateKey, Limits, RESERVATION_BLOCK};
 
 use common::{kms_on, memory, start};
@@ -75,7 +74,7 @@ fn the_count_never_goes_backwards_across_reopen() {
     let budget = 2 * RESERVATION_BLOCK;
     let kms = kms_on(backend.clone(), &clock, limits(budget));
     let key = kms.create_key(&CreateKey::new("k")).unwrap();
-    let store = Store::new(backend.clone());
+    let store = common::view(&backend);
     assert_eq!(
         store.reserved(key.id, 1).unwrap(),
         RESERVATION_BLOCK,
@@ -115,7 +114,7 @@ fn deleting_a_key_removes_its_reservations() {
     for _ in 0..4 {
         kms.encrypt(key.id, b"x", None).unwrap();
     }
-    let store = Store::new(backend);
+    let store = common::view(&backend);
     assert_eq!(store.reserved(key.id, 2).unwrap(), 3);
     kms.schedule_key_deletion(key.id, Some(7), None).unwrap();
     clock.advance_days(7);

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use keylife::store::{Backend, MemoryBackend, Store};
+use keylife::store::{Backend, MemoryBackend};
 use keylife::{CreateKey, Error, Kms, KmsOptions, Limits, ManualClock};
 
 use common::{kms_on, root, start};
@@ -43,7 +43,7 @@ fn a_key_is_gone_from_delete_at_on_even_without_run_due() {
     );
     assert!(kms.list_keys().unwrap().kms_keys.is_empty());
     // And it is destroyed in the store, material included; run_due has nothing left.
-    let store = Store::new(backend);
+    let store = common::view(&backend);
     for id in &keys {
         assert_eq!(store.load(*id).unwrap(), None);
         assert!(store.load_material(*id, 1).is_err());

@@ -73,9 +73,9 @@ fn dump_with(dump: &Dump, batch: &[Write]) -> Dump {
     self::dump(&memory)
 }
 
-/// The store with what differs between runs blanked: the ids of the subject and the
-/// bystander replaced by placeholders, sealed material and the root-key check value (random)
-/// by their length. Reservations are returned apart: a failed encryption counts, so a retry
+/// The store as the `Kms` reads it, with what differs between runs blanked: the ids of the
+/// subject and the bystander replaced by placeholders, sealed material, the root-key check
+/// value and the store id (random) by their length. Reservations are returned apart: a failed encryption counts, so a retry
 /// may reserve a little more than a healthy run.
 type Shape = (Vec<(Table, Vec<u8>, Vec<u8>)>, Vec<(Vec<u8>, u64)>);
 
@@ -102,11 +102,13 @@ fn shape(env: &Env, s: &Subject) -> Shape {
     };
     let mut entries = Vec::new();
     let mut reserved = Vec::new();
-    for (table, rows) in Table::ALL.iter().zip(env.dump()) {
+    for (table, rows) in Table::ALL.iter().zip(env.view_dump()) {
         for (key, value) in rows {
             let value = match table {
                 Table::Materials => value.len().to_be_bytes().to_vec(),
-                Table::Meta if key == b"root-check" => value.len().to_be_bytes().to_vec(),
+                Table::Meta if key == b"root-check" || key == b"store-id" => {
+                    value.len().to_be_bytes().to_vec()
+                }
                 Table::Usage => {
                     let count = u64::from_be_bytes(value.as_slice().try_into().unwrap());
                     reserved.push((blank(&key), count));
@@ -288,11 +290,19 @@ impl Env {
     }
 
     fn store(&self) -> Store {
-        Store::new(self.backend.clone())
+        let backend: Arc<dyn Backend> = self.backend.clone();
+        common::view(&backend)
     }
 
     fn dump(&self) -> Dump {
         dump(&self.backend.inner)
+    }
+
+    /// The store as the `Kms` reads it: values without their tags, no state record.
+    fn view_dump(&self) -> Dump {
+        let backend: Arc<dyn Backend> = self.backend.clone();
+        let (view, _) = keylife::store::AuthenticatedBackend::open(backend, &root(1)).unwrap();
+        dump(&view)
     }
 }
 

@@ -11,7 +11,9 @@ use super::clock::Clock;
 use super::options::{KmsOptions, Limits};
 use crate::core::{Error, KeyId, KeyRecord};
 use crate::crypto::{MaterialKey, RootKey, RootSealer};
-use crate::store::{Backend, NewMaterial, STORE_FORMAT_V1, Store, StoreHeader};
+use crate::store::{
+    AuthenticatedBackend, Backend, NewMaterial, STORE_FORMAT_V2, Store, StoreHeader,
+};
 
 /// Number of key locks; keys are spread over them by id.
 const KEY_LOCK_STRIPES: usize = 256;
@@ -32,8 +34,9 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// Claims `backend`, initializes it on first use and checks it against `root_key` and
-    /// the zone of `options` after. The root key is wiped when this returns.
+    /// Claims `backend`, opens it as an [`AuthenticatedBackend`] (which checks it as a whole,
+    /// or migrates a store of format 1), initializes it on first use and checks it against
+    /// `root_key` and the zone of `options` after. The root key is wiped when this returns.
     pub(super) fn open(
         backend: Arc<dyn Backend>,
         root_key: RootKey,
@@ -41,13 +44,14 @@ impl Shared {
     ) -> Result<Shared, Error> {
         options.check()?;
         let claim = Claim::take(&backend)?;
+        let (authenticated, _) = AuthenticatedBackend::open(backend, &root_key)?;
         let sealer = RootSealer::new(&root_key);
         drop(root_key);
-        let store = Store::new(backend);
+        let store = Store::new(Arc::new(authenticated));
         let zone = &options.zone;
         match store.header()? {
             None => store.initialize(sealer.check_value()?, zone)?,
-            Some(StoreHeader { format, .. }) if format != STORE_FORMAT_V1 => {
+            Some(StoreHeader { format, .. }) if format != STORE_FORMAT_V2 => {
                 return Err(Error::Corrupt {
                     record: "store header".to_owned(),
                     detail: format!("unknown store format {format}"),

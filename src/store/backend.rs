@@ -68,6 +68,9 @@ impl Table {
 /// Entries read by [`Backend::scan`]: (key, value) pairs in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Entries read by [`Backend::scan_each`]: each value, or why it cannot be trusted.
+pub type CheckedEntries = Vec<(Vec<u8>, Result<Vec<u8>, Error>)>;
+
 /// One change of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
@@ -117,11 +120,42 @@ pub trait Backend: Send + Sync {
         limit: usize,
     ) -> Result<Entries, Error>;
 
+    /// As [`Backend::scan`], but an entry whose value fails a check of the backend's (its tag,
+    /// in an [`AuthenticatedBackend`](super::AuthenticatedBackend)) is returned with its
+    /// error instead of failing the whole scan: for indexes whose entries are worked through
+    /// one at a time, where one damaged entry must not stop the others.
+    fn scan_each(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<CheckedEntries, Error> {
+        Ok(self
+            .scan(table, start, end, limit)?
+            .into_iter()
+            .map(|(key, value)| (key, Ok(value)))
+            .collect())
+    }
+
     /// Applies every write of `batch`, in order, as one atomic change, and makes it durable
     /// before returning `Ok`: after `Ok` a crash of the process loses none of it. After
     /// [`Error::NotDurable`] the batch was applied but may not survive a crash (the caller must
     /// stop using the store until it is reopened); after any other error none of it happened.
     fn commit(&self, batch: &[Write]) -> Result<(), Error>;
+
+    /// The directory that holds the engine's files, where keylife keeps the store's witness
+    /// file (see [`AuthenticatedBackend`](super::AuthenticatedBackend)); `None` for a backend
+    /// without files of its own (in memory, or an engine handed over by the caller).
+    fn directory(&self) -> Option<&std::path::Path> {
+        None
+    }
+
+    /// The engine's name, recorded in the store when it is created: `sled`, `redb`,
+    /// `memory`, or another name for a backend of the caller's.
+    fn engine(&self) -> &'static str {
+        "custom"
+    }
 }
 
 /// Reads a counter value written by [`Write::AddCounter`].

@@ -47,6 +47,10 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
+    fn engine(&self) -> &'static str {
+        "memory"
+    }
+
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         Ok(self.lock()[table.index()].get(key).cloned())
     }

@@ -7,18 +7,21 @@
 
 mod backend;
 pub mod codec;
+mod group;
 mod lock;
 mod memory;
 mod redb;
 mod sled;
 mod sync;
+mod trust;
 
-pub use self::backend::{Backend, Entries, Table, Write};
+pub use self::backend::{Backend, CheckedEntries, Entries, Table, Write};
 pub use self::lock::{DirLock, LOCK_FILE, LOCK_WAIT};
 pub use self::memory::MemoryBackend;
 pub use self::redb::RedbBackend;
 pub use self::sled::{MARKER, SledBackend};
 pub use self::sync::Syncs;
+pub use self::trust::{AuthenticatedBackend, META_STATE, META_STORE_ID, Opened, WITNESS_FILE};
 
 use std::sync::Arc;
 
@@ -32,8 +35,13 @@ use self::codec::{
 pub use crate::core::replication::delivery::{Delivery, DeliveryFailure};
 use crate::core::{Error, KeyId, KeyRecord, Role, next_due};
 
-/// Format of a whole store, in [`Table::Meta`] under `format`.
+/// Format of a whole store, in [`Table::Meta`] under `format`: the first, whose values carry
+/// no tag. Opened through [`AuthenticatedBackend`], it is migrated to [`STORE_FORMAT_V2`].
 pub const STORE_FORMAT_V1: u8 = 1;
+/// Format of a store whose every value is authenticated ([`AuthenticatedBackend`]): written
+/// by this version.
+pub const STORE_FORMAT_V2: u8 = 2;
+const META_ENGINE: &[u8] = b"engine";
 const META_FORMAT: &[u8] = b"format";
 const META_ROOT_CHECK: &[u8] = b"root-check";
 const META_ORIGIN_KEYS: &[u8] = b"origin-keys";
@@ -124,8 +132,9 @@ impl Store {
         }
     }
 
-    /// Initializes an empty store for `zone` with its format and root-key check value.
-    /// Refuses a store that holds keys but no header.
+    /// Initializes an empty store for `zone` with its format ([`STORE_FORMAT_V2`]), root-key
+    /// check value and the backend's engine name. Refuses a store that holds keys but no
+    /// header.
     pub fn initialize(&self, check_value: Vec<u8>, zone: &str) -> Result<(), Error> {
         if !self.backend.scan(Table::Keys, &[], None, 1)?.is_empty() {
             return Err(Error::Corrupt {
@@ -137,7 +146,12 @@ impl Store {
             Write::Put {
                 table: Table::Meta,
                 key: META_FORMAT.to_vec(),
-                value: vec![STORE_FORMAT_V1],
+                value: vec![STORE_FORMAT_V2],
+            },
+            Write::Put {
+                table: Table::Meta,
+                key: META_ENGINE.to_vec(),
+                value: self.backend.engine().as_bytes().to_vec(),
             },
             Write::Put {
                 table: Table::Meta,
@@ -150,6 +164,20 @@ impl Store {
                 value: zone.as_bytes().to_vec(),
             },
         ])
+    }
+
+    /// The engine recorded when the store was created (`None` for a store created before
+    /// engines were recorded: sled).
+    pub fn engine(&self) -> Result<Option<String>, Error> {
+        self.backend
+            .get(Table::Meta, META_ENGINE)?
+            .map(|bytes| {
+                String::from_utf8(bytes).map_err(|_| Error::Corrupt {
+                    record: "store header".to_owned(),
+                    detail: "the engine name is not UTF-8".to_owned(),
+                })
+            })
+            .transpose()
     }
 
     /// The record of key `id`, if it exists.
@@ -244,10 +272,14 @@ impl Store {
             Err(_) => None,
         };
         let mut due = Due::default();
-        for (key, _) in self.backend.scan(Table::Due, &[], end.as_deref(), limit)? {
-            match due_key_id(&key) {
-                Some(id) => due.ids.push(id),
-                None => due.unreadable.push(Error::Corrupt {
+        for (key, value) in self
+            .backend
+            .scan_each(Table::Due, &[], end.as_deref(), limit)?
+        {
+            match (due_key_id(&key), value) {
+                (_, Err(error)) => due.unreadable.push(error),
+                (Some(id), Ok(_)) => due.ids.push(id),
+                (None, Ok(_)) => due.unreadable.push(Error::Corrupt {
                     record: "due index entry".to_owned(),
                     detail: format!("a key of {} bytes", key.len()),
                 }),
@@ -435,10 +467,11 @@ impl Store {
     /// Up to `limit` (key, zone) pairs waiting for a delivery, in key order.
     pub fn outbox(&self, limit: usize) -> Result<Outbox, Error> {
         let mut outbox = Outbox::default();
-        for (key, _) in self.backend.scan(Table::Outbox, &[], None, limit)? {
-            match split_zone_key(&key) {
-                Some(entry) => outbox.entries.push(entry),
-                None => outbox.unreadable.push(Error::Corrupt {
+        for (key, value) in self.backend.scan_each(Table::Outbox, &[], None, limit)? {
+            match (split_zone_key(&key), value) {
+                (_, Err(error)) => outbox.unreadable.push(error),
+                (Some(entry), Ok(_)) => outbox.entries.push(entry),
+                (None, Ok(_)) => outbox.unreadable.push(Error::Corrupt {
                     record: "outbox entry".to_owned(),
                     detail: format!("a key of {} bytes", key.len()),
                 }),

@@ -1,13 +1,12 @@
 //! The sled backend: the default, on disk.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional as _};
 
 use super::backend::{Backend, Entries, Table, Write, decode_counter};
+use super::group::{CommitGroup, Outcomes, Queued};
 use super::lock::{DirLock, retry_while_busy};
 use super::sync::{DataSync, Syncs};
 use crate::core::Error;
@@ -33,6 +32,8 @@ pub struct SledBackend {
     group: CommitGroup,
     /// The `fdatasync` of sled's data file (none for a database opened by the caller).
     sync: Option<DataSync>,
+    /// The store's directory (none for a database opened by the caller).
+    dir: Option<PathBuf>,
     /// The file that says this directory holds data ([`MARKER`]), and whether it exists.
     marker: Option<(PathBuf, AtomicBool)>,
     /// keylife's lock on the directory, released after sled's handle (fields drop in order).
@@ -43,31 +44,6 @@ pub struct SledBackend {
 /// silently drops a log whose first message is damaged; without this file, such a store would
 /// be taken for a new, empty one. With it, [`SledBackend::open`] refuses the store.
 pub const MARKER: &str = "keylife-store";
-
-/// The queue of a group commit.
-#[derive(Debug, Default)]
-struct CommitGroup {
-    state: Mutex<GroupState>,
-    done: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct GroupState {
-    next_ticket: u64,
-    /// Batches waiting for a leader, by ticket.
-    queued: Vec<(u64, Vec<Write>)>,
-    /// Outcomes not yet picked up by their committer, by ticket.
-    outcomes: HashMap<u64, Result<(), Error>>,
-    /// Whether a leader is applying and flushing a group.
-    leading: bool,
-}
-
-impl CommitGroup {
-    fn lock(&self) -> MutexGuard<'_, GroupState> {
-        // Every update of the state is completed before the lock is released.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 impl SledBackend {
     /// Opens (or creates) the database in the directory `path`.
@@ -96,6 +72,7 @@ impl SledBackend {
         })?;
         let mut backend = SledBackend::from_db(db)?;
         backend.sync = Some(DataSync::open(path, &path.join("db"))?);
+        backend.dir = Some(path.to_owned());
         let marker = path.join(MARKER);
         let marked = marker.exists();
         if marked && backend.tree(Table::Meta).is_empty() {
@@ -146,6 +123,7 @@ impl SledBackend {
             trees,
             group: CommitGroup::default(),
             sync: None,
+            dir: None,
             marker: None,
             lock: None,
         })
@@ -180,6 +158,14 @@ fn storage(error: sled::Error) -> Error {
 }
 
 impl Backend for SledBackend {
+    fn directory(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    fn engine(&self) -> &'static str {
+        "sled"
+    }
+
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         self.tree(table)
             .get(key)
@@ -209,61 +195,8 @@ impl Backend for SledBackend {
     }
 
     fn commit(&self, batch: &[Write]) -> Result<(), Error> {
-        let mut state = self.group.lock();
-        let ticket = state.next_ticket;
-        state.next_ticket += 1;
-        state.queued.push((ticket, batch.to_vec()));
-        loop {
-            if let Some(outcome) = state.outcomes.remove(&ticket) {
-                return outcome;
-            }
-            if state.leading {
-                state = self
-                    .group
-                    .done
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            // Lead a group: every batch queued so far, this one included.
-            state.leading = true;
-            let group = std::mem::take(&mut state.queued);
-            let mut leader = Leader {
-                group: &self.group,
-                tickets: group.iter().map(|(ticket, _)| *ticket).collect(),
-            };
-            drop(state);
-            let outcomes = self.apply_group(group);
-            state = self.group.lock();
-            state.outcomes.extend(outcomes);
-            leader.tickets.clear();
-            drop(state);
-            drop(leader);
-            state = self.group.lock();
-        }
-    }
-}
-
-/// The leader's duty, done on drop even if it panicked: hand over the lead, wake the
-/// waiters, and give an error to every commit of the group left without an outcome.
-struct Leader<'a> {
-    group: &'a CommitGroup,
-    tickets: Vec<u64>,
-}
-
-impl Drop for Leader<'_> {
-    fn drop(&mut self) {
-        let mut state = self.group.lock();
-        for ticket in self.tickets.drain(..) {
-            state.outcomes.insert(
-                ticket,
-                Err(Error::Storage {
-                    detail: "the commit that applied this batch's group failed".to_owned(),
-                }),
-            );
-        }
-        state.leading = false;
-        self.group.done.notify_all();
+        self.group
+            .commit(batch, &mut |group| self.apply_group(group))
     }
 }
 
@@ -271,7 +204,7 @@ impl SledBackend {
     /// Applies each batch of `group` as its own transaction, then makes them durable with one
     /// flush and one `fdatasync`. A batch whose transaction failed is not applied (its own error); if the flush
     /// fails, every applied batch answers [`Error::NotDurable`].
-    fn apply_group(&self, group: Vec<(u64, Vec<Write>)>) -> Vec<(u64, Result<(), Error>)> {
+    fn apply_group(&self, group: Vec<Queued>) -> Outcomes {
         let mut outcomes: Vec<_> = group
             .into_iter()
             .map(|(ticket, batch)| (ticket, self.apply(&batch)))

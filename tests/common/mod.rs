@@ -40,6 +40,14 @@ pub fn kms_on(backend: Arc<dyn Backend>, clock: &ManualClock, limits: Limits) ->
     .unwrap()
 }
 
+/// A read view, through the authenticated layer under `root(1)`, of a store a `Kms` (opened
+/// with `root(1)`) wrote to `backend`. For reads only: a second writer would undo the first.
+pub fn view(backend: &Arc<dyn Backend>) -> keylife::store::Store {
+    let (authenticated, _) =
+        keylife::store::AuthenticatedBackend::open(backend.clone(), &root(1)).unwrap();
+    keylife::store::Store::new(Arc::new(authenticated))
+}
+
 /// A fresh in-memory backend.
 pub fn memory() -> Arc<dyn Backend> {
     Arc::new(MemoryBackend::new())
