@@ -204,3 +204,81 @@ fn every_sled_commit_is_synced_and_groups_share_a_sync() {
         210
     );
 }
+
+/// Every commit of a redb store is one redb write transaction committed with
+/// `Durability::Immediate`: redb 5 writes the transaction's pages and its commit slot, then
+/// makes one `fdatasync` of its file before `commit` returns (a 1-phase commit: its commit
+/// slots are checksummed). A transaction that has to grow the file syncs once more, right
+/// after extending it (so that a header naming the larger layout never outlives a lost
+/// extension); shrinking the file costs no sync. redb runs one write transaction at a time, so
+/// concurrent commits are not grouped: each pays its own sync.
+#[test]
+fn every_redb_commit_is_synced() {
+    use keylife::store::{Backend as _, REDB_FILE, RedbBackend, Table, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let backend = RedbBackend::open(dir.path().join("store")).unwrap();
+    let file = dir.path().join("store").join(REDB_FILE);
+    let len = || std::fs::metadata(&file).unwrap().len();
+    let before = backend.syncs();
+    assert_eq!(
+        before.dir, 1,
+        "the new file's directory entry is synced at open"
+    );
+    assert!(before.data >= 1, "redb syncs the file it initializes");
+    let put = |i: u32| Write::Put {
+        table: Table::Keys,
+        key: i.to_be_bytes().to_vec(),
+        value: vec![1; 100],
+    };
+    let mut grown = 0;
+    for i in 0..200 {
+        let (synced, size) = (backend.syncs().data, len());
+        backend.commit(&[put(i)]).unwrap();
+        let grew = len() > size;
+        grown += u64::from(grew);
+        assert_eq!(
+            backend.syncs().data - synced,
+            1 + u64::from(grew),
+            "commit {i}: one sync, and one more if the file grew"
+        );
+    }
+    assert!(grown >= 1, "200 commits grew the file ({} bytes)", len());
+    assert_eq!(
+        backend.syncs().dir,
+        before.dir,
+        "commits never sync the directory"
+    );
+    // An empty batch is no transaction at all.
+    let synced = backend.syncs().data;
+    backend.commit(&[]).unwrap();
+    assert_eq!(backend.syncs().data, synced);
+
+    let backend = std::sync::Arc::new(backend);
+    let start = backend.syncs().data;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let backend = backend.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    backend.commit(&[put(1000 + t * 100 + i)]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let synced = backend.syncs().data - start;
+    // One each, plus a few for the growth of the file (it doubles while small).
+    assert!(
+        (200..=210).contains(&synced),
+        "{synced} syncs for 200 commits"
+    );
+    assert_eq!(
+        backend
+            .scan(Table::Keys, &[], None, usize::MAX)
+            .unwrap()
+            .len(),
+        400
+    );
+}

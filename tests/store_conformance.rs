@@ -1,10 +1,11 @@
-//! One conformance suite for the storage layer, run identically on both backends.
+//! One conformance suite for the storage layer, run identically on every backend.
 //!
 //! Every `check_*` function takes `open`, which returns a backend over the same storage each
-//! time it is called (for sled: the same directory, so the previous handle must be dropped
-//! first; for memory: a fresh, empty backend). The `conformance!` macro at the end
-//! instantiates every check for `SledBackend` (in a temporary directory) and for
-//! `MemoryBackend`. Durability across a reopen is checked for sled only.
+//! time it is called (for sled and redb: the same directory, so the previous handle must be
+//! dropped first; for memory: a fresh, empty backend). The `conformance!` macro at the end
+//! instantiates every check for `SledBackend` and `RedbBackend` (each in a temporary
+//! directory) and for `MemoryBackend`. Durability across a reopen is checked for the engines
+//! on disk only.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -16,8 +17,8 @@ use keylife::core::{
     add_days, apply, create_key, next_due,
 };
 use keylife::store::{
-    Backend, MemoryBackend, NewMaterial, STORE_FORMAT_V1, SledBackend, Store, StoreHeader, Table,
-    Write,
+    Backend, MemoryBackend, NewMaterial, RedbBackend, STORE_FORMAT_V2, SledBackend, Store,
+    StoreHeader, Table, Write,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -989,7 +990,7 @@ fn check_store_header(open: Open) {
     assert_eq!(
         store.header().unwrap(),
         Some(StoreHeader {
-            format: STORE_FORMAT_V1,
+            format: STORE_FORMAT_V2,
             root_check: b"check-value".to_vec(),
             zone: "ch-gva-2".to_owned(),
         })
@@ -1020,15 +1021,29 @@ fn check_store_refuses_headerless_keys(open: Open) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sled only: durability across a reopen
+// Engines on disk only: durability across a reopen
 // ---------------------------------------------------------------------------------------------
 
 #[test]
 fn sled_backend_durable_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let open = || -> Arc<dyn Backend> { Arc::new(SledBackend::open(&path).unwrap()) };
+    check_durable_across_reopen(&|| -> Arc<dyn Backend> {
+        Arc::new(SledBackend::open(&path).unwrap())
+    });
+}
 
+#[test]
+fn redb_backend_durable_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    check_durable_across_reopen(&|| -> Arc<dyn Backend> {
+        Arc::new(RedbBackend::open(&path).unwrap())
+    });
+}
+
+/// Writes through one backend, drops it, and finds everything through the next `open()`.
+fn check_durable_across_reopen(open: Open) {
     let created = t0();
     let (record, pending, material, doomed) = {
         let backend = open();
@@ -1064,7 +1079,7 @@ fn sled_backend_durable_across_reopen() {
     assert_eq!(
         store.header().unwrap(),
         Some(StoreHeader {
-            format: STORE_FORMAT_V1,
+            format: STORE_FORMAT_V2,
             root_check: b"root-check".to_vec(),
             zone: "de-fra-1".to_owned(),
         })
@@ -1094,7 +1109,7 @@ fn sled_backend_durable_across_reopen() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Instantiation for both backends
+// Instantiation for every backend
 // ---------------------------------------------------------------------------------------------
 
 macro_rules! conformance {
@@ -1106,6 +1121,24 @@ macro_rules! conformance {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join("db");
                 let open = || -> Arc<dyn Backend> { Arc::new(SledBackend::open(&path).unwrap()) };
+                check(&open);
+            }
+
+            $(
+                #[test]
+                fn $check() {
+                    run(super::$check);
+                }
+            )*
+        }
+
+        mod redb_backend {
+            use super::*;
+
+            fn run(check: fn(Open)) {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("db");
+                let open = || -> Arc<dyn Backend> { Arc::new(RedbBackend::open(&path).unwrap()) };
                 check(&open);
             }
 
