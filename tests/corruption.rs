@@ -20,7 +20,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use keylife::store::{Backend, Entries, MemoryBackend, SledBackend, Table, WITNESS_FILE, Write};
+use keylife::store::{
+    Backend, Entries, MemoryBackend, RedbBackend, SledBackend, Table, WITNESS_FILE, Write,
+};
 use keylife::{Clock as _, CreateKey, Error, KeyId, Kms, KmsOptions, LocalLink, ManualClock};
 
 use common::start;
@@ -33,6 +35,7 @@ const REPLICA_ZONE: &str = "de-fra-1";
 enum Engine {
     Memory,
     Sled,
+    Redb,
 }
 
 impl Engine {
@@ -41,6 +44,7 @@ impl Engine {
         match self {
             Engine::Memory => Arc::new(MemoryBackend::new()),
             Engine::Sled => Arc::new(SledBackend::open(dir).unwrap()),
+            Engine::Redb => Arc::new(RedbBackend::open(dir).unwrap()),
         }
     }
 }
@@ -307,6 +311,11 @@ fn every_damaged_byte_of_a_sled_store_is_refused_at_open() {
     every_damage_is_refused_at_open(Engine::Sled, &[0x01]);
 }
 
+#[test]
+fn every_damaged_byte_of_a_redb_store_is_refused_at_open() {
+    every_damage_is_refused_at_open(Engine::Redb, &[0x01]);
+}
+
 /// Older authentic values put back, entries removed, and a lost tail of commits: refused at
 /// open, with a message that says which.
 fn rollback_is_refused(engine: Engine) {
@@ -410,6 +419,11 @@ fn rolled_back_or_removed_entries_are_refused_at_open_memory() {
 #[test]
 fn rolled_back_or_removed_entries_are_refused_at_open_sled() {
     rollback_is_refused(Engine::Sled);
+}
+
+#[test]
+fn rolled_back_or_removed_entries_are_refused_at_open_redb() {
+    rollback_is_refused(Engine::Redb);
 }
 
 // ----- damage while a Kms serves --------------------------------------------------------
@@ -739,6 +753,7 @@ fn disk_fixture(engine: Engine, reopened: bool) -> DiskFixture {
 fn open_disk(engine: Engine, path: &Path, root_byte: u8) -> Result<Kms, Error> {
     let backend: Arc<dyn Backend> = match engine {
         Engine::Sled => Arc::new(SledBackend::open(path)?),
+        Engine::Redb => Arc::new(RedbBackend::open(path)?),
         Engine::Memory => unreachable!("on disk"),
     };
     Kms::with_backend(
@@ -844,6 +859,11 @@ fn damaged_sled_files_are_refused_or_change_nothing() {
 }
 
 #[test]
+fn damaged_redb_files_are_refused_or_change_nothing() {
+    damaged_files_never_lose_silently(Engine::Redb);
+}
+
+#[test]
 fn a_damaged_sled_log_is_not_taken_for_a_new_store() {
     // sled's recovery drops the whole log after a damaged first message, the store header
     // included: the witness (which saw commits) makes the open fail, under any root key.
@@ -869,7 +889,7 @@ fn engine_files_of_an_older_commit_are_refused() {
     // The engine's files copied back from an earlier moment, the witness left as it is: the
     // commits made since are lost, and the open says so. The whole directory copied back
     // (witness included) cannot be told from an older store: documented in design.md.
-    for engine in [Engine::Sled] {
+    for engine in [Engine::Sled, Engine::Redb] {
         let fx = disk_fixture(engine, false);
         let old = fx.dir.path().join("old");
         copy_dir(&fx.pristine, &old);

@@ -21,7 +21,7 @@ use crate::api::{
 use crate::core::replication::delivery::Ack;
 use crate::core::{Command, CreateKey, DataKeySpec, DeletionDelay, KeyId, RotationPeriod};
 use crate::crypto::RootKey;
-use crate::store::{Backend, MemoryBackend, SledBackend};
+use crate::store::{Backend, Engine, MemoryBackend};
 
 /// An embedded key management service for one zone.
 ///
@@ -52,11 +52,16 @@ pub struct Kms {
 }
 
 impl Kms {
-    /// Opens (or creates) the sled store in directory `path`, sealed under `root`: one
-    /// created with another root key is [`Error::WrongRootKey`](crate::Error::WrongRootKey),
-    /// one in use elsewhere [`Error::StoreInUse`](crate::Error::StoreInUse).
+    /// Opens the store in directory `path` with the engine it was created with, or creates
+    /// one with `options.engine` (sled by default), sealed under `root`: one created with
+    /// another root key is [`Error::WrongRootKey`](crate::Error::WrongRootKey), one in use
+    /// elsewhere [`Error::StoreInUse`](crate::Error::StoreInUse), one whose bytes were
+    /// changed behind keylife's back (or that lost commits) [`Error::Corrupt`](crate::Error::Corrupt),
+    /// one created with another engine than an explicit `options.engine`
+    /// [`Error::BadRequest`](crate::Error::BadRequest).
     pub fn open(path: impl AsRef<Path>, root: RootKey, options: KmsOptions) -> Result<Kms> {
-        Kms::with_backend(Arc::new(SledBackend::open(path)?), root, options)
+        let backend = Engine::open(path.as_ref(), options.engine)?;
+        Kms::with_backend(backend, root, options)
     }
 
     /// A `Kms` over a new, empty in-memory store: nothing survives it.

@@ -10,6 +10,7 @@ use crate::core::limits::{
     DEFAULT_KEY_QUOTA, DEFAULT_MAX_CONTEXT_BYTES, DEFAULT_MAX_PLAINTEXT_BYTES,
     ENCRYPTIONS_PER_VERSION, MAX_ENCRYPTIONS_PER_VERSION,
 };
+use crate::store::Engine;
 
 /// Encryptions reserved durably at a time under one material version: encrypt writes to the
 /// store once per this many encryptions (and once after each open), never otherwise.
@@ -80,6 +81,10 @@ pub struct KmsOptions {
     /// How updates reach the replicas of this zone's keys, and which zones exist. Default
     /// none: keys cannot be replicated.
     pub link: Option<Arc<dyn Link>>,
+    /// The engine [`Kms::open`](crate::Kms::open) creates a new store with; `None` (the
+    /// default): sled. An existing store opens with the engine it was created with, and one
+    /// asked for explicitly that differs is an error.
+    pub engine: Option<Engine>,
 }
 
 impl KmsOptions {
@@ -113,6 +118,13 @@ impl KmsOptions {
         self
     }
 
+    /// Creates a new store with `engine` (an existing store must have been created with it).
+    #[must_use]
+    pub fn engine(mut self, engine: Engine) -> KmsOptions {
+        self.engine = Some(engine);
+        self
+    }
+
     /// Checks the options: a zone name, limits in range.
     pub(crate) fn check(&self) -> Result<(), Error> {
         if self.zone.is_empty() {
@@ -132,6 +144,7 @@ impl Default for KmsOptions {
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
             link: None,
+            engine: None,
         }
     }
 }
@@ -143,6 +156,7 @@ impl fmt::Debug for KmsOptions {
             .field("clock", &self.clock)
             .field("limits", &self.limits)
             .field("link", &self.link)
+            .field("engine", &self.engine)
             .finish()
     }
 }

@@ -7,6 +7,7 @@
 
 mod backend;
 pub mod codec;
+mod engine;
 mod group;
 mod lock;
 mod memory;
@@ -16,9 +17,10 @@ mod sync;
 mod trust;
 
 pub use self::backend::{Backend, CheckedEntries, Entries, Table, Write};
+pub use self::engine::Engine;
 pub use self::lock::{DirLock, LOCK_FILE, LOCK_WAIT};
 pub use self::memory::MemoryBackend;
-pub use self::redb::RedbBackend;
+pub use self::redb::{REDB_FILE, RedbBackend};
 pub use self::sled::{MARKER, SledBackend};
 pub use self::sync::Syncs;
 pub use self::trust::{AuthenticatedBackend, META_STATE, META_STORE_ID, Opened, WITNESS_FILE};
