@@ -325,7 +325,7 @@ fn every_command_has_help() {
             .collect();
         assert_eq!(
             listed,
-            ["data", "zone", "root-key-file"],
+            ["data", "zone", "root-key-file", "engine"],
             "{path:?}:\n{text}"
         );
         // A description above the usage line.
@@ -1428,4 +1428,36 @@ fn a_replica_in_another_zone_decrypts_and_follows_its_origin() {
         listed.contains(&third) && listed.contains(ZONE_A),
         "{listed}"
     );
+}
+
+#[test]
+fn the_engine_is_chosen_at_creation_and_kept() {
+    let store = Store::new();
+    let key = store.create("k", &["--engine", "redb"]);
+    let zone = store.data().join("local");
+    assert!(zone.join(keylife::store::REDB_FILE).is_file());
+    assert!(!zone.join("db").exists(), "no sled files");
+    // Without --engine, the store opens with its own engine.
+    let listed = store.run(&["key", "list", "--json"]).ok().json();
+    assert_eq!(listed["kms-keys"][0]["id"], key["id"]);
+    // Naming another engine for an existing store is refused, with both names.
+    let message = store
+        .run(&["key", "list", "--engine", "sled"])
+        .refused("bad-request");
+    assert!(
+        message.contains("created with redb, not sled") && message.contains("engine"),
+        "{message}"
+    );
+    // An engine keylife does not have is a usage error naming the two it has.
+    let usage = store
+        .run(&["key", "list", "--engine", "rocksdb"])
+        .usage_error();
+    assert!(usage.contains("sled or redb"), "{usage}");
+    // And the store recorded the engine it was created with.
+    let backend = keylife::store::Engine::open(&zone, None).unwrap();
+    let (view, _) = keylife::store::AuthenticatedBackend::open(backend, &store.root_key()).unwrap();
+    let recorded = keylife::store::Store::new(std::sync::Arc::new(view))
+        .engine()
+        .unwrap();
+    assert_eq!(recorded.as_deref(), Some("redb"));
 }

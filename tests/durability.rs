@@ -282,3 +282,35 @@ fn every_redb_commit_is_synced() {
         400
     );
 }
+
+/// A store keeps the engine it was created with: reopened without an engine it opens with its
+/// own, and an explicit other engine is refused on field `engine`.
+#[test]
+fn a_store_opens_with_the_engine_it_was_created_with() {
+    use keylife::store::Engine;
+    for (engine, other) in [(Engine::Redb, Engine::Sled), (Engine::Sled, Engine::Redb)] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(start());
+        let options = || KmsOptions::new("ch-gva-2").clock(clock.clone());
+        let kms = Kms::open(dir.path(), root(7), options().engine(engine)).unwrap();
+        let key = kms.create_key(&CreateKey::new("k")).unwrap();
+        drop(kms);
+        assert_eq!(Engine::detect(dir.path()), Some(engine));
+        let kms = Kms::open(dir.path(), root(7), options()).unwrap();
+        assert_eq!(kms.get_key(key.id).unwrap().key.name, "k");
+        drop(kms);
+        let Err(error) = Kms::open(dir.path(), root(7), options().engine(other)) else {
+            panic!("{engine} store opened as {other}");
+        };
+        match error {
+            Error::BadRequest { field, reason } => {
+                assert_eq!(field, "engine");
+                assert!(
+                    reason.contains(&format!("created with {engine}, not {other}")),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

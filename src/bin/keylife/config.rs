@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use zeroize::Zeroizing;
 
 use keylife::server::auth::Credentials;
+use keylife::store::Engine;
 use keylife::{Error, Kms, KmsOptions, LocalLink, RootKey};
 
 use crate::log::log;
@@ -199,13 +200,14 @@ pub(crate) fn check_zone_name(zone: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Opens the store of every zone in `zones` under `data` (`DATA/ZONE`, created if missing),
-/// all sealed under `root_key` and connected by one [`LocalLink`], so that keys replicate
-/// between them as in the library.
+/// Opens the store of every zone in `zones` under `data` (`DATA/ZONE`, created if missing,
+/// with `engine`), all sealed under `root_key` and connected by one [`LocalLink`], so that
+/// keys replicate between them as in the library.
 pub(crate) fn open_zones(
     data: &Path,
     zones: &[String],
     root_key: &RootKeyBytes,
+    engine: Option<Engine>,
 ) -> Result<Vec<Arc<Kms>>, ConfigError> {
     let link = LocalLink::new();
     let mut opened = Vec::with_capacity(zones.len());
@@ -218,7 +220,8 @@ pub(crate) fn open_zones(
         std::fs::create_dir_all(&dir).map_err(|error| {
             ConfigError::Invalid(format!("cannot create {}: {error}", dir.display()))
         })?;
-        let options = KmsOptions::new(zone.clone()).link(link.clone());
+        let mut options = KmsOptions::new(zone.clone()).link(link.clone());
+        options.engine = engine;
         let kms =
             Kms::open(&dir, root_key.root_key(), options).map_err(|error| ConfigError::Store {
                 zone: zone.clone(),
@@ -232,10 +235,13 @@ pub(crate) fn open_zones(
     Ok(opened)
 }
 
-/// Whether `dir` holds a zone's store: keylife's marker file (written after the first commit,
-/// [`keylife::store::MARKER`]) or sled's `conf` (written when sled creates the store).
+/// Whether `dir` holds a zone's store: an engine's files, keylife's witness (written when a
+/// store is created, [`keylife::store::WITNESS_FILE`]) or its older marker file
+/// ([`keylife::store::MARKER`]).
 pub(crate) fn is_zone_store(dir: &Path) -> bool {
-    dir.join(keylife::store::MARKER).is_file() || dir.join("conf").is_file()
+    Engine::detect(dir).is_some()
+        || dir.join(keylife::store::WITNESS_FILE).is_file()
+        || dir.join(keylife::store::MARKER).is_file()
 }
 
 /// The zones that have a store under `data`: its subdirectories with a valid zone name that

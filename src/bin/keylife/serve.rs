@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use keylife::server::{DEFAULT_MAX_BODY_BYTES, Events, ServeOptions};
+use keylife::store::Engine;
 
 use crate::config::{self, ConfigError, RootKeyBytes};
 use crate::log::{self, log};
@@ -29,6 +30,10 @@ pub(crate) struct ServeArgs {
     /// File holding the root key (base64 of 32 bytes on one line); else `KEYLIFE_ROOT_KEY`.
     #[arg(long, value_name = "FILE")]
     root_key_file: Option<PathBuf>,
+    /// The engine of the zone stores this creates: sled (the default) or redb. An existing
+    /// store always opens with the engine it was created with; naming another is an error.
+    #[arg(long, value_name = "ENGINE", env = "KEYLIFE_ENGINE")]
+    engine: Option<Engine>,
     /// File of API credentials, one `KEY SECRET` pair per line (`#` starts a comment); else
     /// `KEYLIFE_CREDENTIALS`.
     #[arg(long, value_name = "FILE")]
@@ -89,7 +94,7 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
     let root_key = RootKeyBytes::load(args.root_key_file.as_deref())?;
     let credentials = Arc::new(config::load_credentials(args.credentials_file.as_deref())?);
     let names: Vec<String> = args.zones.iter().map(|(name, _)| name.clone()).collect();
-    let zones = config::open_zones(&args.data, &names, &root_key)?;
+    let zones = config::open_zones(&args.data, &names, &root_key, args.engine)?;
     drop(root_key);
     let mut served = Vec::with_capacity(zones.len());
     for (kms, (name, address)) in zones.into_iter().zip(&args.zones) {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use keylife::store::Engine;
 
 /// The zone of a data directory that holds no store yet (the library's default zone).
 pub(super) const DEFAULT_ZONE: &str = "local";
@@ -114,6 +115,15 @@ pub(crate) struct StoreArgs {
     /// never taken from a command-line value.
     #[arg(long, value_name = "FILE", help_heading = "Store")]
     pub(super) root_key_file: Option<PathBuf>,
+    /// The engine of a store this command creates: sled (the default) or redb. An existing
+    /// store always opens with the engine it was created with; naming another is an error.
+    #[arg(
+        long,
+        value_name = "ENGINE",
+        env = "KEYLIFE_ENGINE",
+        help_heading = "Store"
+    )]
+    pub(super) engine: Option<Engine>,
     /// Print the API's JSON answer instead of a human listing.
     #[arg(long, help_heading = "Output")]
     pub(super) json: bool,

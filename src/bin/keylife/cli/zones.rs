@@ -85,7 +85,7 @@ impl Zones {
             }
         }
         names.sort();
-        let zones = config::open_zones(data, &names, &root_key)?;
+        let zones = config::open_zones(data, &names, &root_key, store.engine)?;
         drop(root_key);
         for kms in &zones {
             log::due(kms.zone(), &kms.run_due());
