@@ -314,3 +314,46 @@ fn a_store_opens_with_the_engine_it_was_created_with() {
         }
     }
 }
+
+/// A store's directory is its owner's only (0700), and so is every file keylife and the
+/// engine keep in it (0600), whatever the process's umask.
+#[cfg(unix)]
+#[test]
+fn store_files_are_the_owners_only() {
+    use keylife::store::Engine;
+    use std::os::unix::fs::PermissionsExt as _;
+    for engine in Engine::ALL {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("zone");
+        let clock = ManualClock::new(start());
+        for run in 0..2 {
+            let options = KmsOptions::new("ch-gva-2")
+                .clock(clock.clone())
+                .engine(engine);
+            let kms = Kms::open(&dir, root(7), options).unwrap();
+            let key = kms.create_key(&CreateKey::new(format!("k{run}"))).unwrap();
+            kms.rotate_key(key.id, None).unwrap();
+            clock.advance_days(1);
+        }
+        let mode =
+            |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "{engine}: the directory");
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let want = if entry.file_type().unwrap().is_dir() {
+                0o700
+            } else {
+                0o600
+            };
+            files.push(entry.file_name());
+            assert_eq!(
+                mode(&entry.path()),
+                want,
+                "{engine}: {}",
+                entry.path().display()
+            );
+        }
+        assert!(files.len() >= 3, "{engine}: {files:?}");
+    }
+}

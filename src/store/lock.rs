@@ -26,20 +26,22 @@ pub struct DirLock {
 }
 
 impl DirLock {
-    /// Creates `dir` if missing and locks it, waiting up to [`LOCK_WAIT`] for another holder
-    /// to let go: [`Error::StoreInUse`] after that, [`Error::Storage`] if the file cannot be
-    /// made or locked at all.
+    /// Creates `dir` if missing (readable by its owner only: mode 0700 on unix) and locks it,
+    /// waiting up to [`LOCK_WAIT`] for another holder to let go: [`Error::StoreInUse`] after
+    /// that, [`Error::Storage`] if the file cannot be made or locked at all.
     pub fn acquire(dir: &Path) -> Result<DirLock, Error> {
         let io = |error: std::io::Error| Error::Storage {
             detail: format!("cannot lock the store at {}: {error}", dir.display()),
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))
-            .map_err(io)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            owner_only(dir, 0o700).map_err(io)?;
+        }
+        let mut options = OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(dir.join(LOCK_FILE)).map_err(io)?;
         retry_while_busy(|| match file.try_lock() {
             Ok(()) => Ok(Ok(())),
             Err(TryLockError::WouldBlock) => Ok(Err(Error::StoreInUse {
@@ -48,6 +50,21 @@ impl DirLock {
             Err(TryLockError::Error(error)) => Err(io(error)),
         })?;
         Ok(DirLock { _file: file })
+    }
+}
+
+/// Sets the mode of `path` to `mode` (0700 for a directory, 0600 for a file: its owner
+/// only), on unix; nothing elsewhere.
+pub(crate) fn owner_only(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
     }
 }
 

@@ -68,11 +68,7 @@ impl RedbBackend {
     /// for up to [`LOCK_WAIT`](super::LOCK_WAIT), then reported as [`Error::Storage`].
     pub fn open(path: impl AsRef<Path>) -> Result<RedbBackend, Error> {
         let dir = path.as_ref();
-        let dir_existed = dir.exists();
         let lock = DirLock::acquire(dir)?;
-        if !dir_existed {
-            restrict_dir(dir)?;
-        }
         let file_path = dir.join(REDB_FILE);
         let created = create_file(&file_path)?;
         let data_syncs = Arc::new(AtomicU64::new(0));
@@ -202,22 +198,6 @@ fn create_file(path: &Path) -> Result<bool, Error> {
             detail: format!("cannot create {}: {error}", path.display()),
         }),
     }
-}
-
-/// Makes a directory this backend created accessible to its owner only (on unix).
-fn restrict_dir(dir: &Path) -> Result<(), Error> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|error| {
-            Error::Storage {
-                detail: format!("cannot restrict {}: {error}", dir.display()),
-            }
-        })?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 /// Runs a call into redb, turning a panic (redb panics on some damaged pages instead of

@@ -7,7 +7,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::backend::{Backend, Entries, Table, Write, decode_counter};
 use super::group::{CommitGroup, Outcomes, Queued};
-use super::lock::{DirLock, retry_while_busy};
+use super::lock::{DirLock, owner_only, retry_while_busy};
 use super::sync::{DataSync, Syncs};
 use crate::core::Error;
 
@@ -70,6 +70,10 @@ impl SledBackend {
             }
             Err(error) => Err(storage(error)),
         })?;
+        // sled creates its files with the process's umask: every file of a store is its
+        // owner's only (a snapshot file sled writes while open or at close sits in the 0700
+        // directory until the next open restricts it too).
+        restrict_entries(path)?;
         let mut backend = SledBackend::from_db(db)?;
         backend.sync = Some(DataSync::open(path, &path.join("db"))?);
         backend.dir = Some(path.to_owned());
@@ -149,6 +153,23 @@ impl SledBackend {
         }
         Ok(())
     }
+}
+
+/// Sets every entry of `dir` to its owner only: directories 0700, files 0600.
+fn restrict_entries(dir: &Path) -> Result<(), Error> {
+    let io = |error: std::io::Error| Error::Storage {
+        detail: format!("cannot restrict the files of {}: {error}", dir.display()),
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let mode = if entry.file_type().map_err(io)?.is_dir() {
+            0o700
+        } else {
+            0o600
+        };
+        owner_only(&entry.path(), mode).map_err(io)?;
+    }
+    Ok(())
 }
 
 fn storage(error: sled::Error) -> Error {
