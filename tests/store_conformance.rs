@@ -104,10 +104,15 @@ fn changed(record: &KeyRecord, command: Command, now: Timestamp) -> KeyRecord {
 }
 
 fn material(version: u32, seed: u8, reserved: u64) -> NewMaterial {
+    // A seal id no key id of these tests contains.
+    let mut seal_id = [0xee; 16];
+    seal_id[0] = seed;
+    seal_id[12..].copy_from_slice(&version.to_be_bytes());
     NewMaterial {
         version,
         sealed: (0..48u8).map(|i| i.wrapping_mul(7) ^ seed).collect(),
         reserved,
+        seal_id,
     }
 }
 
@@ -668,6 +673,18 @@ fn check_store_put_and_load(open: Open) {
     assert_eq!(store.reserved(key_id, 2).unwrap(), v2.reserved);
     assert_eq!(store.origin_keys().unwrap(), 2);
     assert_eq!(store.id_by_name("alpha").unwrap(), Some(key_id));
+    // Each version's seal id is kept in the record, the first one across the rotation.
+    assert_ne!(v1.seal_id, v2.seal_id);
+    assert_eq!(store.seal_id(key_id, 1).unwrap(), v1.seal_id);
+    assert_eq!(store.seal_id(key_id, 2).unwrap(), v2.seal_id);
+    assert_eq!(
+        store.seal_id(key_id, 3).unwrap_err().code(),
+        "corrupt-record"
+    );
+    assert_eq!(
+        store.seal_id(id(0x99), 1).unwrap_err(),
+        keylife::Error::KeyNotFound { id: id(0x99) }
+    );
 }
 
 fn check_store_due_boundary(open: Open) {
@@ -974,8 +991,14 @@ fn check_store_corrupt_record(open: Open) {
         assert_eq!(store.id_by_name("victim").unwrap(), Some(bad));
     }
 
-    // Writing a good record back heals it.
-    store.put(Some(&victim), &victim, &[]).unwrap();
+    // A change over the damaged record is refused: the record holds the seal ids of its
+    // versions, which a blind overwrite would lose (and with them the material).
+    let err = store.put(Some(&victim), &victim, &[]).unwrap_err();
+    assert_eq!(err.code(), "corrupt-record", "{err}");
+    assert!(err.to_string().contains(&bad.to_string()), "{err}");
+    // Once the record is good again, changes go on.
+    store.delete(&victim, None).unwrap();
+    store.put(None, &victim, &[]).unwrap();
     assert_eq!(store.load(bad).unwrap(), Some(victim.clone()));
     assert_eq!(store.list(None, 10).unwrap(), vec![healthy, victim, after]);
 }

@@ -10,6 +10,8 @@ use crate::core::{Error, KeyId};
 
 const SEALED_FORMAT_V1: u8 = 0x01;
 const MATERIAL_AAD: &[u8] = b"keylife/material/v1";
+/// Associated data of material sealed with a seal id (see [`RootSealer::seal_material`]).
+const MATERIAL_AAD_V2: &[u8] = b"keylife/material/v2";
 const CHECK_AAD: &[u8] = b"keylife/root-check/v1";
 const CHECK_PLAINTEXT: &[u8; 32] = b"keylife root key check value v1.";
 
@@ -94,40 +96,57 @@ impl RootSealer {
         self.open(CHECK_AAD, blob, &mut plaintext) && &plaintext == CHECK_PLAINTEXT
     }
 
-    /// Seals `material` as version `version` of key `id`.
+    /// Seals `material` as version `version` of key `id`, bound to `seal_id` (a random id
+    /// kept in the key's record): the associated data is `"keylife/material/v2" | key id |
+    /// version | seal id`, so a blob opens only for the record that names its seal id.
     pub(crate) fn seal_material(
         &self,
         id: KeyId,
         version: u32,
+        seal_id: &[u8; 16],
         material: &MaterialKey,
     ) -> Result<Vec<u8>, Error> {
-        self.seal(&material_aad(id, version), material.0.expose())
+        self.seal(&material_aad(id, version, seal_id), material.0.expose())
     }
 
-    /// Opens the sealed material of version `version` of key `id`.
+    /// Opens the sealed material of version `version` of key `id` under the seal id its
+    /// record names; all zeros: a version sealed before seal ids (associated data
+    /// `"keylife/material/v1" | key id | version`).
     pub(crate) fn open_material(
         &self,
         id: KeyId,
         version: u32,
+        seal_id: &[u8; 16],
         blob: &[u8],
     ) -> Result<MaterialKey, Error> {
         let mut bytes = [0; KEY_LEN];
-        if self.open(&material_aad(id, version), blob, &mut bytes) {
+        if self.open(&material_aad(id, version, seal_id), blob, &mut bytes) {
             Ok(MaterialKey(KeyBytes::take(&mut bytes)))
         } else {
             Err(Error::Corrupt {
                 record: format!("material {id}/v{version}"),
-                detail: "the sealed material does not authenticate under the root key".to_owned(),
+                detail: "the sealed material does not authenticate under the root key and its \
+                         record's seal id"
+                    .to_owned(),
             })
         }
     }
 }
 
-fn material_aad(id: KeyId, version: u32) -> [u8; MATERIAL_AAD.len() + 16 + 4] {
-    let mut aad = [0; MATERIAL_AAD.len() + 16 + 4];
-    aad[..MATERIAL_AAD.len()].copy_from_slice(MATERIAL_AAD);
-    aad[MATERIAL_AAD.len()..MATERIAL_AAD.len() + 16].copy_from_slice(id.as_bytes());
-    aad[MATERIAL_AAD.len() + 16..].copy_from_slice(&version.to_be_bytes());
+/// The associated data of material: with a seal id (all zeros: none, the first layout).
+fn material_aad(id: KeyId, version: u32, seal_id: &[u8; 16]) -> Vec<u8> {
+    let legacy = seal_id == &[0; 16];
+    let mut aad = Vec::with_capacity(MATERIAL_AAD_V2.len() + 16 + 4 + 16);
+    aad.extend_from_slice(if legacy {
+        MATERIAL_AAD
+    } else {
+        MATERIAL_AAD_V2
+    });
+    aad.extend_from_slice(id.as_bytes());
+    aad.extend_from_slice(&version.to_be_bytes());
+    if !legacy {
+        aad.extend_from_slice(seal_id);
+    }
     aad
 }
 
@@ -151,18 +170,37 @@ mod tests {
         let root = sealer(1);
         let id = KeyId::from_bytes([3; 16]);
         let material = MaterialKey::generate().unwrap();
-        let blob = root.seal_material(id, 2, &material).unwrap();
+        let seal = [9; 16];
+        let blob = root.seal_material(id, 2, &seal, &material).unwrap();
         assert_eq!(blob.len(), SEALED_MATERIAL_LEN);
-        let opened = root.open_material(id, 2, &blob).unwrap();
+        let opened = root.open_material(id, 2, &seal, &blob).unwrap();
         assert_eq!(opened.0.expose(), material.0.expose());
-        let moved_version = root.open_material(id, 3, &blob).unwrap_err();
+        let moved_version = root.open_material(id, 3, &seal, &blob).unwrap_err();
         assert_eq!(moved_version.code(), "corrupt-record");
         let other_key = KeyId::from_bytes([4; 16]);
-        assert!(root.open_material(other_key, 2, &blob).is_err());
-        assert!(sealer(2).open_material(id, 2, &blob).is_err());
+        assert!(root.open_material(other_key, 2, &seal, &blob).is_err());
+        assert!(sealer(2).open_material(id, 2, &seal, &blob).is_err());
         let mut flipped = blob.clone();
         flipped[20] ^= 1;
-        assert!(root.open_material(id, 2, &flipped).is_err());
-        assert!(root.open_material(id, 2, &blob[..blob.len() - 1]).is_err());
+        assert!(root.open_material(id, 2, &seal, &flipped).is_err());
+        assert!(
+            root.open_material(id, 2, &seal, &blob[..blob.len() - 1])
+                .is_err()
+        );
+        // Bound to its seal id: under another (a newer record's) or none, it does not open.
+        assert!(root.open_material(id, 2, &[8; 16], &blob).is_err());
+        assert!(root.open_material(id, 2, &[0; 16], &blob).is_err());
+        // A blob sealed before seal ids (all zeros) opens as it was sealed.
+        let legacy = root.seal_material(id, 2, &[0; 16], &material).unwrap();
+        let mut aad = MATERIAL_AAD.to_vec();
+        aad.extend_from_slice(id.as_bytes());
+        aad.extend_from_slice(&2u32.to_be_bytes());
+        let mut plain = [0; KEY_LEN];
+        assert!(
+            root.open(&aad, &legacy, &mut plain),
+            "the first layout's AAD"
+        );
+        assert!(root.open_material(id, 2, &[0; 16], &legacy).is_ok());
+        assert!(root.open_material(id, 2, &seal, &legacy).is_err());
     }
 }

@@ -165,17 +165,22 @@ impl Shared {
         version: u32,
         material: &MaterialKey,
     ) -> Result<NewMaterial, Error> {
+        let mut seal_id = [0; 16];
+        crate::crypto::fill_from_os(&mut seal_id)?;
         Ok(NewMaterial {
             version,
-            sealed: self.sealer.seal_material(id, version, material)?,
+            sealed: self.sealer.seal_material(id, version, &seal_id, material)?,
             reserved: self.limits.reservation_block(),
+            seal_id,
         })
     }
 
-    /// Version `version` of key `id`, read from the store and unsealed.
+    /// Version `version` of key `id`, read from the store and unsealed under the seal id its
+    /// record names.
     pub(super) fn unseal(&self, id: KeyId, version: u32) -> Result<MaterialKey, Error> {
+        let seal_id = self.store.seal_id(id, version)?;
         let sealed = self.store.load_material(id, version)?;
-        self.sealer.open_material(id, version, &sealed)
+        self.sealer.open_material(id, version, &seal_id, &sealed)
     }
 }
 

@@ -16,8 +16,16 @@ use crate::core::{
 
 /// Format byte of the first key records (before replication): still read.
 pub const RECORD_FORMAT_V1: u8 = 1;
-/// Format byte of key records written by this version: V1 plus the replication fields.
+/// Format byte of key records with the replication fields (V1 plus them): still read.
 pub const RECORD_FORMAT_V2: u8 = 2;
+/// Format byte of key records written by this version: V2 plus each material version's seal
+/// id.
+pub const RECORD_FORMAT_V3: u8 = 3;
+
+/// A random id per material version, kept in the key's record and bound into the sealing of
+/// that version's material: an older blob of the same key and version does not open.
+/// All zeros for a version sealed before seal ids existed (it opens as sealed then).
+pub type SealId = [u8; 16];
 
 #[derive(Serialize, Deserialize)]
 struct TimeV1 {
@@ -87,6 +95,13 @@ struct RecordV2 {
     last_cancel_seq: u64,
 }
 
+/// [`RecordV2`] and the seal id of each material version (same order, same length).
+#[derive(Serialize, Deserialize)]
+struct RecordV3 {
+    v2: RecordV2,
+    seal_ids: Vec<SealId>,
+}
+
 fn time(t: Timestamp) -> TimeV1 {
     TimeV1 {
         second: t.as_second(),
@@ -138,9 +153,25 @@ fn layout_v1(record: &KeyRecord) -> RecordV1 {
     }
 }
 
-/// Encodes a key record.
+/// Encodes a key record whose versions carry no seal id (format 2).
 pub fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, Error> {
-    let layout = RecordV2 {
+    encode(RECORD_FORMAT_V2, &layout_v2(record), record.id)
+}
+
+/// Encodes a key record with the seal id of each material version (format 3): `seal_ids[i]`
+/// belongs to version `i + 1`; a missing one is all zeros.
+pub fn encode_record_sealed(record: &KeyRecord, seal_ids: &[SealId]) -> Result<Vec<u8>, Error> {
+    let mut seal_ids = seal_ids.to_vec();
+    seal_ids.resize(record.materials.len(), [0; 16]);
+    let layout = RecordV3 {
+        v2: layout_v2(record),
+        seal_ids,
+    };
+    encode(RECORD_FORMAT_V3, &layout, record.id)
+}
+
+fn layout_v2(record: &KeyRecord) -> RecordV2 {
+    RecordV2 {
         v1: layout_v1(record),
         replicas: record
             .replicas
@@ -149,10 +180,13 @@ pub fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, Error> {
             .collect(),
         applied_watermark: record.applied_watermark,
         last_cancel_seq: record.last_cancel_seq,
-    };
-    let mut out = vec![RECORD_FORMAT_V2];
-    let body = postcard::to_stdvec(&layout).map_err(|e| Error::Storage {
-        detail: format!("could not encode the record of key {}: {e}", record.id),
+    }
+}
+
+fn encode<T: Serialize>(format: u8, layout: &T, id: KeyId) -> Result<Vec<u8>, Error> {
+    let mut out = vec![format];
+    let body = postcard::to_stdvec(layout).map_err(|e| Error::Storage {
+        detail: format!("could not encode the record of key {id}: {e}"),
     })?;
     out.extend(body);
     Ok(out)
@@ -160,6 +194,12 @@ pub fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, Error> {
 
 /// Decodes the record stored under `id`.
 pub fn decode_record(id: KeyId, bytes: &[u8]) -> Result<KeyRecord, Error> {
+    decode_record_sealed(id, bytes).map(|(record, _)| record)
+}
+
+/// Decodes the record stored under `id` with the seal id of each material version (all zeros
+/// for a version without one, and for every version of a record of format 1 or 2).
+pub fn decode_record_sealed(id: KeyId, bytes: &[u8]) -> Result<(KeyRecord, Vec<SealId>), Error> {
     let corrupt = |detail: String| Error::Corrupt {
         record: format!("key {id}"),
         detail,
@@ -167,17 +207,33 @@ pub fn decode_record(id: KeyId, bytes: &[u8]) -> Result<KeyRecord, Error> {
     let (&format, body) = bytes
         .split_first()
         .ok_or_else(|| corrupt("empty record".to_owned()))?;
-    let layout = match format {
-        RECORD_FORMAT_V1 => RecordV2 {
-            v1: whole(body).map_err(corrupt)?,
-            replicas: Vec::new(),
-            applied_watermark: 0,
-            last_cancel_seq: 0,
-        },
-        RECORD_FORMAT_V2 => whole(body).map_err(corrupt)?,
+    let (layout, seal_ids) = match format {
+        RECORD_FORMAT_V1 => (
+            RecordV2 {
+                v1: whole(body).map_err(corrupt)?,
+                replicas: Vec::new(),
+                applied_watermark: 0,
+                last_cancel_seq: 0,
+            },
+            None,
+        ),
+        RECORD_FORMAT_V2 => (whole(body).map_err(corrupt)?, None),
+        RECORD_FORMAT_V3 => {
+            let RecordV3 { v2, seal_ids } = whole(body).map_err(corrupt)?;
+            if seal_ids.len() != v2.v1.materials.len() {
+                return Err(corrupt(format!(
+                    "has {} seal ids for {} material versions",
+                    seal_ids.len(),
+                    v2.v1.materials.len()
+                )));
+            }
+            (v2, Some(seal_ids))
+        }
         _ => return Err(corrupt(format!("unknown record format {format}"))),
     };
-    from_layout(id, layout).map_err(corrupt)
+    let record = from_layout(id, layout).map_err(corrupt)?;
+    let seal_ids = seal_ids.unwrap_or_else(|| vec![[0; 16]; record.materials.len()]);
+    Ok((record, seal_ids))
 }
 
 /// The record a decoded layout describes, after the checks postcard cannot make; the error

@@ -31,8 +31,8 @@ use jiff::Timestamp;
 
 use self::backend::decode_counter;
 use self::codec::{
-    decode_delivery, decode_record, due_key, due_key_id, due_prefix, encode_delivery,
-    encode_record, split_zone_key, version_key, zone_key,
+    SealId, decode_delivery, decode_record, decode_record_sealed, due_key, due_key_id, due_prefix,
+    encode_delivery, encode_record_sealed, split_zone_key, version_key, zone_key,
 };
 pub use crate::core::replication::delivery::{Delivery, DeliveryFailure};
 use crate::core::{Error, KeyId, KeyRecord, Role, next_due};
@@ -87,6 +87,9 @@ pub struct NewMaterial {
     pub sealed: Vec<u8>,
     /// Encryptions reserved for it at once (see [`Store::reserve`]).
     pub reserved: u64,
+    /// The random id bound into its sealing, kept in the key's record
+    /// ([`Store::seal_id`]).
+    pub seal_id: SealId,
 }
 
 /// The typed view of a [`Backend`].
@@ -200,6 +203,24 @@ impl Store {
             })
     }
 
+    /// The seal id of version `version` of key `id`, from its record (all zeros for a version
+    /// sealed before seal ids existed).
+    pub fn seal_id(&self, id: KeyId, version: u32) -> Result<SealId, Error> {
+        let bytes = self
+            .backend
+            .get(Table::Keys, id.as_bytes())?
+            .ok_or(Error::KeyNotFound { id })?;
+        let (_, seal_ids) = decode_record_sealed(id, &bytes)?;
+        let index = usize::try_from(version).unwrap_or(usize::MAX);
+        index
+            .checked_sub(1)
+            .and_then(|index| seal_ids.get(index).copied())
+            .ok_or_else(|| Error::Corrupt {
+                record: format!("material {id}/v{version}"),
+                detail: "its key's record has no such version".to_owned(),
+            })
+    }
+
     /// Encryptions reserved so far under version `version` of key `id` (0 if none).
     pub fn reserved(&self, id: KeyId, version: u32) -> Result<u64, Error> {
         match self.backend.get(Table::Usage, &version_key(id, version))? {
@@ -301,11 +322,33 @@ impl Store {
         materials: &[NewMaterial],
     ) -> Result<(), Error> {
         let id = record.id();
+        let mut seal_ids = match old {
+            // The stored record holds the seal ids of the versions made before.
+            Some(_) => match self.backend.get(Table::Keys, id.as_bytes())? {
+                Some(bytes) => decode_record_sealed(id, &bytes)?.1,
+                None => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        seal_ids.resize(record.materials().len(), [0; 16]);
+        for material in materials {
+            let slot = usize::try_from(material.version)
+                .ok()
+                .and_then(|version| version.checked_sub(1))
+                .and_then(|index| seal_ids.get_mut(index))
+                .ok_or_else(|| Error::Storage {
+                    detail: format!(
+                        "material version {} of key {id} is not in its record",
+                        material.version
+                    ),
+                })?;
+            *slot = material.seal_id;
+        }
         let mut batch = Vec::with_capacity(6);
         batch.push(Write::Put {
             table: Table::Keys,
             key: id.as_bytes().to_vec(),
-            value: encode_record(record)?,
+            value: encode_record_sealed(record, &seal_ids)?,
         });
         let old_due = old.and_then(next_due);
         let new_due = next_due(record);
