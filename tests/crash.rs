@@ -1,7 +1,8 @@
-//! Crash test: a writer process makes durable changes to a sled store and acknowledges each
-//! one on stdout once the call returned `Ok`; the test kills it with SIGKILL at random moments,
-//! reopens the store each time and checks that every acknowledged change is there and every
-//! acknowledged ciphertext decrypts.
+//! Crash test, on each engine: a writer process makes durable changes to a store and
+//! acknowledges each one on stdout once the call returned `Ok`; the test kills it with SIGKILL
+//! at random moments, reopens the store each time (which checks it as a whole: every entry's
+//! MAC, the state digest, the sequence against the witness) and checks that every
+//! acknowledged change is there and every acknowledged ciphertext decrypts.
 //!
 //! The writer is this test binary itself: [`crash_writer`] is a no-op unless
 //! `KEYLIFE_CRASH_WRITER` names a store directory, and the parent test runs the binary again
@@ -31,6 +32,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use keylife::store::Engine;
 use keylife::{CreateKey, KeyId, KeyStatus, KeySummary, Kms, KmsOptions, Limits};
 
 use common::root;
@@ -40,6 +42,7 @@ const ENV_DIR: &str = "KEYLIFE_CRASH_WRITER";
 const ENV_SEED: &str = "KEYLIFE_CRASH_SEED";
 const ENV_ROUND: &str = "KEYLIFE_CRASH_ROUND";
 const ENV_ROUNDS: &str = "KEYLIFE_CRASH_ROUNDS";
+const ENV_ENGINE: &str = "KEYLIFE_CRASH_ENGINE";
 const ZONE: &str = "ch-gva-2";
 const ROOT_BYTE: u8 = 42;
 /// Scheduled deletions wait this long: nothing is destroyed during the test.
@@ -191,7 +194,9 @@ fn write_forever(dir: &Path, seed: u64, round: u64) -> ! {
         max_encryptions_per_version: if round % 2 == 1 { 3 } else { 1 << 32 },
         ..Limits::default()
     };
-    let kms = Kms::open(dir, root(ROOT_BYTE), options(limits)).expect("the writer opens");
+    let engine: Engine = std::env::var(ENV_ENGINE).unwrap().parse().unwrap();
+    let kms =
+        Kms::open(dir, root(ROOT_BYTE), options(limits).engine(engine)).expect("the writer opens");
     let threads = writer_threads(round);
     // Each thread owns the keys at its positions: no two threads change one key.
     let mut owned: Vec<Vec<WriterKey>> = (0..threads).map(|_| Vec::new()).collect();
@@ -402,11 +407,18 @@ struct RoundOutput {
 }
 
 /// Runs the writer on `store` and kills it at a moment drawn from `rng`.
-fn run_writer(store: &Path, stderr_path: &Path, round: u64, rng: &mut Rng) -> RoundOutput {
+fn run_writer(
+    engine: Engine,
+    store: &Path,
+    stderr_path: &Path,
+    round: u64,
+    rng: &mut Rng,
+) -> RoundOutput {
     let exe = std::env::current_exe().unwrap();
     let child = Command::new(exe)
         .args(["--exact", WRITER_TEST, "--nocapture", "--test-threads=1"])
         .env(ENV_DIR, store)
+        .env(ENV_ENGINE, engine.name())
         .env(ENV_SEED, rng.next().to_string())
         .env(ENV_ROUND, round.to_string())
         .stdin(Stdio::null())
@@ -755,7 +767,16 @@ fn open(store: &Path, round: u64) -> Kms {
 }
 
 #[test]
-fn acknowledged_changes_survive_sigkill() {
+fn acknowledged_changes_survive_sigkill_sled() {
+    acknowledged_changes_survive_sigkill(Engine::Sled);
+}
+
+#[test]
+fn acknowledged_changes_survive_sigkill_redb() {
+    acknowledged_changes_survive_sigkill(Engine::Redb);
+}
+
+fn acknowledged_changes_survive_sigkill(engine: Engine) {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let store: PathBuf = dir.path().join("store");
@@ -765,7 +786,7 @@ fn acknowledged_changes_survive_sigkill() {
     let rounds = rounds();
     for round in 0..rounds {
         let mut rng = Rng(round.wrapping_mul(0x1000_0001) ^ 0xC0FFEE);
-        let output = run_writer(&store, &stderr_path, round, &mut rng);
+        let output = run_writer(engine, &store, &stderr_path, round, &mut rng);
         let kms = open(&store, round);
         check_round(&kms, &mut model, &output, round, &mut stats);
         drop(kms);
@@ -786,8 +807,10 @@ fn acknowledged_changes_survive_sigkill() {
         decrypts(&kms, sealed, "at the end");
         stats.ciphertexts_decrypted += 1;
     }
+    // The store was created with the engine asked for (and reopened with it after each kill).
+    assert_eq!(keylife::store::Engine::detect(&store), Some(engine));
     eprintln!(
-        "crash test: {} rounds, {} kills after at least one ack, {} kills mid-operation, {} \
+        "crash test, {engine}: {} rounds, {} kills after at least one ack, {} kills mid-operation, {} \
          kills before the store was open; {} rounds with {} writer threads, {} kills with \
          several calls in flight; {} acks checked, {} in-flight changes found applied; {} keys, \
          {} acknowledged ciphertexts, {} decryptions; {:.1} s",
