@@ -716,9 +716,10 @@ fn split_tag(raw: &[u8]) -> Option<(&[u8], &[u8])> {
     raw.len().checked_sub(TAG_LEN).map(|at| raw.split_at(at))
 }
 
+/// The store refused as a whole: "stored state of the store is corrupt: ...".
 fn corrupt_store(detail: &str) -> Error {
     Error::Corrupt {
-        record: "store".to_owned(),
+        record: "state of the store".to_owned(),
         detail: detail.to_owned(),
     }
 }
