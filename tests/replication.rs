@@ -835,3 +835,91 @@ fn a_change_is_answered_while_its_delivery_is_stuck() {
         origin.key.revision.seq
     );
 }
+
+/// An origin whose store went back to an older copy (a memory store has no witness to catch
+/// it) learns it from its replica, which holds a newer revision: the delivery fails and says
+/// so in replicas-status, until the origin's revisions pass the replica's again.
+#[test]
+fn a_replica_ahead_of_its_rolled_back_origin_is_reported() {
+    use keylife::store::{Backend, MemoryBackend, Table, Write};
+    use keylife::{KmsOptions, LocalLink, ManualClock};
+    use std::sync::Arc;
+
+    let clock = ManualClock::new(common::start());
+    let link = LocalLink::new();
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let open_origin = || {
+        let options = KmsOptions::new("ch-gva-2")
+            .clock(clock.clone())
+            .link(link.clone());
+        let kms = Arc::new(Kms::with_backend(backend.clone(), common::root(1), options).unwrap());
+        link.attach(&kms);
+        kms
+    };
+    let replica = Arc::new(
+        Kms::open_in_memory(
+            common::root(2),
+            KmsOptions::new("de-fra-1")
+                .clock(clock.clone())
+                .link(link.clone()),
+        )
+        .unwrap(),
+    );
+    link.attach(&replica);
+    let origin = open_origin();
+    let id = replicated_key(&origin, "k", "de-fra-1");
+    let dump = |backend: &dyn Backend| -> Vec<(Table, Vec<u8>, Vec<u8>)> {
+        Table::ALL
+            .iter()
+            .flat_map(|t| {
+                backend
+                    .scan(*t, &[], None, usize::MAX)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, v)| (*t, k, v))
+            })
+            .collect()
+    };
+    let older = dump(&*backend);
+    let before = origin.get_key(id).unwrap().key.revision.seq;
+    origin.disable_key(id, None).unwrap();
+    origin.enable_key(id, None).unwrap();
+    origin.wait_for_deliveries();
+    let status = origin.get_key(id).unwrap().replicas_status;
+    assert_eq!(status[0].last_applied_watermark, before + 2, "{status:?}");
+    drop(origin);
+
+    // The origin's store put back, as a whole, to the copy taken before the two changes.
+    let mut writes: Vec<Write> = dump(&*backend)
+        .into_iter()
+        .map(|(table, key, _)| Write::Delete { table, key })
+        .collect();
+    writes.extend(
+        older
+            .into_iter()
+            .map(|(table, key, value)| Write::Put { table, key, value }),
+    );
+    backend.commit(&writes).unwrap();
+    let origin = open_origin();
+    assert_eq!(origin.get_key(id).unwrap().key.revision.seq, before);
+
+    origin.disable_key(id, None).unwrap();
+    origin.wait_for_deliveries();
+    let status = origin.get_key(id).unwrap().replicas_status;
+    let failure = status[0].last_failure.as_ref().expect("the delivery failed");
+    assert!(
+        failure.error.contains("newer revision of the key than this origin"),
+        "{failure:?}"
+    );
+    assert_eq!(status[0].last_applied_watermark, before);
+
+    // Once the origin's revisions pass the replica's, deliveries succeed again.
+    origin.enable_key(id, None).unwrap();
+    origin.rotate_key(id, None).unwrap();
+    clock.advance_days(1); // past the failed delivery's backoff
+    origin.sync().unwrap();
+    let status = origin.get_key(id).unwrap().replicas_status;
+    assert_eq!(status[0].last_failure, None, "{status:?}");
+    assert_eq!(status[0].last_applied_watermark, before + 3);
+    assert_eq!(replica.get_key(id).unwrap().key.material.version, 2);
+}

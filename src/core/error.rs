@@ -333,6 +333,9 @@ pub enum ConflictReason {
     /// Concurrent encryptions spent the budget of every new material version before this
     /// call could use one; retrying succeeds.
     BudgetRace,
+    /// A replica holds a newer revision of the key than its origin: the origin's store went
+    /// back in time (put back from an older copy of its whole directory).
+    ReplicaAheadOfOrigin,
 }
 
 impl ConflictReason {
@@ -360,6 +363,10 @@ impl ConflictReason {
             }
             ConflictReason::BudgetRace => {
                 "concurrent calls spent the encryption budget of every new version; retry"
+            }
+            ConflictReason::ReplicaAheadOfOrigin => {
+                "the replica holds a newer revision of the key than this origin: this zone's \
+                 store was put back to an older copy"
             }
         }
     }

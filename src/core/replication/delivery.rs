@@ -133,6 +133,16 @@ pub fn settle(
     now: Timestamp,
 ) -> Settlement {
     let failure = match answer {
+        // No replica can hold a revision its origin never made: the origin's store went back
+        // in time (an older copy of its whole directory). Reported as a failure, every time,
+        // until the origin's revisions pass the replica's again.
+        Ok(ack) if !sent.deleted && ack.applied_seq > latest_seq => {
+            delivery.confirmed_versions = ack.versions;
+            Error::Conflict {
+                id,
+                reason: ConflictReason::ReplicaAheadOfOrigin,
+            }
+        }
         Ok(ack) if ack.applied_seq >= sent.seq => {
             if sent.deleted {
                 return Settlement {
@@ -348,6 +358,26 @@ mod tests {
             "the next attempt sends versions 2 and up"
         );
         assert_eq!(delivery.attempts, 1);
+    }
+
+    #[test]
+    fn a_replica_ahead_of_its_origin_is_reported_every_time() {
+        // The replica holds revision 7; the origin's latest is 5 (its store went back).
+        let settled = settle(id(), confirmed(5, 2), LIVE, ack(7, 2), 5, now());
+        assert_eq!(
+            settled.outcome,
+            Outcome::Failed(Error::Conflict {
+                id: id(),
+                reason: ConflictReason::ReplicaAheadOfOrigin,
+            })
+        );
+        assert!(settled.owed, "retried: it clears once the origin passes revision 7");
+        let delivery = settled.delivery.unwrap();
+        assert_eq!(delivery.confirmed_seq, 5, "nothing newer is confirmed");
+        assert_eq!(delivery.failure.unwrap().attempted_seq, LIVE.seq);
+        // The same answer once the origin's revisions passed the replica's: delivered.
+        let settled = settle(id(), confirmed(5, 2), LIVE, ack(7, 2), 7, now());
+        assert_eq!(settled.outcome, Outcome::Delivered);
     }
 
     #[test]
