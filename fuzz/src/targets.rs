@@ -332,6 +332,20 @@ pub fn record(data: &[u8]) {
         }
     }
 
+    // With the seal ids of its versions (record format 3): they round-trip with the record.
+    for id in embedded.into_iter().chain([other]) {
+        match codec::decode_record_sealed(id, data) {
+            Ok((record, seal_ids)) => {
+                assert_eq!(seal_ids.len(), record.materials().len());
+                let bytes = codec::encode_record_sealed(&record, &seal_ids)
+                    .expect("a decoded record encodes");
+                let again = codec::decode_record_sealed(id, &bytes).expect("and decodes");
+                assert_eq!(again, (record, seal_ids));
+            }
+            Err(error) => assert_eq!(error.code(), "corrupt-record", "{error}"),
+        }
+    }
+
     let id = embedded.unwrap_or(other);
     match codec::decode_delivery(id, "de-fra-1", data) {
         Ok(delivery) => {
