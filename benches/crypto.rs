@@ -2,7 +2,10 @@
 //!
 //! The raw baseline is the backend this build uses (aes-gcm by default, ring with
 //! `--features ring`), with the key schedule built once, the same payload and the same
-//! context length; it seals a copy of the payload in place, as `Kms::encrypt` does.
+//! context length; it seals a copy of the payload in place, as `Kms::encrypt` does. Its nonce
+//! is a counter; `raw_getrandom` is the same seal with its nonce from the OS
+//! (`keylife::crypto::fill_from_os`, one `getrandom` call), as `Kms::encrypt` takes one, and
+//! `other/<backend>/fill_from_os_12` that call alone.
 
 use std::hint::black_box;
 
@@ -112,6 +115,14 @@ fn crypto(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("raw", size), &payload, |b, p| {
             b.iter(|| raw.seal(nonce(), black_box(CONTEXT), black_box(p)));
         });
+        // The raw seal with its nonce from the OS, as `Kms::encrypt` takes one per message.
+        group.bench_with_input(BenchmarkId::new("raw_getrandom", size), &payload, |b, p| {
+            b.iter(|| {
+                let mut n = [0u8; 12];
+                keylife::crypto::fill_from_os(&mut n).unwrap();
+                raw.seal(n, black_box(CONTEXT), black_box(p))
+            });
+        });
         group.bench_with_input(BenchmarkId::new("kms", size), &payload, |b, p| {
             b.iter(|| {
                 kms.encrypt(id, black_box(p), Some(black_box(CONTEXT)))
@@ -141,6 +152,14 @@ fn crypto(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group(format!("other/{backend}"));
+    // One OS random call of a nonce's size: what each encryption adds to the raw seal.
+    group.bench_function("fill_from_os_12", |b| {
+        b.iter(|| {
+            let mut n = [0u8; 12];
+            keylife::crypto::fill_from_os(black_box(&mut n)).unwrap();
+            n
+        });
+    });
     group.bench_function("generate_data_key", |b| {
         b.iter(|| {
             kms.generate_data_key(id, DataKeySpec::Aes256, Some(CONTEXT))

@@ -52,6 +52,16 @@ impl Drop for Server {
     }
 }
 
+/// Writes `bytes` to a new file at `path` readable by its owner only (mode 0600 on unix), as
+/// keylife wants its root key and credentials files.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(path)?, bytes)
+}
+
 impl Server {
     fn start(threads: Option<usize>) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -62,10 +72,10 @@ impl Server {
             .args(["root-key", "generate"])
             .output()
             .expect("keylife root-key generate");
-        std::fs::write(&root_key, &generated.stdout).expect("write root key");
-        std::fs::write(
+        write_private(&root_key, &generated.stdout).expect("write root key");
+        write_private(
             &credentials,
-            format!("{KEY} {}\n", String::from_utf8_lossy(SECRET)),
+            format!("{KEY} {}\n", String::from_utf8_lossy(SECRET)).as_bytes(),
         )
         .expect("write credentials");
         let mut command = Command::new(binary);
