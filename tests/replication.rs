@@ -906,9 +906,14 @@ fn a_replica_ahead_of_its_rolled_back_origin_is_reported() {
     origin.disable_key(id, None).unwrap();
     origin.wait_for_deliveries();
     let status = origin.get_key(id).unwrap().replicas_status;
-    let failure = status[0].last_failure.as_ref().expect("the delivery failed");
+    let failure = status[0]
+        .last_failure
+        .as_ref()
+        .expect("the delivery failed");
     assert!(
-        failure.error.contains("newer revision of the key than this origin"),
+        failure
+            .error
+            .contains("newer revision of the key than this origin"),
         "{failure:?}"
     );
     assert_eq!(status[0].last_applied_watermark, before);

@@ -371,7 +371,10 @@ mod tests {
                 reason: ConflictReason::ReplicaAheadOfOrigin,
             })
         );
-        assert!(settled.owed, "retried: it clears once the origin passes revision 7");
+        assert!(
+            settled.owed,
+            "retried: it clears once the origin passes revision 7"
+        );
         let delivery = settled.delivery.unwrap();
         assert_eq!(delivery.confirmed_seq, 5, "nothing newer is confirmed");
         assert_eq!(delivery.failure.unwrap().attempted_seq, LIVE.seq);
