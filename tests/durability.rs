@@ -3,6 +3,10 @@
 
 mod common;
 
+use std::sync::Arc;
+
+use keylife::store::{Backend, Table, Write};
+
 use keylife::{CreateKey, Error, Kms, KmsOptions, ManualClock};
 
 use common::{root, start};
@@ -155,11 +159,11 @@ fn a_store_in_use_is_refused_and_free_again_once_closed() {
     );
 }
 
-/// Every commit of a sled store ends in an `fdatasync` of sled's data file: one per commit
-/// alone, one per group under concurrency (fewer syncs than commits).
+/// Every commit of a sled store ends in an `fdatasync` of sled's data file: one per commit,
+/// from one thread or several.
 #[test]
-fn every_sled_commit_is_synced_and_groups_share_a_sync() {
-    use keylife::store::{Backend as _, SledBackend, Table, Write};
+fn every_sled_commit_is_synced() {
+    use keylife::store::SledBackend;
     let dir = tempfile::tempdir().unwrap();
     let backend = SledBackend::open(dir.path()).unwrap();
     let before = backend.syncs();
@@ -167,42 +171,15 @@ fn every_sled_commit_is_synced_and_groups_share_a_sync() {
         before.dir >= 1,
         "the directory sled just filled is synced at open"
     );
-    let put = |i: u32| Write::Put {
-        table: Table::Keys,
-        key: i.to_be_bytes().to_vec(),
-        value: vec![1; 100],
-    };
     for i in 0..10 {
         backend.commit(&[put(i)]).unwrap();
         assert_eq!(backend.syncs().data, before.data + u64::from(i) + 1);
     }
+    // Several threads: still one sync per commit (grouping is the authenticated store's).
     let backend = std::sync::Arc::new(backend);
     let start = backend.syncs().data;
-    let threads: Vec<_> = (0..8)
-        .map(|t| {
-            let backend = backend.clone();
-            std::thread::spawn(move || {
-                for i in 0..25 {
-                    backend.commit(&[put(1000 + t * 100 + i)]).unwrap();
-                }
-            })
-        })
-        .collect();
-    for thread in threads {
-        thread.join().unwrap();
-    }
-    let synced = backend.syncs().data - start;
-    assert!(
-        (1..=200).contains(&synced),
-        "{synced} syncs for 200 commits"
-    );
-    assert_eq!(
-        backend
-            .scan(Table::Keys, &[], None, usize::MAX)
-            .unwrap()
-            .len(),
-        210
-    );
+    commit_from_8_threads(&(backend.clone() as Arc<dyn Backend>), 1000);
+    assert_eq!(backend.syncs().data - start, 200);
 }
 
 /// Every commit of a redb store is one redb write transaction committed with
@@ -214,7 +191,7 @@ fn every_sled_commit_is_synced_and_groups_share_a_sync() {
 /// concurrent commits are not grouped: each pays its own sync.
 #[test]
 fn every_redb_commit_is_synced() {
-    use keylife::store::{Backend as _, REDB_FILE, RedbBackend, Table, Write};
+    use keylife::store::{REDB_FILE, RedbBackend};
     let dir = tempfile::tempdir().unwrap();
     let backend = RedbBackend::open(dir.path().join("store")).unwrap();
     let file = dir.path().join("store").join(REDB_FILE);
@@ -225,11 +202,6 @@ fn every_redb_commit_is_synced() {
         "the new file's directory entry is synced at open"
     );
     assert!(before.data >= 1, "redb syncs the file it initializes");
-    let put = |i: u32| Write::Put {
-        table: Table::Keys,
-        key: i.to_be_bytes().to_vec(),
-        value: vec![1; 100],
-    };
     let mut grown = 0;
     for i in 0..200 {
         let (synced, size) = (backend.syncs().data, len());
@@ -255,12 +227,28 @@ fn every_redb_commit_is_synced() {
 
     let backend = std::sync::Arc::new(backend);
     let start = backend.syncs().data;
+    commit_from_8_threads(&(backend.clone() as Arc<dyn Backend>), 1000);
+    let synced = backend.syncs().data - start;
+    // One each, plus a few for the growth of the file (it doubles while small).
+    assert!(
+        (200..=210).contains(&synced),
+        "{synced} syncs for 200 commits"
+    );
+}
+
+/// 8 threads × 25 commits of one Put each through `backend`, keys from `first` on; then every
+/// one is there.
+fn commit_from_8_threads(backend: &Arc<dyn Backend>, first: u32) {
+    let before = backend
+        .scan(Table::Keys, &[], None, usize::MAX)
+        .unwrap()
+        .len();
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let backend = backend.clone();
             std::thread::spawn(move || {
                 for i in 0..25 {
-                    backend.commit(&[put(1000 + t * 100 + i)]).unwrap();
+                    backend.commit(&[put(first + t * 100 + i)]).unwrap();
                 }
             })
         })
@@ -268,19 +256,53 @@ fn every_redb_commit_is_synced() {
     for thread in threads {
         thread.join().unwrap();
     }
-    let synced = backend.syncs().data - start;
-    // One each, plus a few for the growth of the file (it doubles while small).
-    assert!(
-        (200..=210).contains(&synced),
-        "{synced} syncs for 200 commits"
-    );
-    assert_eq!(
-        backend
-            .scan(Table::Keys, &[], None, usize::MAX)
-            .unwrap()
-            .len(),
-        400
-    );
+    let after = backend
+        .scan(Table::Keys, &[], None, usize::MAX)
+        .unwrap()
+        .len();
+    assert_eq!(after - before, 200);
+}
+
+fn put(i: u32) -> Write {
+    Write::Put {
+        table: Table::Keys,
+        key: i.to_be_bytes().to_vec(),
+        value: vec![1; 100],
+    }
+}
+
+/// Reads an engine's count of data syncs.
+type SyncCount = Box<dyn Fn() -> u64>;
+
+/// Concurrent commits through the authenticated store (as every `Kms` makes them) are grouped:
+/// one engine commit, one engine sync and one witness sync per group, fewer than commits.
+#[test]
+fn concurrent_commits_share_a_sync_per_group() {
+    use keylife::store::{AuthenticatedBackend, RedbBackend, SledBackend};
+    let dir = tempfile::tempdir().unwrap();
+    let sled = Arc::new(SledBackend::open(dir.path().join("sled")).unwrap());
+    let redb = Arc::new(RedbBackend::open(dir.path().join("redb")).unwrap());
+    let engines: [(Arc<dyn Backend>, SyncCount); 2] = [
+        (sled.clone(), Box::new(move || sled.syncs().data)),
+        (redb.clone(), Box::new(move || redb.syncs().data)),
+    ];
+    for (engine, engine_syncs) in engines {
+        let name = engine.engine();
+        let (authenticated, _) = AuthenticatedBackend::open(engine, &root(7)).unwrap();
+        let authenticated = Arc::new(authenticated);
+        let (syncs, witness) = (engine_syncs(), authenticated.witness_syncs().data);
+        commit_from_8_threads(&(authenticated.clone() as Arc<dyn Backend>), 0);
+        let (syncs, witness) = (
+            engine_syncs() - syncs,
+            authenticated.witness_syncs().data - witness,
+        );
+        let groups = authenticated.commit_seq();
+        assert_eq!(witness, groups, "{name}: one witness sync per group");
+        assert!(
+            groups < 200 && syncs < 200,
+            "{name}: 200 commits in {groups} groups, {syncs} engine syncs"
+        );
+    }
 }
 
 /// A store keeps the engine it was created with: reopened without an engine it opens with its

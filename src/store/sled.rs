@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional as _};
 
 use super::backend::{Backend, Entries, Table, Write, decode_counter};
-use super::group::{CommitGroup, Outcomes, Queued};
 use super::lock::{DirLock, owner_only, retry_while_busy};
 use super::sync::{DataSync, Syncs};
 use crate::core::Error;
@@ -17,10 +16,9 @@ use crate::core::Error;
 /// size nor the disk's write cache), and an `fsync` of the directory when sled created, renamed
 /// or removed a file in it.
 ///
-/// Commits are grouped: sled 0.34 does not apply a transaction while a flush runs, so
-/// concurrent commits queue, and one of them (the leader) applies every queued batch, each as
-/// its own transaction, then flushes once for all of them. One thread alone pays one
-/// transaction and one flush per commit, as before; N threads pay about one flush per group.
+/// Commits are not grouped here: a `Kms` reaches its engine through
+/// [`AuthenticatedBackend`](super::AuthenticatedBackend), which groups concurrent commits
+/// into one engine commit (`store/group.rs`).
 ///
 /// sled applies a transaction in memory before the flush makes it durable, and cannot take it
 /// back: when the flush fails, the commit answers [`Error::NotDurable`] (not
@@ -29,7 +27,6 @@ use crate::core::Error;
 pub struct SledBackend {
     db: sled::Db,
     trees: Vec<sled::Tree>,
-    group: CommitGroup,
     /// The `fdatasync` of sled's data file (none for a database opened by the caller).
     sync: Option<DataSync>,
     /// The store's directory (none for a database opened by the caller).
@@ -125,7 +122,6 @@ impl SledBackend {
         Ok(SledBackend {
             db,
             trees,
-            group: CommitGroup::default(),
             sync: None,
             dir: None,
             marker: None,
@@ -138,7 +134,7 @@ impl SledBackend {
     }
 
     /// The syncs this backend made since it was opened: one `fdatasync` of sled's data file
-    /// per commit group (none for a database given to [`SledBackend::from_db`], whose
+    /// per commit (none for a database given to [`SledBackend::from_db`], whose
     /// directory this backend does not know).
     #[must_use]
     pub fn syncs(&self) -> Syncs {
@@ -216,43 +212,23 @@ impl Backend for SledBackend {
     }
 
     fn commit(&self, batch: &[Write]) -> Result<(), Error> {
-        self.group
-            .commit(batch, &mut |group| self.apply_group(group))
-    }
-}
-
-impl SledBackend {
-    /// Applies each batch of `group` as its own transaction, then makes them durable with one
-    /// flush and one `fdatasync`. A batch whose transaction failed is not applied (its own error); if the flush
-    /// fails, every applied batch answers [`Error::NotDurable`].
-    fn apply_group(&self, group: Vec<Queued>) -> Outcomes {
-        let mut outcomes: Vec<_> = group
-            .into_iter()
-            .map(|(ticket, batch)| (ticket, self.apply(&batch)))
-            .collect();
-        if outcomes.iter().any(|(_, outcome)| outcome.is_ok())
-            && let Err(error) = self
-                .make_durable()
-                .and_then(|()| self.mark().map_err(|error| error.to_string()))
-        {
-            for (_, outcome) in &mut outcomes {
-                if outcome.is_ok() {
-                    *outcome = Err(Error::NotDurable {
-                        detail: format!("the commit could not be made durable: {error}"),
-                    });
-                }
-            }
-        }
-        outcomes
-    }
-
-    /// Applies `batch` as one sled transaction over the trees it touches (not yet durable):
-    /// a transaction costs more with every tree it spans.
-    fn apply(&self, batch: &[Write]) -> Result<(), Error> {
         if batch.is_empty() {
             // sled cannot run a transaction over no tree; nothing to do.
             return Ok(());
         }
+        self.apply(batch)?;
+        self.make_durable()
+            .and_then(|()| self.mark().map_err(|error| error.to_string()))
+            .map_err(|error| Error::NotDurable {
+                detail: format!("the commit could not be made durable: {error}"),
+            })
+    }
+}
+
+impl SledBackend {
+    /// Applies `batch` as one sled transaction over the trees it touches (not yet durable):
+    /// a transaction costs more with every tree it spans.
+    fn apply(&self, batch: &[Write]) -> Result<(), Error> {
         let mut slot = [usize::MAX; Table::ALL.len()];
         let mut touched = Vec::with_capacity(4);
         for write in batch {
