@@ -21,12 +21,13 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::STORE_FORMAT_V2;
 use super::backend::{Backend, CheckedEntries, Entries, Table, Write, decode_counter};
 use super::group::{CommitGroup, Outcomes, Queued};
-use super::sync::{DataSync, Syncs, sync_dir};
+use super::sync::{Syncs, sync_dir};
 use crate::core::{Error, KeyId};
 use crate::crypto::derive::TAG_LEN;
 use crate::crypto::{MacKey, Purpose, RootKey, RootSealer, fill_from_os};
@@ -218,7 +219,10 @@ impl AuthenticatedBackend {
     pub fn witness_syncs(&self) -> Syncs {
         self.witness
             .as_ref()
-            .map(|w| w.sync.count())
+            .map(|w| Syncs {
+                data: w.syncs.load(Ordering::Relaxed),
+                dir: 0,
+            })
             .unwrap_or_default()
     }
 
@@ -433,7 +437,11 @@ impl AuthenticatedBackend {
     fn sealed_put(&self, table: Table, key: Vec<u8>, value: &[u8], digest: &mut Digest) -> Write {
         let raw = self.seal(table, &key, value);
         digest.add(&self.element(table, &key, &raw));
-        self.raw_put(table, key, raw)
+        Write::Put {
+            table,
+            key,
+            value: raw,
+        }
     }
 
     fn seal(&self, table: Table, key: &[u8], value: &[u8]) -> Vec<u8> {
@@ -441,10 +449,6 @@ impl AuthenticatedBackend {
         raw.extend_from_slice(value);
         raw.extend_from_slice(&self.tag(table, key, value));
         raw
-    }
-
-    fn raw_put(&self, table: Table, key: Vec<u8>, value: Vec<u8>) -> Write {
-        Write::Put { table, key, value }
     }
 
     /// What the state record's tag covers: store id, sequence, digest.
@@ -463,7 +467,11 @@ impl AuthenticatedBackend {
         value.push(STATE_FORMAT_V1);
         value.extend_from_slice(&state.seq.to_be_bytes());
         value.extend_from_slice(&tag);
-        self.raw_put(Table::Meta, META_STATE.to_vec(), value)
+        Write::Put {
+            table: Table::Meta,
+            key: META_STATE.to_vec(),
+            value,
+        }
     }
 
     /// The witness's slot, if the store has a witness and it holds one. Read only after the
@@ -549,7 +557,7 @@ impl AuthenticatedBackend {
 
     /// Works `batch` out into `changes`, or leaves `changes` as it was and says why not.
     fn work_out(&self, batch: &[Write], changes: &mut Changes) -> Result<(), Error> {
-        let mut mine = changes.clone_for_batch();
+        let mut mine = changes.clone();
         for write in batch {
             match write {
                 Write::Put { table, key, value } => mine.put(self, *table, key, value)?,
@@ -583,10 +591,6 @@ struct Changes {
 type Change = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 impl Changes {
-    fn clone_for_batch(&self) -> Changes {
-        self.clone()
-    }
-
     /// The raw value of an entry now (this group's changes, else the engine's).
     fn current(
         &mut self,
@@ -762,7 +766,9 @@ fn describe(table: Table, key: &[u8]) -> String {
 struct Witness {
     path: PathBuf,
     file: Mutex<File>,
-    sync: DataSync,
+    /// `fdatasync` calls of the file. The directory is the engine's to sync: the witness is
+    /// created (and its entry synced) once, and never renamed.
+    syncs: AtomicU64,
     key: MacKey,
 }
 
@@ -790,11 +796,10 @@ impl Witness {
             file.sync_all().map_err(io)?;
             sync_dir(dir).map_err(io)?;
         }
-        let sync = DataSync::open(dir, &path)?;
         Ok(Witness {
             path,
             file: Mutex::new(file),
-            sync,
+            syncs: AtomicU64::new(0),
             key,
         })
     }
@@ -849,7 +854,9 @@ impl Witness {
         file.seek(SeekFrom::Start(offset))
             .and_then(|_| file.write_all(&slot))
             .map_err(|error| format!("write of {}: {error}", self.path.display()))?;
-        self.sync.sync()
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        file.sync_data()
+            .map_err(|error| format!("fdatasync of {}: {error}", self.path.display()))
     }
 }
 
