@@ -203,10 +203,19 @@ fn create_file(path: &Path) -> Result<bool, Error> {
 /// Runs a call into redb, turning a panic (redb panics on some damaged pages instead of
 /// returning an error) into [`Error::Storage`].
 fn guarded<T>(what: &str, call: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    guarded_as(what, |detail| Error::Storage { detail }, call)
+}
+
+/// [`guarded`], the panic reported as `on_panic` makes it.
+fn guarded_as<T>(
+    what: &str,
+    on_panic: fn(String) -> Error,
+    call: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|_| {
-        Err(Error::Storage {
-            detail: format!("redb panicked in {what}: its file is damaged"),
-        })
+        Err(on_panic(format!(
+            "redb panicked in {what}: its file is damaged"
+        )))
     })
 }
 
@@ -246,12 +255,11 @@ impl Backend for RedbBackend {
 
     fn commit(&self, batch: &[Write]) -> Result<(), Error> {
         // A panic inside redb's commit leaves it unknown whether the batch is durable.
-        guarded("commit", || self.commit_unguarded(batch)).map_err(|error| match error {
-            Error::Storage { detail } if detail.contains("panicked") => {
-                Error::NotDurable { detail }
-            }
-            other => other,
-        })
+        guarded_as(
+            "commit",
+            |detail| Error::NotDurable { detail },
+            || self.commit_unguarded(batch),
+        )
     }
 }
 
