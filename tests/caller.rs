@@ -119,11 +119,13 @@ fn a_refused_call_is_forbidden_before_anything_else_and_the_same_for_an_unknown_
                 },
                 "{operation} on {target}"
             );
-            assert_eq!(error.code(), "forbidden");
+            assert_eq!(error.code(), "permission-denied");
             assert_eq!(error.http_status(), 403);
             assert_eq!(
                 error.to_string(),
-                format!("the caller may not {operation} key {target}")
+                format!(
+                    "permission denied: this credential may not call {operation} on key {target}"
+                )
             );
         }
     }
@@ -326,7 +328,7 @@ fn a_handle_made_from_a_restricted_one_stays_within_its_restriction() {
     ] {
         assert_eq!(
             escape.encrypt(billing, b"x", None).unwrap_err().code(),
-            "forbidden"
+            "permission-denied"
         );
         assert!(escape.encrypt(app, b"x", None).is_ok());
     }
@@ -334,7 +336,7 @@ fn a_handle_made_from_a_restricted_one_stays_within_its_restriction() {
     let narrower = restricted.as_caller(Caller::new("none").permit(|_| false));
     assert_eq!(
         narrower.encrypt(app, b"x", None).unwrap_err().code(),
-        "forbidden"
+        "permission-denied"
     );
     assert_eq!(narrower.caller().actor(), Some("none"));
 }

@@ -2162,29 +2162,43 @@ async fn unknown_paths_are_404_and_wrong_methods_405_problems() {
     assert_eq!(get_key(&mut c, &id).await, before);
 }
 
-/// An unsigned or unknown caller is refused from its headers alone: the server does not wait
-/// for (or hold) a body it announces.
+/// What does not depend on the key is refused from the headers alone: no header, or a
+/// signature outside its time window. The server does not wait for (or hold) a body they
+/// announce. An unknown key is not told from a wrong signature: its body is read and HMAC'd.
 #[tokio::test]
-async fn unsigned_requests_are_refused_before_their_body_is_read() {
+async fn unsigned_or_expired_requests_are_refused_before_their_body_is_read() {
     let server = TestServer::start(&[ZONE_A]).await;
-    for authorization in [
-        String::new(),
+    let header = |key: &str, expires: i64| {
         format!(
             "Authorization: {}\r\n",
-            auth::sign("nobody", b"x", "POST", "/v2/kms-key", b"", unix_now() + 60)
-        ),
-    ] {
+            auth::sign(key, b"x", "POST", "/v2/kms-key", b"", expires)
+        )
+    };
+    let request = |authorization: &str| {
         // 1000 bytes announced, none sent: an answer can only come from the headers.
-        let request = format!(
+        format!(
             "POST /v2/kms-key HTTP/1.1\r\nHost: x\r\n{authorization}Content-Length: 1000\r\n\r\n"
-        );
-        let answer =
-            raw_exchange(server.addrs[0], request.as_bytes(), Duration::from_secs(3)).await;
-        let expected = if authorization.is_empty() { 401 } else { 403 };
+        )
+    };
+    for (authorization, expected) in [
+        (String::new(), Some(401)),
+        (header("nobody", unix_now() - 60), Some(403)),
+        (header(http_support::KEY, unix_now() - 60), Some(403)),
+        (header("nobody", unix_now() + 7200), Some(403)),
+        // Within the window, an unknown key waits for its body, as a known one does.
+        (header("nobody", unix_now() + 60), None),
+        (header(http_support::KEY, unix_now() + 60), None),
+    ] {
+        let answer = raw_exchange(
+            server.addrs[0],
+            request(&authorization).as_bytes(),
+            Duration::from_secs(1),
+        )
+        .await;
         assert_eq!(
             raw_status(&answer),
-            Some(expected),
-            "{}",
+            expected,
+            "{authorization}: {}",
             String::from_utf8_lossy(&answer)
         );
     }

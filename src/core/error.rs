@@ -197,7 +197,7 @@ pub enum Error {
     },
     /// The caller's check ([`crate::Caller::permit`]) refused the call before anything was
     /// looked at or changed. The answer is the same whether the key exists or not.
-    #[error("the caller may not {operation}{}", key_suffix(.id))]
+    #[error("permission denied: this credential may not call {operation}{}", key_suffix(.id))]
     Forbidden {
         /// The refused operation, as named in the API (`encrypt`, `rotate-kms-key`, ...).
         operation: &'static str,
@@ -261,7 +261,7 @@ impl Error {
             ZoneUnreachable { .. } => ("zone-unreachable", "Zone unreachable"),
             RotationPending { .. } => ("rotation-pending", "Rotation pending"),
             StoreInUse { .. } => ("store-in-use", "Store in use"),
-            Forbidden { .. } => ("forbidden", "Forbidden"),
+            Forbidden { .. } => ("permission-denied", "Permission denied"),
         }
     }
 
@@ -303,7 +303,7 @@ impl Error {
 }
 
 fn key_suffix(id: &Option<KeyId>) -> String {
-    id.map(|id| format!(" key {id}")).unwrap_or_default()
+    id.map(|id| format!(" on key {id}")).unwrap_or_default()
 }
 
 /// Which rule an [`Error::Conflict`] broke. Its `Display` is the rule in words.

@@ -151,7 +151,7 @@ type Check = dyn Fn(&Access<'_>) -> bool + Send + Sync;
 ///     matches!(access.target, Target::Key { name: Some(name), .. } if name.starts_with("app-"))
 /// }));
 /// assert!(restricted.encrypt(app.id, b"x", None).is_ok());
-/// assert_eq!(restricted.encrypt(other.id, b"x", None).unwrap_err().code(), "forbidden");
+/// assert_eq!(restricted.encrypt(other.id, b"x", None).unwrap_err().code(), "permission-denied");
 /// # Ok(())
 /// # }
 /// ```

@@ -4,36 +4,49 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use http_body_util::BodyExt as _;
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
-use super::auth::Credentials;
+use super::auth::{Credentials, Grants};
 use super::problem::Problem;
+use super::replay::ReplayCache;
 use super::request::Fields;
-use crate::{Caller, Error, KeyId, Kms};
+use crate::{Caller, Error, KeyId, Kms, Operation};
 
 /// What every handler of one zone shares.
 pub(crate) struct Zone {
     pub(crate) kms: Arc<Kms>,
     pub(crate) credentials: Arc<Credentials>,
     pub(crate) max_body_bytes: usize,
-    pub(crate) body_timeout: std::time::Duration,
-    pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
+    pub(crate) body_timeout: Duration,
+    /// Bodies in memory beyond each connection's free share, in KiB, across every zone.
+    pub(crate) body_budget: Arc<Semaphore>,
+    /// How long a body may wait for its share of `body_budget`.
+    pub(crate) budget_timeout: Duration,
+    /// How far ahead a signature's `expires` may be, in seconds.
+    pub(crate) max_validity_secs: i64,
+    /// The signatures already used for state-changing requests, with `--refuse-replays`.
+    pub(crate) replays: Option<Arc<ReplayCache>>,
 }
 
 /// A request whose signature checked out: the zone as its signer (the API key is the
-/// caller's actor) and its body, wiped when dropped (it may hold a plaintext or a data key
-/// in base64).
+/// caller's actor, its grants the caller's check) and its body, wiped when dropped (it may hold
+/// a plaintext or a data key in base64).
 pub(crate) struct Signed {
     pub(crate) kms: Kms,
     pub(crate) body: Zeroizing<Vec<u8>>,
+    /// What the signer may do.
+    pub(crate) grants: Grants,
+    /// The body's share of the budget, given back when the request is done.
+    _share: Option<OwnedSemaphorePermit>,
 }
 
 impl Signed {
@@ -58,6 +71,60 @@ impl Signed {
 /// go to the blocking pool, so that one big request does not stall the small ones.
 const INLINE_BODY_BYTES: usize = 64 * 1024;
 
+/// The share of a body (and of an answer) that needs no budget: each connection has one
+/// request at a time, so with `--max-connections` 1024 these shares hold at most 64 MiB.
+pub(crate) const FREE_SHARE_BYTES: usize = 64 * 1024;
+
+/// The API operation of a route of [`super::http::router`] (`None` for a path that names
+/// none: the router answers those before any extractor runs).
+fn operation_of(method: &Method, path: &str) -> Option<Operation> {
+    let rest = path.strip_prefix("/v2/kms-key")?;
+    let mut segments = rest.strip_prefix('/').map(|rest| rest.split('/'));
+    let (id, action) = match segments.as_mut() {
+        None if rest.is_empty() => (None, None),
+        None => return None,
+        Some(segments) => (segments.next(), segments.next()),
+    };
+    Some(match (method, id, action) {
+        (&Method::GET, None, None) => Operation::ListKeys,
+        (&Method::POST, None, None) => Operation::CreateKey,
+        (&Method::GET, Some(_), None) => Operation::GetKey,
+        (_, Some(_), Some(action)) => match action {
+            "list-key-rotations" => Operation::ListKeyRotations,
+            "enable" => Operation::EnableKey,
+            "disable" => Operation::DisableKey,
+            "rotate" => Operation::RotateKey,
+            "enable-key-rotation" => Operation::EnableKeyRotation,
+            "disable-key-rotation" => Operation::DisableKeyRotation,
+            "schedule-deletion" => Operation::ScheduleKeyDeletion,
+            "cancel-deletion" => Operation::CancelKeyDeletion,
+            "replicate" => Operation::ReplicateKey,
+            "encrypt" => Operation::Encrypt,
+            "decrypt" => Operation::Decrypt,
+            "re-encrypt" => Operation::ReEncrypt,
+            "generate-data-key" => Operation::GenerateDataKey,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// Whether `operation` changes state: the replay cache holds its signatures. The crypto
+/// operations do not (encrypt and generate-data-key make a new answer each time, and replaying
+/// a decrypt gives the attacker nothing a captured answer does not).
+fn changes_state(operation: Operation) -> bool {
+    !matches!(
+        operation,
+        Operation::Encrypt
+            | Operation::Decrypt
+            | Operation::ReEncrypt
+            | Operation::GenerateDataKey
+            | Operation::GetKey
+            | Operation::ListKeys
+            | Operation::ListKeyRotations
+    )
+}
+
 impl FromRequest<Arc<Zone>> for Signed {
     type Rejection = Problem;
 
@@ -72,53 +139,127 @@ impl FromRequest<Arc<Zone>> for Signed {
         if declared.is_some_and(|length| length > limit as u64) {
             return Err(Problem::too_large(limit));
         }
-        // Everything that needs no body first: an unsigned or unknown caller is refused
-        // before a byte of its body is read or held.
+        // What needs neither the body nor the key first: the header's form (401) and the
+        // time window (403). Then every request reads its body within the stranger's share
+        // and is HMAC'd, with a dummy secret when its key is unknown: the four 403s read alike.
         let authorization = parts
             .headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
-        let pending = zone
-            .credentials
-            .check_header(authorization, unix_now())
+        let now = unix_now();
+        let credentials = &zone.credentials;
+        let pending = credentials
+            .check_header(authorization, now, zone.max_validity_secs)
             .map_err(|error| Problem::from(&error))?;
-        // This request's share of the memory for bodies, held until its body is checked.
-        let share = declared.map_or(limit, |length| usize::try_from(length).unwrap_or(limit));
-        let kib = u32::try_from(share.div_ceil(1024).clamp(1, super::BODY_BUDGET_KIB))
-            .unwrap_or(u32::MAX);
-        let _permit = zone
-            .body_budget
-            .acquire_many(kib)
-            .await
-            .map_err(|_| Problem::internal("the server is stopping"))?;
-        let body = read_body(body, zone).await?;
-        let signer = pending
-            .verify(
-                parts.method.as_str(),
-                parts.uri.path(),
-                parts.uri.query(),
-                &body,
-            )
+        let (body, share) = read_body(body, zone).await?;
+        let (method, path) = (&parts.method, parts.uri.path());
+        let verified = pending
+            .verify(method.as_str(), path, parts.uri.query(), &body)
             .map_err(|error| Problem::from(&error))?;
-        let kms = zone.kms.as_caller(Caller::new(signer));
-        Ok(Signed { kms, body })
+        // Permissions next, before anything else is looked at: the operation and the zone
+        // (the key's name is the library's check, with the key).
+        let operation = operation_of(method, path);
+        let grants = verified.grants;
+        if let Some(operation) = operation
+            && (!grants.allows_operation(operation) || !grants.allows_zone(zone.kms.zone()))
+        {
+            return Err(Problem::from(Error::Forbidden {
+                operation: operation.name(),
+                id: None,
+            }));
+        }
+        if let (Some(replays), Some(operation)) = (&zone.replays, operation)
+            && changes_state(operation)
+            && !replays.first_use(pending.signature(), verified.expires, now)
+        {
+            return Err(Problem::replayed());
+        }
+        let caller = Caller::new(verified.key);
+        let caller = if grants.is_unrestricted() {
+            caller
+        } else {
+            let grants = grants.clone();
+            caller.permit(move |access| grants.permits(access))
+        };
+        Ok(Signed {
+            kms: zone.kms.as_caller(caller),
+            body,
+            grants: grants.clone(),
+            _share: share,
+        })
     }
 }
 
-/// The body, within the size limit and the time limit.
-async fn read_body(body: axum::body::Body, zone: &Zone) -> Result<Zeroizing<Vec<u8>>, Problem> {
-    let limited = Limited::new(body, zone.max_body_bytes);
-    match tokio::time::timeout(zone.body_timeout, limited.collect()).await {
-        Ok(Ok(collected)) => Ok(Zeroizing::new(Vec::from(collected.to_bytes()))),
-        Ok(Err(error)) if error.is::<LengthLimitError>() => {
-            Err(Problem::too_large(zone.max_body_bytes))
+/// The body, within the size limit and the time limit. Beyond [`FREE_SHARE_BYTES`], it takes
+/// its share of the zones' body budget as its bytes arrive (a request that announces 8 MiB and
+/// sends nothing holds nothing), waiting for it at most `budget_timeout`.
+async fn read_body(
+    mut body: axum::body::Body,
+    zone: &Zone,
+) -> Result<(Zeroizing<Vec<u8>>, Option<OwnedSemaphorePermit>), Problem> {
+    let deadline = tokio::time::Instant::now() + zone.body_timeout;
+    let mut bytes = Zeroizing::new(Vec::new());
+    let mut share: Option<OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(Problem::body_timeout(zone.body_timeout)),
+            Ok(None) => return Ok((bytes, share)),
+            Ok(Some(Err(_))) => {
+                return Err(Problem::from(Error::BadRequest {
+                    field: "body",
+                    reason: "could not be read: the connection or its framing failed".to_owned(),
+                }));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let length = bytes.len() + data.len();
+        if length > zone.max_body_bytes {
+            return Err(Problem::too_large(zone.max_body_bytes));
         }
-        Ok(Err(_)) => Err(Problem::from(Error::BadRequest {
-            field: "body",
-            reason: "could not be read: the connection or its framing failed".to_owned(),
-        })),
-        Err(_) => Err(Problem::body_timeout(zone.body_timeout)),
+        take_share(&mut share, length, &zone.body_budget, zone.budget_timeout).await?;
+        extend_wiping(&mut bytes, &data);
     }
+}
+
+/// Grows `share` to cover `length` bytes beyond the free share, waiting at most `timeout`.
+pub(crate) async fn take_share(
+    share: &mut Option<OwnedSemaphorePermit>,
+    length: usize,
+    budget: &Arc<Semaphore>,
+    timeout: Duration,
+) -> Result<(), Problem> {
+    let needed = length.saturating_sub(FREE_SHARE_BYTES).div_ceil(1024);
+    let held = share.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+    let Some(more) = needed.checked_sub(held).filter(|more| *more > 0) else {
+        return Ok(());
+    };
+    let more = u32::try_from(more).map_err(|_| Problem::busy(timeout))?;
+    let permit = match tokio::time::timeout(timeout, budget.clone().acquire_many_owned(more)).await
+    {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => return Err(Problem::internal("the server is stopping")),
+        Err(_) => return Err(Problem::busy(timeout)),
+    };
+    match share {
+        Some(held) => held.merge(permit),
+        None => *share = Some(permit),
+    }
+    Ok(())
+}
+
+/// Appends `data` to `bytes`; when the buffer must grow, the old one is wiped (a plain `Vec`
+/// would free it as it is).
+fn extend_wiping(bytes: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
+    let length = bytes.len() + data.len();
+    if length > bytes.capacity() {
+        let mut grown = Zeroizing::new(Vec::with_capacity(length.max(2 * bytes.capacity())));
+        grown.extend_from_slice(bytes);
+        *bytes = grown;
+    }
+    bytes.extend_from_slice(data);
 }
 
 fn unix_now() -> i64 {

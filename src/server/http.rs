@@ -105,9 +105,18 @@ async fn create_key(call: Signed) -> Answer<CreatedKey> {
     blocking(move || call.kms.create_key(&request)).await
 }
 
+/// list-kms-keys; a credential restricted to some names sees only the keys it may use.
 async fn list_keys(call: Signed) -> Answer<KeyList> {
     call.no_fields()?;
-    blocking(move || call.kms.list_keys()).await
+    blocking(move || {
+        let mut list = call.kms.list_keys()?;
+        if call.grants.restricts_names() {
+            list.kms_keys
+                .retain(|key| call.grants.allows_name(Some(&key.name)));
+        }
+        Ok(list)
+    })
+    .await
 }
 
 async fn get_key(KeyCall { id, signed }: KeyCall) -> Answer<KeyDetails> {

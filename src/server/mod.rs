@@ -32,6 +32,7 @@ pub mod auth;
 mod extract;
 mod http;
 pub mod problem;
+mod replay;
 mod request;
 
 use std::fmt;
@@ -118,6 +119,17 @@ pub struct ServeOptions {
     pub due_interval: Duration,
     /// How long a request body may take to arrive; a slower one is answered 408. Default 30 s.
     pub body_timeout: Duration,
+    /// How long a body may wait for its share of the memory for bodies
+    /// ([`BODY_BUDGET_KIB`]) before it is answered 503. Default 5 s.
+    pub budget_timeout: Duration,
+    /// How far ahead a signature's `expires` may be; further is refused (403). Default
+    /// [`auth::DEFAULT_MAX_VALIDITY_SECS`] (15 minutes).
+    pub max_signature_validity: Duration,
+    /// Refuse a signature already used for a state-changing request (every POST but
+    /// encrypt, decrypt, re-encrypt and generate-data-key) while it is valid, across all zones
+    /// (403 `request-replayed`). Off by default: Exoscale's clients send byte-identical
+    /// signatures for identical calls made in the same second.
+    pub refuse_replays: bool,
     /// After the shutdown signal, how long the requests in flight may take before their
     /// connections are dropped (a stalled client must not keep the server up). Default 10 s.
     pub shutdown_grace: Duration,
@@ -131,6 +143,11 @@ impl Default for ServeOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             due_interval: Duration::from_secs(1),
             body_timeout: Duration::from_secs(30),
+            budget_timeout: Duration::from_secs(5),
+            max_signature_validity: Duration::from_secs(
+                auth::DEFAULT_MAX_VALIDITY_SECS.unsigned_abs(),
+            ),
+            refuse_replays: false,
             shutdown_grace: Duration::from_secs(10),
             events: Events::default(),
         }
@@ -163,6 +180,11 @@ pub async fn serve(
     let mut runners = Vec::with_capacity(zones.len());
     // Request bodies in memory at once, in KiB, across every zone.
     let body_budget = Arc::new(Semaphore::new(BODY_BUDGET_KIB));
+    let replays = options
+        .refuse_replays
+        .then(|| Arc::new(replay::ReplayCache::default()));
+    let max_validity_secs =
+        i64::try_from(options.max_signature_validity.as_secs()).unwrap_or(i64::MAX);
     let reporter = |kms: &Kms| {
         let events = options.events.clone();
         let zone = kms.zone().to_owned();
@@ -196,6 +218,9 @@ pub async fn serve(
             max_body_bytes: options.max_body_bytes,
             body_timeout: options.body_timeout,
             body_budget: body_budget.clone(),
+            budget_timeout: options.budget_timeout,
+            max_validity_secs,
+            replays: replays.clone(),
         });
         servers.spawn(accept_loop(
             listener,
@@ -222,9 +247,10 @@ pub async fn serve(
     result
 }
 
-/// Request bodies held in memory at once across all zones, in KiB: 64 MiB. A request waits
-/// for its share (its `Content-Length`, or the body limit when it has none) before its body is
-/// read, after its `Authorization` header has been checked.
+/// Request and response bodies held in memory at once across all zones beyond each
+/// connection's free 64 KiB, in KiB: 64 MiB. A request body takes its share as its bytes
+/// arrive (not from its `Content-Length`), a large answer when it is made; each waits for it
+/// at most [`ServeOptions::budget_timeout`].
 pub const BODY_BUDGET_KIB: usize = 64 * 1024;
 
 /// How long the headers of a request may take to arrive.

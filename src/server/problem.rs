@@ -76,6 +76,28 @@ impl Problem {
         Problem::new("request-timeout", "Request timeout", 408, detail)
     }
 
+    /// 403 for a state-changing request whose signature was already used
+    /// (`--refuse-replays`).
+    #[must_use]
+    pub fn replayed() -> Problem {
+        let detail = "this signature was already used for a state-changing request; sign the \
+                      request again after the next second (a signature changes only with its \
+                      expiry second) and resend it"
+            .to_owned();
+        Problem::new("request-replayed", "Request replayed", 403, detail)
+    }
+
+    /// 503 when the memory for request or response bodies stayed taken for `waited`: the
+    /// server is busy with large bodies; retry later.
+    #[must_use]
+    pub fn busy(waited: std::time::Duration) -> Problem {
+        let detail = format!(
+            "the server's memory for bodies stayed in use for {} ms; retry later",
+            waited.as_millis()
+        );
+        Problem::new("server-busy", "Server busy", 503, detail)
+    }
+
     /// 500 for a failure of the server itself (not of the KMS): `detail` says what.
     #[must_use]
     pub fn internal(detail: impl Into<String>) -> Problem {
@@ -111,6 +133,11 @@ impl IntoResponse for Problem {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if self.status == 503 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if self.status == 401 {
             // RFC 9110 §11.6.1: a 401 names the scheme that authenticates.
             response.headers_mut().insert(

@@ -118,6 +118,17 @@ impl TestServer {
 
     /// Zones `zones` with `limits` and `options`.
     pub async fn start_with(zones: &[&str], limits: Limits, options: ServeOptions) -> TestServer {
+        let credentials = Credentials::new().with(KEY, SECRET);
+        TestServer::start_with_credentials(zones, limits, options, credentials).await
+    }
+
+    /// Zones `zones` with `limits` and `options`, accepting `credentials`.
+    pub async fn start_with_credentials(
+        zones: &[&str],
+        limits: Limits,
+        options: ServeOptions,
+        credentials: Credentials,
+    ) -> TestServer {
         let clock = ManualClock::new(start_time());
         let link = LocalLink::new();
         let mut kms = Vec::new();
@@ -141,7 +152,7 @@ impl TestServer {
             kms.push(Arc::clone(&zone_kms));
             served.push((zone_kms, listener));
         }
-        let credentials = Arc::new(Credentials::new().with(KEY, SECRET));
+        let credentials = Arc::new(credentials);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(keylife::server::serve(
             served,

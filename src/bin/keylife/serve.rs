@@ -34,10 +34,20 @@ pub(crate) struct ServeArgs {
     /// store always opens with the engine it was created with; naming another is an error.
     #[arg(long, value_name = "ENGINE", env = "KEYLIFE_ENGINE")]
     engine: Option<Engine>,
-    /// File of API credentials, one `KEY SECRET` pair per line (`#` starts a comment); else
-    /// `KEYLIFE_CREDENTIALS`.
+    /// File of API credentials, one per line, `KEY SECRET [operations=L] [names=L]
+    /// [zones=L]` (`#` starts a comment); else `KEYLIFE_CREDENTIALS`.
     #[arg(long, value_name = "FILE")]
     credentials_file: Option<PathBuf>,
+    /// Longest validity accepted for a request signature, in seconds: a signature whose
+    /// `expires` is further ahead is refused (403). Exoscale's clients sign for 600 s.
+    #[arg(long, value_name = "SECS", default_value_t = keylife::server::auth::DEFAULT_MAX_VALIDITY_SECS.unsigned_abs())]
+    max_signature_validity: u64,
+    /// Refuse a signature already used for a state-changing request (every POST but encrypt,
+    /// decrypt, re-encrypt and generate-data-key) while it is valid, across all zones: 403
+    /// `request-replayed`. Off by default, since Exoscale's clients send identical signatures
+    /// for identical calls made in the same second.
+    #[arg(long)]
+    refuse_replays: bool,
     /// Largest request body in bytes; larger ones are answered 413.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
@@ -116,6 +126,8 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
     let options = ServeOptions {
         max_body_bytes: args.max_body_bytes,
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
+        max_signature_validity: std::time::Duration::from_secs(args.max_signature_validity),
+        refuse_replays: args.refuse_replays,
         events: Events::new(log::server_event),
         ..ServeOptions::default()
     };

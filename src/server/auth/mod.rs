@@ -8,12 +8,19 @@
 //! `EXO2-HMAC-SHA256 credential={key}[,signed-query-args=a;b],expires={ts},signature={b64}`.
 //!
 //! Verification is pure: the caller gives the time. The comparison is constant-time (HMAC's
-//! own `verify_slice`), and no error message carries a secret or a signature. An unknown key
-//! is refused from the header, before any HMAC is computed, with the same message as a wrong
-//! signature; it is answered sooner, so its timing differs.
+//! own `verify_slice`), and no error message carries a secret or a signature. What does not
+//! depend on the key is checked from the header first (its form: 401; the time window: 403);
+//! then every request is HMAC'd over its body, with a random dummy secret when the key is
+//! unknown, so that an unknown key, a wrong signature, an expired signature and one too far
+//! ahead all read the same 403 ([`FORBIDDEN_DETAIL`]) and an unknown key costs what a wrong
+//! signature costs.
 
 use std::collections::HashMap;
 use std::fmt;
+
+mod grants;
+
+pub use grants::{Glob, Grants};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -26,9 +33,17 @@ type HmacSha256 = Hmac<Sha256>;
 /// The scheme name that starts the `Authorization` header.
 pub const SCHEME: &str = "EXO2-HMAC-SHA256";
 
-/// How far in the future a signature's `expires` may be, in seconds: one hour. Exoscale's
-/// clients sign for ten minutes; a signature valid for longer is refused as a replay risk.
-pub const MAX_VALIDITY_SECS: i64 = 3600;
+/// How far in the future a signature's `expires` may be by default, in seconds: 15 minutes
+/// (`keylife serve --max-signature-validity`). Exoscale's clients sign for ten minutes; a
+/// signature valid for longer is refused, as its replay window would be longer.
+pub const DEFAULT_MAX_VALIDITY_SECS: i64 = 900;
+
+/// The one detail of every 403 refusal of authentication: unknown key, wrong signature,
+/// expired, too far ahead. One text, byte for byte, so that an answer does not tell which keys
+/// exist.
+pub const FORBIDDEN_DETAIL: &str = "the request is not authenticated: the API key is unknown, \
+     the signature does not match the request, or it is outside its validity window \
+     (expires must be in the future and not too far ahead)";
 
 /// The most query arguments a signature may name. No KMS operation takes any; Exoscale's
 /// clients sign every argument of a request, and a few must do.
@@ -47,7 +62,7 @@ pub enum AuthError {
     BadSignature,
     /// `expires` is in the past.
     Expired,
-    /// `expires` is more than [`MAX_VALIDITY_SECS`] ahead.
+    /// `expires` is further ahead than the server accepts.
     TooLong,
 }
 
@@ -71,6 +86,21 @@ impl AuthError {
             ("forbidden", "Forbidden")
         }
     }
+
+    /// The reason class, for an audit log (never for the client, who gets one answer for
+    /// every 403): `missing`, `malformed`, `unknown-key`, `bad-signature`, `expired`,
+    /// `too-far-ahead`.
+    #[must_use]
+    pub fn reason_class(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::UnknownKey => "unknown-key",
+            AuthError::BadSignature => "bad-signature",
+            AuthError::Expired => "expired",
+            AuthError::TooLong => "too-far-ahead",
+        }
+    }
 }
 
 impl fmt::Display for AuthError {
@@ -86,30 +116,45 @@ impl fmt::Display for AuthError {
                     "the Authorization header is not a valid {SCHEME} authorization: {what}"
                 )
             }
-            // One message for both, so that an answer does not tell which API keys exist.
-            AuthError::UnknownKey | AuthError::BadSignature => {
-                f.write_str("the API key is unknown or the request signature does not match")
-            }
-            AuthError::Expired => f.write_str("the request signature has expired"),
-            AuthError::TooLong => write!(
-                f,
-                "the request signature expires more than {MAX_VALIDITY_SECS} seconds from now"
-            ),
+            // One message for all four, so that an answer does not tell which API keys exist.
+            AuthError::UnknownKey
+            | AuthError::BadSignature
+            | AuthError::Expired
+            | AuthError::TooLong => f.write_str(FORBIDDEN_DETAIL),
         }
     }
 }
 
 impl std::error::Error for AuthError {}
 
-/// The API key / secret pairs a server accepts. Secrets are wiped on drop and never printed.
-#[derive(Default)]
+/// One credential: its secret (wiped on drop) and what it may do.
+struct Entry {
+    secret: Zeroizing<Vec<u8>>,
+    grants: Grants,
+}
+
+/// The API key / secret pairs a server accepts, each with its [`Grants`]. Secrets are wiped
+/// on drop and never printed.
 pub struct Credentials {
-    secrets: HashMap<String, Zeroizing<Vec<u8>>>,
+    entries: HashMap<String, Entry>,
+    /// HMAC'd in place of a secret when the key is unknown: random, so no one can sign for it.
+    dummy: Zeroizing<[u8; 32]>,
+}
+
+impl Default for Credentials {
+    fn default() -> Credentials {
+        let mut dummy = Zeroizing::new([0u8; 32]);
+        rand::fill(dummy.as_mut());
+        Credentials {
+            entries: HashMap::new(),
+            dummy,
+        }
+    }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut keys: Vec<&str> = self.secrets.keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = self.entries.keys().map(String::as_str).collect();
         keys.sort_unstable();
         f.debug_struct("Credentials")
             .field("keys", &keys)
@@ -124,31 +169,50 @@ impl Credentials {
         Credentials::default()
     }
 
-    /// Adds (or replaces) the pair `key`, `secret`.
+    /// Adds (or replaces) the pair `key`, `secret`, which may call every API operation.
     #[must_use]
-    pub fn with(mut self, key: impl Into<String>, secret: impl AsRef<[u8]>) -> Credentials {
-        self.secrets
-            .insert(key.into(), Zeroizing::new(secret.as_ref().to_vec()));
+    pub fn with(self, key: impl Into<String>, secret: impl AsRef<[u8]>) -> Credentials {
+        self.with_grants(key, secret, Grants::everything())
+    }
+
+    /// Adds (or replaces) the pair `key`, `secret`, which may do what `grants` allow.
+    #[must_use]
+    pub fn with_grants(
+        mut self,
+        key: impl Into<String>,
+        secret: impl AsRef<[u8]>,
+        grants: Grants,
+    ) -> Credentials {
+        let secret = Zeroizing::new(secret.as_ref().to_vec());
+        self.entries.insert(key.into(), Entry { secret, grants });
         self
     }
 
     /// How many pairs there are.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.secrets.len()
+        self.entries.len()
     }
 
     /// Whether there are none.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.secrets.is_empty()
+        self.entries.is_empty()
     }
 
-    /// Parses the credentials file format: one `KEY SECRET` pair per line, separated by
-    /// whitespace; `#` at the start of a line or after whitespace starts a comment (a `#`
+    /// What the credential `key` may do, if it is one of these.
+    #[must_use]
+    pub fn grants(&self, key: &str) -> Option<&Grants> {
+        self.entries.get(key).map(|entry| &entry.grants)
+    }
+
+    /// Parses the credentials file format: one credential per line,
+    /// `KEY SECRET [operations=L] [names=L] [zones=L]`, words separated by whitespace (a `\`
+    /// before a space keeps it in the word), attributes in any order, each at most once (see
+    /// [`Grants`]); `#` at the start of a line or after whitespace starts a comment (a `#`
     /// inside a word is part of it: secrets may hold one); blank lines are skipped. At least
-    /// one pair is required, and a key may appear once. The error names the line, never its
-    /// secret.
+    /// one credential is required, and a key may appear once. The error names the line, never
+    /// its secret.
     pub fn parse(text: &str) -> Result<Credentials, String> {
         let mut credentials = Credentials::new();
         for (index, line) in text.lines().enumerate() {
@@ -156,28 +220,30 @@ impl Credentials {
             if line.is_empty() {
                 continue;
             }
-            let mut words = line.split_whitespace();
-            let (Some(key), Some(secret), None) = (words.next(), words.next(), words.next()) else {
+            let words = split_words(line);
+            let [key, secret, attributes @ ..] = words.as_slice() else {
                 return Err(format!(
-                    "line {}: expected `KEY SECRET`, two words separated by whitespace",
+                    "line {}: expected `KEY SECRET [operations=L] [names=L] [zones=L]`",
                     index + 1
                 ));
             };
-            if credentials.secrets.contains_key(key) {
+            let grants = Grants::parse(attributes)
+                .map_err(|error| format!("line {}: {error}", index + 1))?;
+            if credentials.entries.contains_key(key.as_str()) {
                 return Err(format!("line {}: key {key} is given twice", index + 1));
             }
-            credentials = credentials.with(key, secret);
+            credentials = credentials.with_grants(key.as_str(), secret, grants);
         }
         if credentials.is_empty() {
-            return Err("no `KEY SECRET` pair".to_owned());
+            return Err("no `KEY SECRET` line".to_owned());
         }
         Ok(credentials)
     }
 
     /// Checks the `Authorization` header of a request (`None` if absent) against the method,
-    /// the path (without query), the raw query string, the raw body and the time `now_unix`.
-    /// Returns the API key that signed it. The same as [`Credentials::check_header`] then
-    /// [`Pending::verify`].
+    /// the path (without query), the raw query string, the raw body and the time `now_unix`,
+    /// with the default validity ([`DEFAULT_MAX_VALIDITY_SECS`]). Returns the API key that
+    /// signed it. The same as [`Credentials::check_header`] then [`Pending::verify`].
     pub fn verify<'a>(
         &'a self,
         authorization: Option<&[u8]>,
@@ -187,17 +253,21 @@ impl Credentials {
         body: &[u8],
         now_unix: i64,
     ) -> Result<&'a str, AuthError> {
-        self.check_header(authorization, now_unix)?
+        self.check_header(authorization, now_unix, DEFAULT_MAX_VALIDITY_SECS)?
             .verify(method, path, query, body)
+            .map(|verified| verified.key)
     }
 
-    /// The checks that need no body, done before the body is read so that an unsigned or
-    /// unknown caller costs no memory: the header's form, a known key, the time window, and
-    /// at most [`MAX_SIGNED_QUERY_ARGS`] distinct signed query arguments.
+    /// The checks that need neither the body nor the key: the header's form (at most
+    /// [`MAX_SIGNED_QUERY_ARGS`] distinct signed query arguments) and the time window, `expires`
+    /// from `now_unix` to `max_validity_secs` ahead. A key that is not one of these
+    /// credentials passes too, and fails in [`Pending::verify`], after its body is HMAC'd
+    /// with a dummy secret.
     pub fn check_header<'a>(
         &'a self,
         authorization: Option<&[u8]>,
         now_unix: i64,
+        max_validity_secs: i64,
     ) -> Result<Pending<'a>, AuthError> {
         let header = authorization.ok_or(AuthError::Missing)?;
         let header =
@@ -220,19 +290,17 @@ impl Credentials {
                 names.push(name.to_owned());
             }
         }
-        let (key, secret) = self
-            .secrets
-            .get_key_value(parsed.credential)
-            .ok_or(AuthError::UnknownKey)?;
         if parsed.expires < now_unix {
             return Err(AuthError::Expired);
         }
-        if parsed.expires > now_unix.saturating_add(MAX_VALIDITY_SECS) {
+        if parsed.expires > now_unix.saturating_add(max_validity_secs) {
             return Err(AuthError::TooLong);
         }
+        let known = self.entries.get_key_value(parsed.credential);
         Ok(Pending {
-            key,
-            secret,
+            known: known.map(|(key, entry)| (key.as_str(), entry)),
+            secret: known.map_or(self.dummy.as_slice(), |(_, entry)| entry.secret.as_slice()),
+            claimed: parsed.credential.to_owned(),
             signature,
             signed_query_args: names,
             expires: parsed.expires,
@@ -243,8 +311,9 @@ impl Credentials {
 /// A request whose `Authorization` header passed [`Credentials::check_header`]: its
 /// signature remains to be checked against the request.
 pub struct Pending<'a> {
-    key: &'a str,
+    known: Option<(&'a str, &'a Entry)>,
     secret: &'a [u8],
+    claimed: String,
     signature: Vec<u8>,
     signed_query_args: Vec<String>,
     expires: i64,
@@ -253,28 +322,88 @@ pub struct Pending<'a> {
 impl fmt::Debug for Pending<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pending")
-            .field("key", &self.key)
+            .field("claimed", &self.claimed)
+            .field("known", &self.known.is_some())
             .field("expires", &self.expires)
             .finish_non_exhaustive()
     }
 }
 
+/// A request whose signature checked out.
+#[derive(Debug, Clone, Copy)]
+pub struct Verified<'a> {
+    /// The API key that signed it.
+    pub key: &'a str,
+    /// What that key may do.
+    pub grants: &'a Grants,
+    /// The signature's `expires`, UNIX time.
+    pub expires: i64,
+}
+
 impl<'a> Pending<'a> {
+    /// The API key the header names (known or not): for an audit log, never for the client.
+    #[must_use]
+    pub fn claimed_key(&self) -> &str {
+        &self.claimed
+    }
+
+    /// The signature's bytes, as sent (for a replay cache).
+    #[must_use]
+    pub fn signature(&self) -> &[u8] {
+        &self.signature
+    }
+
+    /// The signature's `expires`, UNIX time.
+    #[must_use]
+    pub fn expires(&self) -> i64 {
+        self.expires
+    }
+
     /// Checks the signature (in constant time) over the method, the path (without query), the
-    /// raw query string and the raw body. Returns the API key that signed.
+    /// raw query string and the raw body; an unknown key is HMAC'd all the same, with a dummy
+    /// secret, and refused after.
     pub fn verify(
-        self,
+        &self,
         method: &str,
         path: &str,
         query: Option<&str>,
         body: &[u8],
-    ) -> Result<&'a str, AuthError> {
+    ) -> Result<Verified<'a>, AuthError> {
         let values = signed_query_values(query, &self.signed_query_args);
         let mac = message_mac(self.secret, method, path, body, &values, self.expires);
-        mac.verify_slice(&self.signature)
-            .map(|()| self.key)
-            .map_err(|_| AuthError::BadSignature)
+        let matches = mac.verify_slice(&self.signature).is_ok();
+        match self.known {
+            Some((key, entry)) if matches => Ok(Verified {
+                key,
+                grants: &entry.grants,
+                expires: self.expires,
+            }),
+            Some(_) => Err(AuthError::BadSignature),
+            None => Err(AuthError::UnknownKey),
+        }
     }
+}
+
+/// The words of a credentials line: split on whitespace, except a whitespace character right
+/// after a `\`, which stays in the word with its `\` (the attributes' lists resolve escapes).
+fn split_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut escaped = false;
+    for c in line.chars() {
+        if c.is_whitespace() && !escaped {
+            if !word.is_empty() {
+                words.push(std::mem::take(&mut word));
+            }
+            continue;
+        }
+        escaped = c == '\\' && !escaped;
+        word.push(c);
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
 }
 
 /// `line` up to its comment: a `#` at the start or after whitespace.

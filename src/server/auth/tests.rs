@@ -104,8 +104,8 @@ fn time_bounds() {
     let at = |now| c.verify(Some(h.as_bytes()), "GET", "/v2/kms-key", None, b"", now);
     assert_eq!(at(1000), Ok("EXOkey"));
     assert_eq!(at(1001), Err(AuthError::Expired));
-    assert_eq!(at(1000 - MAX_VALIDITY_SECS), Ok("EXOkey"));
-    assert_eq!(at(999 - MAX_VALIDITY_SECS), Err(AuthError::TooLong));
+    assert_eq!(at(1000 - DEFAULT_MAX_VALIDITY_SECS), Ok("EXOkey"));
+    assert_eq!(at(999 - DEFAULT_MAX_VALIDITY_SECS), Err(AuthError::TooLong));
 }
 
 #[test]
@@ -144,11 +144,106 @@ fn unknown_keys_and_malformed_headers() {
 }
 
 #[test]
-fn unknown_keys_and_wrong_signatures_read_the_same() {
+fn the_four_refusals_read_the_same() {
+    let all = [
+        AuthError::UnknownKey,
+        AuthError::BadSignature,
+        AuthError::Expired,
+        AuthError::TooLong,
+    ];
+    for error in &all {
+        assert_eq!(error.to_string(), FORBIDDEN_DETAIL);
+        assert_eq!(error.http_status(), 403);
+        assert_eq!(error.code_and_title(), ("forbidden", "Forbidden"));
+    }
+    let classes: Vec<&str> = all.iter().map(AuthError::reason_class).collect();
     assert_eq!(
-        AuthError::UnknownKey.to_string(),
-        AuthError::BadSignature.to_string()
+        classes,
+        ["unknown-key", "bad-signature", "expired", "too-far-ahead"]
     );
+}
+
+#[test]
+fn the_time_window_is_checked_before_the_key() {
+    // An unknown key outside the window gets the window's refusal, as a known key does: what
+    // is checked first does not depend on the key.
+    let c = creds();
+    for key in ["EXOkey", "nobody"] {
+        let h = sign(key, b"s3cret", "GET", "/v2/kms-key", b"", 1000);
+        let at = |now| c.verify(Some(h.as_bytes()), "GET", "/v2/kms-key", None, b"", now);
+        assert_eq!(at(1001), Err(AuthError::Expired), "{key}");
+        assert_eq!(at(0), Err(AuthError::TooLong), "{key}");
+    }
+    // The validity bound is the caller's.
+    let h = sign("EXOkey", b"s3cret", "GET", "/v2/kms-key", b"", 1000);
+    let pending = c.check_header(Some(h.as_bytes()), 0, 1000).unwrap();
+    assert_eq!(
+        pending.verify("GET", "/v2/kms-key", None, b"").unwrap().key,
+        "EXOkey"
+    );
+    assert_eq!(
+        c.check_header(Some(h.as_bytes()), 0, 999).unwrap_err(),
+        AuthError::TooLong
+    );
+}
+
+#[test]
+fn an_unknown_key_is_hmacd_with_a_random_dummy_secret() {
+    // Two credential sets have different dummies: no one can sign for an unknown key, not
+    // even with the secret of another server.
+    let (a, b) = (creds(), creds());
+    assert_ne!(a.dummy.as_slice(), b.dummy.as_slice());
+    let h = sign(
+        "nobody",
+        a.dummy.as_slice(),
+        "GET",
+        "/v2/kms-key",
+        b"",
+        1000,
+    );
+    assert_eq!(
+        a.verify(Some(h.as_bytes()), "GET", "/v2/kms-key", None, b"", 900),
+        Err(AuthError::UnknownKey),
+        "a signature under the dummy itself is still refused"
+    );
+}
+
+#[test]
+fn credential_lines_carry_grants() {
+    let c = Credentials::parse(
+        "EXOall s1\n\
+         EXOread s2 operations=read\n\
+         EXOapp s3 zones=ch-* names=app-*,pay\\ ments operations=crypto,get-kms-key\n",
+    )
+    .unwrap();
+    assert_eq!(c.len(), 3);
+    assert_eq!(c.grants("EXOall"), Some(&Grants::everything()));
+    let read = c.grants("EXOread").unwrap();
+    assert!(read.allows_operation(crate::Operation::ListKeys));
+    assert!(!read.allows_operation(crate::Operation::Encrypt));
+    let app = c.grants("EXOapp").unwrap();
+    assert!(app.allows_zone("ch-gva-2") && !app.allows_zone("de-fra-1"));
+    assert!(app.allows_name(Some("pay ments")) && app.allows_name(Some("app-x")));
+    assert!(app.allows_operation(crate::Operation::GetKey));
+    assert!(!app.allows_operation(crate::Operation::RotateKey));
+    let signed = list_keys_signed(&c, ("EXOapp", b"s3"), 10, 0);
+    assert_eq!(
+        signed,
+        Ok("EXOapp"),
+        "attributes are not part of the secret"
+    );
+    for (text, says) in [
+        ("EXOa s operations=read operations=all\n", "twice"),
+        ("EXOa s colour=blue\n", "unknown attribute"),
+        ("EXOa s operations=fly\n", "unknown operation"),
+        ("EXOa s names=a,,b\n", "empty"),
+    ] {
+        let error = Credentials::parse(text).unwrap_err();
+        assert!(
+            error.starts_with("line 1") && error.contains(says),
+            "{text:?}: {error}"
+        );
+    }
 }
 
 #[test]
@@ -181,7 +276,7 @@ fn signed_query_argument_lists_are_bounded_before_any_work() {
         .map(|i| format!("a{i}"))
         .collect();
     assert_eq!(v(h(&fine.join(";"))), Err(AuthError::BadSignature));
-    // An unknown key is refused before the query is looked at.
+    // An unknown key is refused after the HMAC over a dummy secret, as a wrong signature.
     let unknown = h("a").replace("EXOkey", "nobody");
     assert_eq!(
         c.verify(Some(unknown.as_bytes()), "GET", "/", Some("a=1"), b"", 900),
