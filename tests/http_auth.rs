@@ -425,3 +425,86 @@ async fn names_and_zones_restrict_keys() {
     assert_eq!(all.len(), 3);
     ok(&admin.post_empty(&key_path(&db, "disable")).await);
 }
+
+/// An answer nobody reads holds its share of the body budget until it is sent or its
+/// connection goes: with an 8 MiB budget, one unread 4 MiB decrypt answer (5.6 MiB of JSON)
+/// leaves too little for another, which is answered 503 `server-busy` after the budget
+/// timeout; small requests still pass; once the reader goes away the budget is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_answers_hold_their_share_of_the_body_budget() {
+    let options = ServeOptions {
+        body_budget_bytes: 8 << 20,
+        budget_timeout: Duration::from_millis(300),
+        ..options(keylife::server::DEFAULT_MAX_BODY_BYTES)
+    };
+    let server = TestServer::start_with(&[ZONE_A], Limits::default(), options).await;
+    let mut c = server.client(0).await;
+    let id = create(&mut c, "k", false).await;
+    let plaintext = vec![1u8; 4 << 20];
+    let sealed = c
+        .post(
+            &key_path(&id, "encrypt"),
+            json!({"plaintext": b64(&plaintext)}),
+        )
+        .await;
+    let decrypt_body = json!({"ciphertext": ok(&sealed)["ciphertext"]}).to_string();
+    let path = key_path(&id, "decrypt");
+
+    // A client that asks for the plaintext and never reads it, with a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stalled = socket.connect(server.addrs[0]).await.unwrap();
+    let mut stalled = stalled.into_std().unwrap();
+    stalled.set_nonblocking(false).unwrap();
+    let authorization = auth::sign(
+        KEY,
+        SECRET,
+        "POST",
+        &path,
+        decrypt_body.as_bytes(),
+        unix_now() + 300,
+    );
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\nContent-Length: {}\r\n\r\n",
+        decrypt_body.len()
+    );
+    {
+        use std::io::Write as _;
+        stalled.write_all(head.as_bytes()).unwrap();
+        stalled.write_all(decrypt_body.as_bytes()).unwrap();
+    }
+    // Wait until its answer is made and holds the budget: then a second decrypt is refused.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply = c.signed("POST", &path, decrypt_body.as_bytes()).await;
+        if reply.status == 503 {
+            let detail = problem(&reply, 503, "server-busy");
+            assert!(detail.contains("300 ms"), "{detail}");
+            assert_eq!(reply.headers.get("retry-after").unwrap(), "1");
+            break;
+        }
+        // The stalled answer was not made yet: this one went through.
+        ok(&reply);
+        assert!(
+            Instant::now() < deadline,
+            "the unread answer never held the budget"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Small requests do not need the budget.
+    ok(&c
+        .post(&key_path(&id, "encrypt"), json!({"plaintext": b64(b"x")}))
+        .await);
+    // The stalled reader goes: its answer is dropped and the budget is free again.
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = c.signed("POST", &path, decrypt_body.as_bytes()).await;
+        if reply.status == 200 {
+            assert_eq!(http_support::unb64(&reply.json["plaintext"]), plaintext);
+            break;
+        }
+        problem(&reply, 503, "server-busy");
+        assert!(Instant::now() < deadline, "the budget was not given back");
+    }
+}

@@ -305,9 +305,10 @@ async fn path_id(parts: &mut Parts, zone: &Arc<Zone>) -> Result<String, Problem>
 
 /// A 200 answer with the spec's JSON of a `T`, which no cache may keep (answers may carry
 /// plaintexts and data keys). It is encoded where the value is made ([`Json::encode`]): for a
-/// large answer, on the blocking pool rather than on the server's async threads.
+/// large answer, on the blocking pool rather than on the server's async threads. Its bytes are
+/// wiped once sent ([`WipedChunks`]).
 pub(crate) struct Json<T> {
-    body: Result<Vec<u8>, serde_json::Error>,
+    body: Result<Zeroizing<Vec<u8>>, serde_json::Error>,
     answer: PhantomData<fn() -> T>,
 }
 
@@ -315,9 +316,119 @@ impl<T: Serialize> Json<T> {
     /// The answer `value`, encoded now.
     pub(crate) fn encode(value: &T) -> Json<T> {
         Json {
-            body: serde_json::to_vec(value),
+            body: serde_json::to_vec(value).map(Zeroizing::new),
             answer: PhantomData,
         }
+    }
+}
+
+/// The pieces an answer is sent in: each a copy of 64 KiB of the body, wiped when hyper drops
+/// it; the whole body is wiped when the answer is done or dropped.
+pub(crate) struct WipedChunks {
+    body: Zeroizing<Vec<u8>>,
+    sent: usize,
+}
+
+/// A piece of an answer, wiped on drop.
+struct WipedChunk(Vec<u8>);
+
+impl AsRef<[u8]> for WipedChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for WipedChunk {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+const CHUNK_BYTES: usize = 64 * 1024;
+
+impl hyper::body::Body for WipedChunks {
+    type Data = hyper::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let start = self.sent;
+        let end = self.body.len().min(start + CHUNK_BYTES);
+        if start == end {
+            return std::task::Poll::Ready(None);
+        }
+        self.sent = end;
+        let chunk = WipedChunk(self.body[start..end].to_vec());
+        let bytes = hyper::body::Bytes::from_owner(chunk);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent == self.body.len()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact((self.body.len() - self.sent) as u64)
+    }
+}
+
+/// A response body that holds its share of the body budget until it is sent or dropped.
+struct Shared<B> {
+    inner: B,
+    _share: OwnedSemaphorePermit,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Shared<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware: an answer larger than the free share takes its share of the body budget
+/// (waiting at most `budget_timeout`, else 503) and holds it until it is sent, so that
+/// answers nobody reads count against the same 64 MiB as request bodies.
+pub(crate) async fn answers_within_budget(
+    axum::extract::State(zone): axum::extract::State<Arc<Zone>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    // keylife's answers all know their length; one that does not is not held back.
+    let length = hyper::body::Body::size_hint(response.body())
+        .exact()
+        .and_then(|length| usize::try_from(length).ok())
+        .unwrap_or(0);
+    if length <= FREE_SHARE_BYTES {
+        return response;
+    }
+    let mut share = None;
+    match take_share(&mut share, length, &zone.body_budget, zone.budget_timeout).await {
+        Ok(()) => match share {
+            Some(share) => response.map(|inner| {
+                axum::body::Body::new(Shared {
+                    inner,
+                    _share: share,
+                })
+            }),
+            None => response,
+        },
+        Err(problem) => problem.into_response(),
     }
 }
 
@@ -325,6 +436,7 @@ impl<T> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         match self.body {
             Ok(body) => {
+                let body = axum::body::Body::new(WipedChunks { body, sent: 0 });
                 let mut response = (StatusCode::OK, body).into_response();
                 let headers = response.headers_mut();
                 headers.insert(

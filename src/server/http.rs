@@ -9,7 +9,7 @@ use axum::extract::Request;
 use axum::routing::{MethodRouter, get, post};
 use serde::Serialize;
 
-use super::extract::{Answer, Json, KeyCall, Signed, Zone};
+use super::extract::{Answer, Json, KeyCall, Signed, Zone, answers_within_budget};
 use super::problem::Problem;
 use crate::api::{
     Ciphertext, CreatedKey, DataKey, DeletionScheduled, KeyDetails, KeyList, Plaintext,
@@ -46,6 +46,10 @@ pub(crate) fn router(zone: Arc<Zone>) -> Router {
         })
         .method_not_allowed_fallback(wrong_method)
         .fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&zone),
+            answers_within_budget,
+        ))
         .with_state(zone)
 }
 

@@ -119,8 +119,11 @@ pub struct ServeOptions {
     pub due_interval: Duration,
     /// How long a request body may take to arrive; a slower one is answered 408. Default 30 s.
     pub body_timeout: Duration,
-    /// How long a body may wait for its share of the memory for bodies
-    /// ([`BODY_BUDGET_KIB`]) before it is answered 503. Default 5 s.
+    /// The memory for request and response bodies beyond each connection's free 64 KiB,
+    /// across all zones, in bytes. Default [`BODY_BUDGET_KIB`] KiB (64 MiB).
+    pub body_budget_bytes: usize,
+    /// How long a body may wait for its share of `body_budget_bytes` before it is answered
+    /// 503. Default 5 s.
     pub budget_timeout: Duration,
     /// How far ahead a signature's `expires` may be; further is refused (403). Default
     /// [`auth::DEFAULT_MAX_VALIDITY_SECS`] (15 minutes).
@@ -143,6 +146,7 @@ impl Default for ServeOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             due_interval: Duration::from_secs(1),
             body_timeout: Duration::from_secs(30),
+            body_budget_bytes: BODY_BUDGET_KIB * 1024,
             budget_timeout: Duration::from_secs(5),
             max_signature_validity: Duration::from_secs(
                 auth::DEFAULT_MAX_VALIDITY_SECS.unsigned_abs(),
@@ -179,7 +183,7 @@ pub async fn serve(
     let mut servers = tokio::task::JoinSet::new();
     let mut runners = Vec::with_capacity(zones.len());
     // Request bodies in memory at once, in KiB, across every zone.
-    let body_budget = Arc::new(Semaphore::new(BODY_BUDGET_KIB));
+    let body_budget = Arc::new(Semaphore::new(options.body_budget_bytes.div_ceil(1024)));
     let replays = options
         .refuse_replays
         .then(|| Arc::new(replay::ReplayCache::default()));
@@ -247,8 +251,8 @@ pub async fn serve(
     result
 }
 
-/// Request and response bodies held in memory at once across all zones beyond each
-/// connection's free 64 KiB, in KiB: 64 MiB. A request body takes its share as its bytes
+/// The default of [`ServeOptions::body_budget_bytes`], in KiB: request and response bodies
+/// held in memory at once across all zones beyond each connection's free 64 KiB, 64 MiB. A request body takes its share as its bytes
 /// arrive (not from its `Content-Length`), a large answer when it is made; each waits for it
 /// at most [`ServeOptions::budget_timeout`].
 pub const BODY_BUDGET_KIB: usize = 64 * 1024;
