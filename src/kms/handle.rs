@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
+use super::audit::{AuditEvent, AuditHead, AuditSink, OUTCOME_OK};
 use super::caller::{Caller, Operation, Target};
 use super::lifecycle::Changed;
 use super::link::ReplicaUpdate;
@@ -49,6 +50,9 @@ use crate::store::{Backend, Engine, MemoryBackend};
 pub struct Kms {
     zone: Arc<Zone>,
     caller: Caller,
+    /// Where this handle's calls send their audit events: the zone's sink, then the handle's
+    /// own; `None` (one branch per call) when there is neither.
+    audit: Option<AuditSink>,
 }
 
 impl Kms {
@@ -72,10 +76,12 @@ impl Kms {
     /// A `Kms` over any [`Backend`] (initialized on first use, checked against `root` after).
     /// The root key is wiped when this returns.
     pub fn with_backend(backend: Arc<dyn Backend>, root: RootKey, opts: KmsOptions) -> Result<Kms> {
+        let audit = opts.audit.clone();
         let zone = Arc::new(Zone::open(backend, root, opts)?);
         Ok(Kms {
             zone,
             caller: Caller::default(),
+            audit,
         })
     }
 
@@ -88,6 +94,24 @@ impl Kms {
         Kms {
             zone: Arc::clone(&self.zone),
             caller,
+            audit: self.audit.clone(),
+        }
+    }
+
+    /// A handle on the same zone, with this handle's caller, whose calls also send their
+    /// [`AuditEvent`] to `sink` (after the sinks this handle already has: the zone's
+    /// [`KmsOptions::audit`], then any added before). A server makes one per request to see
+    /// what the request's call did.
+    #[must_use]
+    pub fn with_audit(&self, sink: AuditSink) -> Kms {
+        let audit = match &self.audit {
+            None => sink,
+            Some(first) => first.and(sink),
+        };
+        Kms {
+            zone: Arc::clone(&self.zone),
+            caller: self.caller.clone(),
+            audit: Some(audit),
         }
     }
 
@@ -97,6 +121,7 @@ impl Kms {
         WeakKms {
             zone: Arc::downgrade(&self.zone),
             caller: self.caller.clone(),
+            audit: self.audit.clone(),
         }
     }
 
@@ -127,53 +152,70 @@ impl Kms {
     /// create-kms-key: a new enabled key with material version 1. Errors: `bad-request`
     /// (name or description length), `name-conflict`, `quota-exceeded`.
     pub fn create_key(&self, request: &CreateKey) -> Result<CreatedKey> {
-        self.ask(
-            Operation::CreateKey,
-            Target::NewKey {
-                name: &request.name,
-            },
-        )?;
-        Ok(CreatedKey::from(&self.zone.lifecycle.create(request)?))
+        let result = self
+            .ask(
+                Operation::CreateKey,
+                Target::NewKey {
+                    name: &request.name,
+                },
+            )
+            .and_then(|()| self.zone.lifecycle.create(request))
+            .map(|record| CreatedKey::from(&record));
+        if let Some(sink) = &self.audit {
+            let (key, revision) = match &result {
+                Ok(created) => (Some(created.id), Ok(Some(created.revision.seq))),
+                Err(error) => (None, Err(error)),
+            };
+            self.emit(sink, Operation::CreateKey, (key, None), revision);
+        }
+        result
     }
 
     /// get-kms-key; for an origin key, `replicas-status` tells how far each replica followed.
     pub fn get_key(&self, id: KeyId) -> Result<KeyDetails> {
+        self.audited(Operation::GetKey, Some(id), self.get_key_call(id))
+    }
+
+    fn get_key_call(&self, id: KeyId) -> Result<(KeyDetails, Option<u64>)> {
         self.ask_key(Operation::GetKey, id)?;
         let record = self.zone.lifecycle.reap_or_load(id)?;
         let replicas_status = self.zone.replicator.replica_states(&record)?;
-        Ok(KeyDetails {
+        let details = KeyDetails {
             replicas_status,
             ..KeyDetails::from(&record)
-        })
+        };
+        Ok((details, Some(record.revision().seq)))
     }
 
     /// list-kms-keys: every key of the zone, replicas included, in id order. A record that
     /// does not decode fails the listing (`corrupt-record` naming it); the other keys stay
     /// usable by id. Keys whose deletion is due are destroyed on the way.
     pub fn list_keys(&self) -> Result<KeyList> {
-        self.ask(Operation::ListKeys, Target::Zone)?;
-        Ok(KeyList {
-            kms_keys: self.zone.lifecycle.list()?,
-        })
+        let result = self
+            .ask(Operation::ListKeys, Target::Zone)
+            .and_then(|()| self.zone.lifecycle.list())
+            .map(|kms_keys| (KeyList { kms_keys }, None));
+        self.audited(Operation::ListKeys, None, result)
     }
 
     /// list-kms-key-rotations: versions 2 and up, oldest first. Works in every status.
     pub fn list_key_rotations(&self, id: KeyId) -> Result<RotationList> {
-        self.ask_key(Operation::ListKeyRotations, id)?;
-        Ok(RotationList::from(&self.zone.lifecycle.reap_or_load(id)?))
+        let result = self
+            .ask_key(Operation::ListKeyRotations, id)
+            .and_then(|()| self.zone.lifecycle.reap_or_load(id))
+            .map(|record| (RotationList::from(&record), Some(record.revision().seq)));
+        self.audited(Operation::ListKeyRotations, Some(id), result)
     }
 
     /// enable-kms-key; `already-applied` if enabled. `expected_seq`, when given, must be the
     /// key's `revision.seq` (`revision-conflict`), here and in every method that changes a key.
     pub fn enable_key(&self, id: KeyId, expected_seq: Option<u64>) -> Result<SuccessResponse> {
-        self.change(id, Command::Enable, expected_seq)
-            .map(|changed| changed.success())
+        self.change_audited(id, Command::Enable, expected_seq, Changed::success)
     }
 
     /// disable-kms-key; `already-applied` if disabled.
     pub fn disable_key(&self, id: KeyId, expected_seq: Option<u64>) -> Result<SuccessResponse> {
-        self.change(id, Command::Disable, expected_seq)
-            .map(|changed| changed.success())
+        self.change_audited(id, Command::Disable, expected_seq, Changed::success)
     }
 
     /// schedule-kms-key-deletion: destroyed `days` (7–30, default 30) from now unless
@@ -185,10 +227,14 @@ impl Kms {
         days: Option<u32>,
         expected_seq: Option<u64>,
     ) -> Result<DeletionScheduled> {
-        self.ask_key(Operation::ScheduleKeyDeletion, id)?;
-        let delay = DeletionDelay::from_request(days)?;
-        let changed = self.apply(id, Command::ScheduleDeletion { delay }, expected_seq)?;
-        DeletionScheduled::try_from(&changed.record)
+        let result = (|| {
+            self.ask_key(Operation::ScheduleKeyDeletion, id)?;
+            let delay = DeletionDelay::from_request(days)?;
+            let changed = self.apply(id, Command::ScheduleDeletion { delay }, expected_seq)?;
+            let answer = DeletionScheduled::try_from(&changed.record)?;
+            Ok((answer, Some(changed.record.revision().seq)))
+        })();
+        self.audited(Operation::ScheduleKeyDeletion, Some(id), result)
     }
 
     /// cancel-kms-key-deletion: the key becomes disabled. Too late once `delete-at` is past.
@@ -197,14 +243,14 @@ impl Kms {
         id: KeyId,
         expected_seq: Option<u64>,
     ) -> Result<SuccessResponse> {
-        self.change(id, Command::CancelDeletion, expected_seq)
-            .map(|changed| changed.success())
+        self.change_audited(id, Command::CancelDeletion, expected_seq, Changed::success)
     }
 
     /// rotate-kms-key: a manual rotation (at most 10 per key).
     pub fn rotate_key(&self, id: KeyId, expected_seq: Option<u64>) -> Result<RotationResponse> {
-        let changed = self.change(id, Command::Rotate, expected_seq)?;
-        Ok(RotationResponse::from(&changed.record))
+        self.change_audited(id, Command::Rotate, expected_seq, |changed| {
+            RotationResponse::from(&changed.record)
+        })
     }
 
     /// enable-kms-key-rotation every `days` (90–2560, default 365); the next rotation is one
@@ -215,10 +261,14 @@ impl Kms {
         days: Option<u32>,
         expected_seq: Option<u64>,
     ) -> Result<RotationResponse> {
-        self.ask_key(Operation::EnableKeyRotation, id)?;
-        let period = RotationPeriod::from_request(days)?;
-        let changed = self.apply(id, Command::EnableRotation { period }, expected_seq)?;
-        Ok(RotationResponse::from(&changed.record))
+        let result = (|| {
+            self.ask_key(Operation::EnableKeyRotation, id)?;
+            let period = RotationPeriod::from_request(days)?;
+            let changed = self.apply(id, Command::EnableRotation { period }, expected_seq)?;
+            let seq = changed.record.revision().seq;
+            Ok((RotationResponse::from(&changed.record), Some(seq)))
+        })();
+        self.audited(Operation::EnableKeyRotation, Some(id), result)
     }
 
     /// disable-kms-key-rotation.
@@ -227,8 +277,9 @@ impl Kms {
         id: KeyId,
         expected_seq: Option<u64>,
     ) -> Result<RotationResponse> {
-        let changed = self.change(id, Command::DisableRotation, expected_seq)?;
-        Ok(RotationResponse::from(&changed.record))
+        self.change_audited(id, Command::DisableRotation, expected_seq, |changed| {
+            RotationResponse::from(&changed.record)
+        })
     }
 
     /// replicate-kms-key: adds a replica of key `id` in `zone` (`target-registered`), made by
@@ -243,16 +294,20 @@ impl Kms {
         zone: &str,
         expected_seq: Option<u64>,
     ) -> Result<SuccessResponse> {
-        self.ask_key(Operation::ReplicateKey, id)?;
-        let known = self.zone.replicator.knows(zone);
-        let command = Command::Replicate {
-            zone: zone.to_owned(),
-            known,
-        };
-        self.apply(id, command, expected_seq)?;
-        Ok(SuccessResponse {
-            status: SuccessStatus::TargetRegistered,
-        })
+        let result = (|| {
+            self.ask_key(Operation::ReplicateKey, id)?;
+            let known = self.zone.replicator.knows(zone);
+            let command = Command::Replicate {
+                zone: zone.to_owned(),
+                known,
+            };
+            let changed = self.apply(id, command, expected_seq)?;
+            let answer = SuccessResponse {
+                status: SuccessStatus::TargetRegistered,
+            };
+            Ok((answer, Some(changed.record.revision().seq)))
+        })();
+        self.audited(Operation::ReplicateKey, Some(id), result)
     }
 
     /// encrypt: seals `plaintext` under the newest version of key `id`, with `context` (absent
@@ -265,8 +320,10 @@ impl Kms {
         plaintext: &[u8],
         context: Option<&[u8]>,
     ) -> Result<Ciphertext> {
-        self.ask_key(Operation::Encrypt, id)?;
-        self.zone.crypto.encrypt(id, plaintext, context)
+        let result = self
+            .ask_key(Operation::Encrypt, id)
+            .and_then(|()| self.zone.crypto.encrypt(id, plaintext, context));
+        self.audited_crypto(Operation::Encrypt, (Some(id), None), result)
     }
 
     /// decrypt: opens a ciphertext of key `id` (any version) with its encryption's context.
@@ -278,8 +335,10 @@ impl Kms {
         ciphertext: &[u8],
         context: Option<&[u8]>,
     ) -> Result<Plaintext> {
-        self.ask_key(Operation::Decrypt, id)?;
-        self.zone.crypto.decrypt(id, ciphertext, context)
+        let result = self
+            .ask_key(Operation::Decrypt, id)
+            .and_then(|()| self.zone.crypto.decrypt(id, ciphertext, context));
+        self.audited_crypto(Operation::Decrypt, (Some(id), None), result)
     }
 
     /// re-encrypt: decrypts with key `from` and its context, encrypts with the newest version
@@ -293,11 +352,15 @@ impl Kms {
         to: KeyId,
         to_context: Option<&[u8]>,
     ) -> Result<Ciphertext> {
-        self.ask_key(Operation::ReEncrypt, from)?;
-        self.ask_key(Operation::ReEncrypt, to)?;
-        self.zone
-            .crypto
-            .re_encrypt((from, from_context), ciphertext, (to, to_context))
+        let result = self
+            .ask_key(Operation::ReEncrypt, from)
+            .and_then(|()| self.ask_key(Operation::ReEncrypt, to))
+            .and_then(|()| {
+                self.zone
+                    .crypto
+                    .re_encrypt((from, from_context), ciphertext, (to, to_context))
+            });
+        self.audited_crypto(Operation::ReEncrypt, (Some(from), Some(to)), result)
     }
 
     /// generate-data-key: a fresh data key from the OS random source (32 bytes for
@@ -309,8 +372,10 @@ impl Kms {
         spec: DataKeySpec,
         context: Option<&[u8]>,
     ) -> Result<DataKey> {
-        self.ask_key(Operation::GenerateDataKey, id)?;
-        self.zone.crypto.generate_data_key(id, spec, context)
+        let result = self
+            .ask_key(Operation::GenerateDataKey, id)
+            .and_then(|()| self.zone.crypto.generate_data_key(id, spec, context));
+        self.audited_crypto(Operation::GenerateDataKey, (Some(id), None), result)
     }
 
     /// Performs every automatic rotation and final deletion due at the clock's `now`, then the
@@ -319,24 +384,30 @@ impl Kms {
     /// the caller may not (`forbidden`), the zone stopped (`not-durable`) or the index itself
     /// could not be read.
     pub fn run_due(&self) -> Result<DueReport> {
-        self.ask(Operation::RunDue, Target::Zone)?;
-        let mut report = self.zone.lifecycle.run_due()?;
-        report.replication = self
-            .zone
-            .replicator
-            .deliver_outbox(false)
-            .unwrap_or_else(|error| SyncReport {
-                unreadable: vec![error],
-                ..SyncReport::default()
-            });
-        Ok(report)
+        let result = (|| {
+            self.ask(Operation::RunDue, Target::Zone)?;
+            let mut report = self.zone.lifecycle.run_due()?;
+            report.replication =
+                self.zone
+                    .replicator
+                    .deliver_outbox(false)
+                    .unwrap_or_else(|error| SyncReport {
+                        unreadable: vec![error],
+                        ..SyncReport::default()
+                    });
+            Ok((report, None))
+        })();
+        self.audited(Operation::RunDue, None, result)
     }
 
     /// Delivers every waiting update to every replica now, on this thread, retries in backoff
     /// included, once the background deliveries queued before this call are done.
     pub fn sync(&self) -> Result<SyncReport> {
-        self.ask(Operation::Sync, Target::Zone)?;
-        self.zone.replicator.deliver_outbox(true)
+        let result = self
+            .ask(Operation::Sync, Target::Zone)
+            .and_then(|()| self.zone.replicator.deliver_outbox(true))
+            .map(|report| (report, None));
+        self.audited(Operation::Sync, None, result)
     }
 
     /// Waits until the deliveries that changes made before this call queued in the background
@@ -351,8 +422,12 @@ impl Kms {
     /// before it answers. A [`Link`](super::Link) calls it on the receiving side. Errors:
     /// `name-conflict`, `conflict` (this zone is the key's origin), the store's.
     pub fn receive(&self, update: &ReplicaUpdate) -> Result<Ack> {
-        self.ask_key(Operation::ReceiveUpdate, update.snapshot().id)?;
-        self.zone.replicator.receive(update)
+        let id = update.snapshot().id;
+        let result = self
+            .ask_key(Operation::ReceiveUpdate, id)
+            .and_then(|()| self.zone.replicator.receive(update))
+            .map(|ack| (ack, Some(ack.applied_seq)));
+        self.audited(Operation::ReceiveUpdate, Some(id), result)
     }
 
     /// The receiving side of [`Link::request_rotation`](super::Link::request_rotation): a
@@ -360,11 +435,122 @@ impl Kms {
     /// (automatic) unless one was made since, and delivers it before answering, since the
     /// asking zone waits. Errors: rotation's.
     pub fn retire_version(&self, id: KeyId, version: u32) -> Result<()> {
-        let changed = self.change(id, Command::RetireExhausted { version }, None)?;
-        self.zone
-            .replicator
-            .deliver_now(id, &changed.record.replica_zones());
-        Ok(())
+        let result = self
+            .change(id, Command::RetireExhausted { version }, None)
+            .map(|changed| {
+                self.zone
+                    .replicator
+                    .deliver_now(id, &changed.record.replica_zones());
+                ((), Some(changed.record.revision().seq))
+            });
+        self.audited(Operation::RetireVersion, Some(id), result)
+    }
+
+    /// Durably records in this zone's store the head of an audit chain: its last line `seq`
+    /// and that line's MAC (what an audit log that ends earlier was cut off from). The head
+    /// only moves forward: a `seq` below the one recorded is `bad-request`; the same `seq`
+    /// again must come with the same MAC. Not asked of the caller's check, and not itself
+    /// audited: it is the audit log's own bookkeeping. Errors: the store's, `not-durable`.
+    pub fn record_audit_head(&self, head: AuditHead) -> Result<()> {
+        let shared = &self.zone.shared;
+        let _order = shared.lock_audit_head();
+        if let Some((seq, mac)) = shared.store().audit_head()? {
+            if head.seq < seq || (head.seq == seq && head.mac != mac) {
+                return Err(crate::Error::BadRequest {
+                    field: "audit-head",
+                    reason: format!(
+                        "line {} does not follow the recorded head, line {seq}",
+                        head.seq
+                    ),
+                });
+            }
+            if head.seq == seq {
+                return Ok(());
+            }
+        }
+        shared.write(|store| store.put_audit_head(head.seq, &head.mac))
+    }
+
+    /// The head of the audit chain recorded in this zone's store, if any.
+    pub fn audit_head(&self) -> Result<Option<AuditHead>> {
+        Ok(self
+            .zone
+            .shared
+            .store()
+            .audit_head()?
+            .map(|(seq, mac)| AuditHead { seq, mac }))
+    }
+
+    /// Sends the event of a call that returned `result` (with the key's revision after it) to
+    /// this handle's sinks, if any, and returns its answer.
+    #[inline]
+    fn audited<T>(
+        &self,
+        operation: Operation,
+        key: Option<KeyId>,
+        result: Result<(T, Option<u64>)>,
+    ) -> Result<T> {
+        if let Some(sink) = &self.audit {
+            let revision = result.as_ref().map(|(_, revision)| *revision);
+            self.emit(sink, operation, (key, None), revision);
+        }
+        result.map(|(answer, _)| answer)
+    }
+
+    /// [`Kms::audited`] for the cryptographic operations: no revision, `keys` the key and
+    /// re-encrypt's destination.
+    #[inline]
+    fn audited_crypto<T>(
+        &self,
+        operation: Operation,
+        keys: (Option<KeyId>, Option<KeyId>),
+        result: Result<T>,
+    ) -> Result<T> {
+        if let Some(sink) = &self.audit {
+            self.emit(sink, operation, keys, result.as_ref().map(|_| None));
+        }
+        result
+    }
+
+    /// Asks the caller's check, then applies `command` to key `id`; the event names the
+    /// command's operation and the key's revision after it.
+    fn change_audited<T>(
+        &self,
+        id: KeyId,
+        command: Command,
+        expected_seq: Option<u64>,
+        answer: impl FnOnce(&Changed) -> T,
+    ) -> Result<T> {
+        let operation = Operation::of(&command);
+        let result = self
+            .change(id, command, expected_seq)
+            .map(|changed| (answer(&changed), Some(changed.record.revision().seq)));
+        self.audited(operation, Some(id), result)
+    }
+
+    /// Makes and sends one event.
+    #[inline(never)]
+    fn emit(
+        &self,
+        sink: &AuditSink,
+        operation: Operation,
+        (key, destination): (Option<KeyId>, Option<KeyId>),
+        outcome: std::result::Result<Option<u64>, &crate::Error>,
+    ) {
+        let (outcome, revision) = match outcome {
+            Ok(revision) => (OUTCOME_OK, revision),
+            Err(error) => (error.code(), None),
+        };
+        sink.send(&AuditEvent {
+            time: self.now(),
+            zone: self.zone().to_owned(),
+            operation,
+            key,
+            destination,
+            outcome,
+            revision,
+            actor: self.caller.actor().map(str::to_owned),
+        });
     }
 
     /// Asks the caller's check about `operation` on `target`.
@@ -410,6 +596,7 @@ impl fmt::Debug for Kms {
 pub(super) struct WeakKms {
     zone: std::sync::Weak<Zone>,
     caller: Caller,
+    audit: Option<AuditSink>,
 }
 
 impl WeakKms {
@@ -419,6 +606,7 @@ impl WeakKms {
         Some(Kms {
             zone,
             caller: self.caller.clone(),
+            audit: self.audit.clone(),
         })
     }
 }

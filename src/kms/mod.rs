@@ -10,6 +10,7 @@
 //! They share the store and its durability latch, the sealer, the clock and the key locks
 //! ([`shared`]). [`options`] holds what a `Kms` is opened with; [`due`] the background loop.
 
+mod audit;
 mod cache;
 mod caller;
 mod clock;
@@ -24,6 +25,7 @@ mod report;
 mod shared;
 mod zone;
 
+pub use audit::{AuditEvent, AuditHead, AuditSink, OUTCOME_OK};
 pub use caller::{Access, Caller, Operation, Target};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use due::{DueRun, DueRunner};

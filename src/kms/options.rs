@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::audit::AuditSink;
 use super::clock::{Clock, SystemClock};
 use super::link::Link;
 use crate::core::Error;
@@ -85,6 +86,9 @@ pub struct KmsOptions {
     /// default): sled. An existing store opens with the engine it was created with, and one
     /// asked for explicitly that differs is an error.
     pub engine: Option<Engine>,
+    /// Receives one [`AuditEvent`](crate::AuditEvent) per call of every handle on the zone.
+    /// Default none: no event is made.
+    pub audit: Option<AuditSink>,
 }
 
 impl KmsOptions {
@@ -125,6 +129,14 @@ impl KmsOptions {
         self
     }
 
+    /// Sends one [`AuditEvent`](crate::AuditEvent) per call of every handle on the zone to
+    /// `sink`, on the caller's thread, after the call and before it returns.
+    #[must_use]
+    pub fn audit(mut self, sink: AuditSink) -> KmsOptions {
+        self.audit = Some(sink);
+        self
+    }
+
     /// Checks the options: a zone name, limits in range.
     pub(crate) fn check(&self) -> Result<(), Error> {
         if self.zone.is_empty() {
@@ -145,6 +157,7 @@ impl Default for KmsOptions {
             limits: Limits::default(),
             link: None,
             engine: None,
+            audit: None,
         }
     }
 }
@@ -157,6 +170,7 @@ impl fmt::Debug for KmsOptions {
             .field("limits", &self.limits)
             .field("link", &self.link)
             .field("engine", &self.engine)
+            .field("audit", &self.audit)
             .finish()
     }
 }

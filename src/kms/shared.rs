@@ -31,6 +31,8 @@ pub(super) struct Shared {
     key_locks: Box<[Mutex<()>]>,
     /// Set when a change could not be made durable: every call is refused from then on.
     failed: AtomicBool,
+    /// Orders the recordings of the audit head (read, compare, write).
+    audit_head: Mutex<()>,
 }
 
 impl Shared {
@@ -82,6 +84,7 @@ impl Shared {
             sealer,
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             failed: AtomicBool::new(false),
+            audit_head: Mutex::new(()),
         })
     }
 
@@ -111,6 +114,11 @@ impl Shared {
         // The low bytes of a v7 UUID are random: a good spread.
         let stripe = usize::from(u16::from_be_bytes([bytes[14], bytes[15]])) % KEY_LOCK_STRIPES;
         lock(&self.key_locks[stripe])
+    }
+
+    /// The lock that orders the recordings of the audit head.
+    pub(super) fn lock_audit_head(&self) -> MutexGuard<'_, ()> {
+        lock(&self.audit_head)
     }
 
     /// Refuses every call once a change could not be made durable.

@@ -48,6 +48,7 @@ const META_FORMAT: &[u8] = b"format";
 const META_ROOT_CHECK: &[u8] = b"root-check";
 const META_ORIGIN_KEYS: &[u8] = b"origin-keys";
 const META_ZONE: &[u8] = b"zone";
+const META_AUDIT_HEAD: &[u8] = b"audit-head";
 
 /// What a store says about itself: written once, when it is initialized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -557,6 +558,33 @@ impl Store {
             }
         });
         self.backend.commit(&batch)
+    }
+
+    /// The head of the audit chain recorded by [`Store::put_audit_head`]: its last line's
+    /// number and MAC.
+    pub fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, Error> {
+        let Some(bytes) = self.backend.get(Table::Meta, META_AUDIT_HEAD)? else {
+            return Ok(None);
+        };
+        let corrupt = || Error::Corrupt {
+            record: "audit head".to_owned(),
+            detail: format!("expected 40 bytes, found {}", bytes.len()),
+        };
+        let (seq, mac) = bytes.split_at_checked(8).ok_or_else(corrupt)?;
+        let seq = u64::from_be_bytes(seq.try_into().map_err(|_| corrupt())?);
+        Ok(Some((seq, mac.try_into().map_err(|_| corrupt())?)))
+    }
+
+    /// Durably records the head of the audit chain: line `seq`, whose MAC is `mac`.
+    pub fn put_audit_head(&self, seq: u64, mac: &[u8; 32]) -> Result<(), Error> {
+        let mut value = Vec::with_capacity(40);
+        value.extend_from_slice(&seq.to_be_bytes());
+        value.extend_from_slice(mac);
+        self.backend.commit(&[Write::Put {
+            table: Table::Meta,
+            key: META_AUDIT_HEAD.to_vec(),
+            value,
+        }])
     }
 
     /// Durably records that up to `reserved` encryptions may have happened under version
