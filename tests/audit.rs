@@ -305,7 +305,7 @@ fn refused_calls_send_one_event_with_the_error_code() {
         &seen.one(),
         Operation::Encrypt,
         Some(key.id),
-        "forbidden",
+        "permission-denied",
         None,
         actor,
     );
@@ -314,7 +314,7 @@ fn refused_calls_send_one_event_with_the_error_code() {
         &seen.one(),
         Operation::Encrypt,
         Some(missing),
-        "forbidden",
+        "permission-denied",
         None,
         actor,
     );
@@ -323,7 +323,7 @@ fn refused_calls_send_one_event_with_the_error_code() {
         &seen.one(),
         Operation::CreateKey,
         None,
-        "forbidden",
+        "permission-denied",
         None,
         actor,
     );
@@ -332,7 +332,7 @@ fn refused_calls_send_one_event_with_the_error_code() {
         &seen.one(),
         Operation::ListKeys,
         None,
-        "forbidden",
+        "permission-denied",
         None,
         actor,
     );
@@ -341,7 +341,7 @@ fn refused_calls_send_one_event_with_the_error_code() {
         &seen.one(),
         Operation::ScheduleKeyDeletion,
         Some(key.id),
-        "forbidden",
+        "permission-denied",
         None,
         actor,
     );
@@ -350,7 +350,7 @@ fn refused_calls_send_one_event_with_the_error_code() {
         &seen.one(),
         Operation::RunDue,
         None,
-        "forbidden",
+        "permission-denied",
         None,
         actor,
     );
@@ -370,7 +370,7 @@ fn refused_calls_send_one_event_with_the_error_code() {
         &event,
         Operation::ReEncrypt,
         Some(key.id),
-        "forbidden",
+        "permission-denied",
         None,
         Some("svc-source"),
     );
@@ -428,7 +428,7 @@ fn with_audit_adds_a_sink_to_one_handle_and_its_descendants() {
         &event,
         Operation::GetKey,
         Some(key.id),
-        "forbidden",
+        "permission-denied",
         None,
         Some("inner"),
     );
