@@ -15,10 +15,12 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
-use super::auth::{Credentials, Grants};
+use super::audited::Slot;
+use super::auth::{self, AuthError, Credentials, Grants};
 use super::problem::Problem;
 use super::replay::ReplayCache;
 use super::request::Fields;
+use crate::audit_log::AuditLog;
 use crate::{Caller, Error, KeyId, Kms, Operation};
 
 /// What every handler of one zone shares.
@@ -35,6 +37,8 @@ pub(crate) struct Zone {
     pub(crate) max_validity_secs: i64,
     /// The signatures already used for state-changing requests, with `--refuse-replays`.
     pub(crate) replays: Option<Arc<ReplayCache>>,
+    /// The audit log, if one is written.
+    pub(crate) audit: Option<Arc<AuditLog>>,
 }
 
 /// A request whose signature checked out: the zone as its signer (the API key is the
@@ -77,7 +81,7 @@ pub(crate) const FREE_SHARE_BYTES: usize = 64 * 1024;
 
 /// The API operation of a route of [`super::http::router`] (`None` for a path that names
 /// none: the router answers those before any extractor runs).
-fn operation_of(method: &Method, path: &str) -> Option<Operation> {
+pub(crate) fn operation_of(method: &Method, path: &str) -> Option<Operation> {
     let rest = path.strip_prefix("/v2/kms-key")?;
     let mut segments = rest.strip_prefix('/').map(|rest| rest.split('/'));
     let (id, action) = match segments.as_mut() {
@@ -112,7 +116,7 @@ fn operation_of(method: &Method, path: &str) -> Option<Operation> {
 /// Whether `operation` changes state: the replay cache holds its signatures. The crypto
 /// operations do not (encrypt and generate-data-key make a new answer each time, and replaying
 /// a decrypt gives the attacker nothing a captured answer does not).
-fn changes_state(operation: Operation) -> bool {
+pub(crate) fn changes_state(operation: Operation) -> bool {
     !matches!(
         operation,
         Operation::Encrypt
@@ -148,14 +152,25 @@ impl FromRequest<Arc<Zone>> for Signed {
             .map(HeaderValue::as_bytes);
         let now = unix_now();
         let credentials = &zone.credentials;
+        let slot = parts.extensions.get::<Slot>();
+        let refused = |error: AuthError| {
+            if let Some(slot) = slot {
+                let claimed = authorization.and_then(auth::claimed_key);
+                slot.refused(claimed, error.reason_class());
+            }
+            Problem::from(&error)
+        };
         let pending = credentials
             .check_header(authorization, now, zone.max_validity_secs)
-            .map_err(|error| Problem::from(&error))?;
+            .map_err(refused)?;
         let (body, share) = read_body(body, zone).await?;
         let (method, path) = (&parts.method, parts.uri.path());
         let verified = pending
             .verify(method.as_str(), path, parts.uri.query(), &body)
-            .map_err(|error| Problem::from(&error))?;
+            .map_err(refused)?;
+        if let Some(slot) = slot {
+            slot.signed_by(verified.key);
+        }
         // Permissions next, before anything else is looked at: the operation and the zone
         // (the key's name is the library's check, with the key).
         let operation = operation_of(method, path);
@@ -172,6 +187,9 @@ impl FromRequest<Arc<Zone>> for Signed {
             && changes_state(operation)
             && !replays.first_use(pending.signature(), verified.expires, now)
         {
+            if let Some(slot) = slot {
+                slot.refused(Some(verified.key.to_owned()), "replayed");
+            }
             return Err(Problem::replayed());
         }
         let caller = Caller::new(verified.key);
@@ -181,8 +199,12 @@ impl FromRequest<Arc<Zone>> for Signed {
             let grants = grants.clone();
             caller.permit(move |access| grants.permits(access))
         };
+        let kms = zone.kms.as_caller(caller);
         Ok(Signed {
-            kms: zone.kms.as_caller(caller),
+            kms: match slot {
+                Some(slot) => kms.with_audit(slot.sink()),
+                None => kms,
+            },
             body,
             grants: grants.clone(),
             _share: share,

@@ -50,6 +50,10 @@ pub(crate) fn router(zone: Arc<Zone>) -> Router {
             Arc::clone(&zone),
             answers_within_budget,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&zone),
+            super::audited::audited,
+        ))
         .with_state(zone)
 }
 

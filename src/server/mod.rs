@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+mod audited;
 pub mod auth;
 mod extract;
 mod http;
@@ -133,6 +134,10 @@ pub struct ServeOptions {
     /// (403 `request-replayed`). Off by default: Exoscale's clients send byte-identical
     /// signatures for identical calls made in the same second.
     pub refuse_replays: bool,
+    /// The audit log every zone writes one line per request to; `None` (the default) writes
+    /// none. A state change is answered only once its line is synced; while the log cannot be
+    /// written, state changes are refused.
+    pub audit: Option<Arc<crate::audit_log::AuditLog>>,
     /// After the shutdown signal, how long the requests in flight may take before their
     /// connections are dropped (a stalled client must not keep the server up). Default 10 s.
     pub shutdown_grace: Duration,
@@ -152,6 +157,7 @@ impl Default for ServeOptions {
                 auth::DEFAULT_MAX_VALIDITY_SECS.unsigned_abs(),
             ),
             refuse_replays: false,
+            audit: None,
             shutdown_grace: Duration::from_secs(10),
             events: Events::default(),
         }
@@ -225,6 +231,7 @@ pub async fn serve(
             budget_timeout: options.budget_timeout,
             max_validity_secs,
             replays: replays.clone(),
+            audit: options.audit.clone(),
         });
         servers.spawn(accept_loop(
             listener,

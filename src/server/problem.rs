@@ -98,6 +98,24 @@ impl Problem {
         Problem::new("server-busy", "Server busy", 503, detail)
     }
 
+    /// The audit log cannot be written: 503 for a state change refused before it ran, 500 for
+    /// one that was `applied` but whose audit line could not be synced (not acknowledged).
+    #[must_use]
+    pub fn audit_unavailable(applied: bool) -> Problem {
+        if applied {
+            let detail = "the change was applied but its audit line could not be written, so it \
+                          is not acknowledged; state changes are refused until the audit log \
+                          is reopened"
+                .to_owned();
+            Problem::new("audit-unavailable", "Audit log unavailable", 500, detail)
+        } else {
+            let detail = "the audit log cannot be written: state changes are refused until it is \
+                          reopened (nothing was changed)"
+                .to_owned();
+            Problem::new("audit-unavailable", "Audit log unavailable", 503, detail)
+        }
+    }
+
     /// 500 for a failure of the server itself (not of the KMS): `detail` says what.
     #[must_use]
     pub fn internal(detail: impl Into<String>) -> Problem {
@@ -125,11 +143,16 @@ impl From<&AuthError> for Problem {
     }
 }
 
+/// The code of a problem answer, in the response's extensions (for the audit log).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProblemCode(pub(crate) &'static str);
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = (status, body).into_response();
+        response.extensions_mut().insert(ProblemCode(self.code));
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

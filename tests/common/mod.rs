@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod failing;
 pub mod fault;
 pub mod gate;
 

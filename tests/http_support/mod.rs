@@ -132,8 +132,6 @@ impl TestServer {
         let clock = ManualClock::new(start_time());
         let link = LocalLink::new();
         let mut kms = Vec::new();
-        let mut served = Vec::new();
-        let mut addrs = Vec::new();
         for (index, zone) in zones.iter().enumerate() {
             let byte = 10 + u8::try_from(index).unwrap();
             let zone_kms = Arc::new(
@@ -147,10 +145,25 @@ impl TestServer {
                 .unwrap(),
             );
             link.attach(&zone_kms);
+            kms.push(zone_kms);
+        }
+        TestServer::serve_zones(kms, clock, credentials, options).await
+    }
+
+    /// Serves the zones `kms` (whose clock is `clock`), accepting `credentials`, each on a
+    /// free loopback port.
+    pub async fn serve_zones(
+        kms: Vec<Arc<Kms>>,
+        clock: ManualClock,
+        credentials: Credentials,
+        options: ServeOptions,
+    ) -> TestServer {
+        let mut served = Vec::new();
+        let mut addrs = Vec::new();
+        for zone_kms in &kms {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             addrs.push(listener.local_addr().unwrap());
-            kms.push(Arc::clone(&zone_kms));
-            served.push((zone_kms, listener));
+            served.push((Arc::clone(zone_kms), listener));
         }
         let credentials = Arc::new(credentials);
         let (stop, stopped) = oneshot::channel::<()>();

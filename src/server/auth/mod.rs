@@ -384,6 +384,16 @@ impl<'a> Pending<'a> {
     }
 }
 
+/// The API key an `Authorization` header names, if it is well-formed enough to name one:
+/// for an audit log of refused requests.
+#[must_use]
+pub fn claimed_key(authorization: &[u8]) -> Option<String> {
+    let header = std::str::from_utf8(authorization).ok()?;
+    Authorization::parse(header)
+        .ok()
+        .map(|parsed| parsed.credential.to_owned())
+}
+
 /// The words of a credentials line: split on whitespace, except a whitespace character right
 /// after a `\`, which stays in the word with its `\` (the attributes' lists resolve escapes).
 fn split_words(line: &str) -> Vec<String> {

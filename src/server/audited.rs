@@ -1,0 +1,126 @@
+//! The audit log of the server (`ServeOptions::audit`, `keylife serve --audit-log`): one line
+//! per request, written by a middleware around each zone's router.
+//!
+//! The middleware gives the request a [`Slot`]; the extractor fills it with who signed (or,
+//! for a refused authentication, the key the header named and the reason class), and the
+//! request's `Kms` handle sends its call's [`AuditEvent`] there (outcome, revision after).
+//! When the answer is made, the middleware appends the line; a state change that succeeded is
+//! answered only once its line is synced. While the log cannot be written, state changes are
+//! refused before they run (503 `audit-unavailable`); reads and crypto are served, and their
+//! lines are lost until the log is reopened (choice, design.md "Audit").
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+
+use super::extract::{Zone, changes_state, operation_of};
+use super::problem::{Problem, ProblemCode};
+use crate::audit_log::AuditLine;
+use crate::{AuditEvent, AuditSink, KeyId, OUTCOME_OK};
+
+/// What the request's handlers learn for its audit line.
+#[derive(Clone, Default)]
+pub(crate) struct Slot(Arc<Mutex<Learned>>);
+
+#[derive(Default)]
+struct Learned {
+    actor: Option<String>,
+    auth: Option<&'static str>,
+    event: Option<AuditEvent>,
+}
+
+impl Slot {
+    fn with<R>(&self, f: impl FnOnce(&mut Learned) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The request was signed by `actor`.
+    pub(crate) fn signed_by(&self, actor: &str) {
+        self.with(|learned| learned.actor = Some(actor.to_owned()));
+    }
+
+    /// The request's authentication was refused: the key its header named (if it named one)
+    /// and the reason class.
+    pub(crate) fn refused(&self, claimed: Option<String>, reason: &'static str) {
+        self.with(|learned| {
+            learned.actor = claimed;
+            learned.auth = Some(reason);
+        });
+    }
+
+    /// A sink that keeps the event of the request's call (the last, if it made several).
+    pub(crate) fn sink(&self) -> AuditSink {
+        let slot = self.clone();
+        AuditSink::new(move |event| slot.with(|learned| learned.event = Some(event.clone())))
+    }
+}
+
+/// The path of the health check: not audited (probes every few seconds would fill the log).
+const HEALTH_PATH: &str = "/keylife/v1/health";
+
+/// Middleware: one audit line per request (see the module).
+pub(crate) async fn audited(
+    State(zone): State<Arc<Zone>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(log) = zone.audit.clone() else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path().to_owned();
+    if path == HEALTH_PATH {
+        return next.run(request).await;
+    }
+    let operation = operation_of(request.method(), &path);
+    let changes = operation.is_some_and(changes_state);
+    if changes && !log.is_healthy() {
+        return Problem::audit_unavailable(false).into_response();
+    }
+    let slot = Slot::default();
+    request.extensions_mut().insert(slot.clone());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let outcome = response
+        .extensions()
+        .get::<ProblemCode>()
+        .map_or(OUTCOME_OK, |code| code.0);
+    let learned = std::mem::take(&mut *slot.0.lock().unwrap_or_else(PoisonError::into_inner));
+    let line = match learned.event {
+        Some(event) => {
+            let mut line = AuditLine::from_event(&event, status);
+            // The answer's outcome: the call's, or what went wrong after it.
+            line.outcome = outcome.to_owned();
+            line
+        }
+        None => AuditLine {
+            time: Timestamp::now(),
+            zone: zone.kms.zone().to_owned(),
+            operation: operation.map_or_else(|| path.clone(), |o| o.name().to_owned()),
+            key: path_key(&path),
+            outcome: outcome.to_owned(),
+            status,
+            revision: None,
+            actor: learned.actor,
+            auth: learned.auth.map(str::to_owned),
+        },
+    };
+    let acknowledged = changes && status == 200;
+    match log.append(line) {
+        Ok(ticket) if acknowledged => match log.synced(ticket).await {
+            Ok(()) => response,
+            Err(_) => Problem::audit_unavailable(true).into_response(),
+        },
+        Ok(_) => response,
+        Err(_) if acknowledged => Problem::audit_unavailable(true).into_response(),
+        Err(_) => response,
+    }
+}
+
+/// The key id of a path under `/v2/kms-key/{id}`, if it is one.
+fn path_key(path: &str) -> Option<KeyId> {
+    let id = path.strip_prefix("/v2/kms-key/")?.split('/').next()?;
+    KeyId::parse(id).ok()
+}
