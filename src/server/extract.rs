@@ -14,7 +14,7 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::auth::Credentials;
+use super::keyring::Keyring;
 use super::problem::Problem;
 use super::request::Fields;
 use crate::{Caller, Error, KeyId, Kms};
@@ -22,7 +22,7 @@ use crate::{Caller, Error, KeyId, Kms};
 /// What every handler of one zone shares.
 pub(crate) struct Zone {
     pub(crate) kms: Arc<Kms>,
-    pub(crate) credentials: Arc<Credentials>,
+    pub(crate) credentials: Arc<Keyring>,
     pub(crate) max_body_bytes: usize,
     pub(crate) body_timeout: std::time::Duration,
     pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
@@ -78,8 +78,8 @@ impl FromRequest<Arc<Zone>> for Signed {
             .headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
-        let pending = zone
-            .credentials
+        let credentials = zone.credentials.current();
+        let pending = credentials
             .check_header(authorization, unix_now())
             .map_err(|error| Problem::from(&error))?;
         // This request's share of the memory for bodies, held until its body is checked.

@@ -16,8 +16,8 @@ use hyper::client::conn::http1;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
 use jiff::{SignedDuration, Timestamp};
-use keylife::server::ServeOptions;
 use keylife::server::auth::{self, Credentials};
+use keylife::server::{Keyring, ServeOptions};
 use keylife::{Kms, KmsOptions, Limits, LocalLink, ManualClock, RootKey};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
@@ -141,7 +141,7 @@ impl TestServer {
             kms.push(Arc::clone(&zone_kms));
             served.push((zone_kms, listener));
         }
-        let credentials = Arc::new(Credentials::new().with(KEY, SECRET));
+        let credentials = Arc::new(Keyring::new(Credentials::new().with(KEY, SECRET)));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(keylife::server::serve(
             served,
