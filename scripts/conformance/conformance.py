@@ -1075,8 +1075,12 @@ class FirstPhase:
 
 
 def auth_checks(t, v, url, key, secret, key_id):
-    """The refusals Exoscale's client cannot produce, sent with `requests`."""
+    """The refusals Exoscale's client cannot produce, sent with `requests`, and the unsigned
+    health check."""
     session = requests.Session()
+    # Session.send does not read the environment as Exoscale's client (Session.request) does:
+    # over HTTPS, trust the test CA that run.sh names in REQUESTS_CA_BUNDLE here too.
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or True
     target = f"{url}/kms-key/{key_id}"
 
     def send(expires=None, header=None, body=None, method="GET", address=target):
@@ -1115,6 +1119,13 @@ def auth_checks(t, v, url, key, secret, key_id):
                   "unknown path")
     check_problem(t, v, send(expires=now + 600, method="DELETE"), 405, "method-not-allowed", None, (),
                   "a method the path does not have")
+    # The health check: unsigned, the zones of the process and nothing else.
+    health = send(address=url.rsplit("/v2", 1)[0] + "/keylife/v1/health")
+    body = health.json() if health.headers.get("Content-Type") == "application/json" else None
+    t.check(health.status_code == 200 and isinstance(body, dict) and body.get("status") == "ok"
+            and sorted(body) == ["status", "zones"] and len(body.get("zones", [])) == 2,
+            "unsigned GET /keylife/v1/health: 200, status ok and the two zones", 200,
+            f"{health.status_code} {health.text}", describe(health))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@
 # zones on free ports, runs conformance.py (all 16 operations and the main refusals, checked
 # against the spec shipped in the package and lifecycle.md), stops the server with SIGTERM
 # (it must exit 0), starts it again on the same data directory and checks that everything
-# acknowledged before is still there. Needs only Python 3 with venv/pip and PyPI.
+# acknowledged before is still there. Then the first pass again over HTTPS, on a new data
+# directory: a CA and a server certificate for 127.0.0.1/localhost made with openssl, the server
+# started with --tls-cert/--tls-key, the client trusting the CA through REQUESTS_CA_BUNDLE (and
+# a client without it refused). Needs Python 3 with venv/pip, PyPI and openssl.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -79,13 +82,15 @@ zone2=de-fra-1
 url1=""
 url2=""
 
-# Starts the server on $work/data; sets server_pid, url1 and url2.
+# Starts the server on the data directory $1 with the further arguments $2...; sets
+# server_pid, url1 and url2.
 start_server() {
   run=$((run + 1))
-  local out=$work/server-$run.stdout
-  "$binary" serve --data "$work/data" \
+  local out=$work/server-$run.stdout data=$1
+  shift
+  "$binary" serve --data "$data" \
     --zone "$zone1=127.0.0.1:0" --zone "$zone2=127.0.0.1:0" \
-    --root-key-file "$work/root.key" --credentials-file "$work/creds" \
+    --root-key-file "$work/root.key" --credentials-file "$work/creds" "$@" \
     >"$out" 2>"$work/server-$run.stderr" &
   server_pid=$!
   local deadline=$((SECONDS + 30))
@@ -134,25 +139,71 @@ stop_server() {
 }
 
 passed=0
+# Runs the phase $1 with the state file $2 against url1 and url2.
 phase() {
-  local name=$1 failed=0
+  local name=$1 state=$2 failed=0
+  local summary=$work/summary-$name-$run
   "$python" -u "$here/conformance.py" --phase "$name" --credentials-file "$work/creds" \
-    --state "$work/state.json" --summary-file "$work/summary-$name" \
+    --state "$state" --summary-file "$summary" \
     "$zone1=$url1" "$zone2=$url2" || failed=1
-  if [ -f "$work/summary-$name" ]; then
-    passed=$((passed + $(cut -d' ' -f1 "$work/summary-$name")))
+  if [ -f "$summary" ]; then
+    passed=$((passed + $(cut -d' ' -f1 "$summary")))
   fi
   if [ "$failed" -ne 0 ]; then
     exit 1
   fi
 }
 
-start_server
-phase first
+# A CA and a server certificate it signed for 127.0.0.1 and localhost, in $work/tls.
+make_certificates() {
+  local tls=$work/tls
+  mkdir "$tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=keylife conformance CA" -keyout "$tls/ca.key" -out "$tls/ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>"$tls/openssl.log"
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=127.0.0.1" -keyout "$tls/server.key" -out "$tls/server.csr" 2>>"$tls/openssl.log"
+  printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+    "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" \
+    "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer" >"$tls/server.ext"
+  openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+    -CAcreateserial -days 2 -extfile "$tls/server.ext" -out "$tls/server.crt" \
+    2>>"$tls/openssl.log"
+  chmod 600 "$tls/server.key"
+}
+
+start_server "$work/data"
+phase first "$work/state.json"
 stop_server
-start_server
-phase after-restart
+start_server "$work/data"
+phase after-restart "$work/state.json"
 stop_server
 passed=$((passed + 2)) # both graceful stops
+
+# The first phase again over HTTPS, on its own data directory.
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "conformance: openssl is needed for the HTTPS pass (.ci/run installs it)" >&2
+  exit 1
+fi
+make_certificates
+start_server "$work/data-tls" --tls-cert "$work/tls/server.crt" --tls-key "$work/tls/server.key"
+case "$url1 $url2" in
+  https://*" https://"*) ;;
+  *)
+    echo "conformance: with --tls-cert the zones are not served over https: $url1 $url2" >&2
+    exit 1
+    ;;
+esac
+# Without the CA, the client refuses the server's certificate: TLS is in force.
+if "$python" -c 'import requests, sys; requests.get(sys.argv[1], timeout=10)' \
+  "${url1%/v2}/keylife/v1/health" >/dev/null 2>&1; then
+  echo "conformance: a client that does not trust the test CA was served over HTTPS" >&2
+  exit 1
+fi
+passed=$((passed + 1))
+REQUESTS_CA_BUNDLE=$work/tls/ca.crt phase first "$work/state-tls.json"
+stop_server
+passed=$((passed + 1)) # the graceful stop
 
 echo "conformance: $passed checks passed"

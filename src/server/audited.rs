@@ -16,6 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 
+use super::HEALTH_PATH;
 use super::extract::{Zone, changes_state, operation_of};
 use super::problem::{Problem, ProblemCode};
 use crate::audit_log::AuditLine;
@@ -58,8 +59,6 @@ impl Slot {
     }
 }
 
-/// The path of the health check: not audited (probes every few seconds would fill the log).
-const HEALTH_PATH: &str = "/keylife/v1/health";
 
 /// Middleware: one audit line per request (see the module).
 pub(crate) async fn audited(
@@ -71,6 +70,7 @@ pub(crate) async fn audited(
         return next.run(request).await;
     };
     let path = request.uri().path().to_owned();
+    // The health check is not audited: probes every few seconds would fill the log.
     if path == HEALTH_PATH {
         return next.run(request).await;
     }

@@ -16,7 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
 use super::audited::Slot;
-use super::auth::{self, AuthError, Credentials, Grants};
+use super::auth::{self, AuthError, Grants};
+use super::keyring::Keyring;
 use super::problem::Problem;
 use super::replay::ReplayCache;
 use super::request::Fields;
@@ -26,7 +27,7 @@ use crate::{Caller, Error, KeyId, Kms, Operation};
 /// What every handler of one zone shares.
 pub(crate) struct Zone {
     pub(crate) kms: Arc<Kms>,
-    pub(crate) credentials: Arc<Credentials>,
+    pub(crate) credentials: Arc<Keyring>,
     pub(crate) max_body_bytes: usize,
     pub(crate) body_timeout: Duration,
     /// Bodies in memory beyond each connection's free share, in KiB, across every zone.
@@ -151,7 +152,7 @@ impl FromRequest<Arc<Zone>> for Signed {
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
         let now = unix_now();
-        let credentials = &zone.credentials;
+        let credentials = zone.credentials.current();
         let slot = parts.extensions.get::<Slot>();
         let refused = |error: AuthError| {
             if let Some(slot) = slot {

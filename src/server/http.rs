@@ -10,6 +10,8 @@ use axum::routing::{MethodRouter, get, post};
 use serde::Serialize;
 
 use super::extract::{Answer, Json, KeyCall, Signed, Zone, answers_within_budget};
+
+use super::health::{HEALTH_PATH, Health, health};
 use super::problem::Problem;
 use crate::api::{
     Ciphertext, CreatedKey, DataKey, DeletionScheduled, KeyDetails, KeyList, Plaintext,
@@ -19,8 +21,9 @@ use crate::core::KeyUsage;
 use crate::core::limits::{DATA_KEY_BYTES, DELETION_DELAY, ROTATION_PERIOD};
 use crate::{CreateKey, DataKeySpec, Error};
 
-/// The router of one zone: every operation under `/v2`, problems for everything else.
-pub(crate) fn router(zone: Arc<Zone>) -> Router {
+/// The router of one zone: every operation under `/v2`, the unsigned health check of every
+/// zone of the process, problems for everything else.
+pub(crate) fn router(zone: Arc<Zone>, zones: Arc<Health>) -> Router {
     let key_routes: [(&str, MethodRouter<Arc<Zone>>); 13] = [
         ("list-key-rotations", get(list_key_rotations)),
         ("enable", post(enable_key)),
@@ -38,7 +41,8 @@ pub(crate) fn router(zone: Arc<Zone>) -> Router {
     ];
     let router = Router::new()
         .route("/v2/kms-key", get(list_keys).post(create_key))
-        .route("/v2/kms-key/{id}", get(get_key));
+        .route("/v2/kms-key/{id}", get(get_key))
+        .route(HEALTH_PATH, get(health).with_state(zones));
     key_routes
         .into_iter()
         .fold(router, |router, (operation, handler)| {

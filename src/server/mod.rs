@@ -3,6 +3,8 @@
 //! RFC 9457 problem documents.
 //!
 //! - [`auth`]: `EXO2-HMAC-SHA256` verification (and signing, for tests and load generators);
+//! - [`Keyring`]: the credentials in force, replaceable while serving;
+//! - [`Tls`]: the certificate and key for HTTPS;
 //! - [`problem`]: the error documents;
 //! - [`serve`]: runs the zones until a shutdown signal, reporting what happens as [`Event`]s.
 //!
@@ -12,16 +14,21 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use keylife::server::{ServeOptions, auth::Credentials};
+//! use keylife::server::{Keyring, ServeOptions, Tls, auth::Credentials};
 //! use keylife::{Kms, KmsOptions, RootKey};
 //!
 //! let kms = Arc::new(Kms::open("data/ch-gva-2", RootKey::generate()?, KmsOptions::new("ch-gva-2"))?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! let credentials = Arc::new(Credentials::new().with("EXOkey", "secret"));
+//! let credentials = Arc::new(Keyring::new(Credentials::new().with("EXOkey", "secret")));
+//! // HTTPS; without `tls`, plain HTTP (for loopback or behind a TLS proxy).
+//! let options = ServeOptions {
+//!     tls: Some(Tls::from_pem_files("server.crt", "server.key")?),
+//!     ..ServeOptions::default()
+//! };
 //! keylife::server::serve(
 //!     vec![(kms, listener)],
 //!     credentials,
-//!     ServeOptions::default(),
+//!     options,
 //!     async { tokio::signal::ctrl_c().await.ok(); },
 //! )
 //! .await?;
@@ -31,37 +38,67 @@
 mod audited;
 pub mod auth;
 mod extract;
+mod health;
 mod http;
+mod keyring;
 pub mod problem;
 mod replay;
 mod request;
+mod tls;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::{DueRun, DueRunner, Kms};
 
-use self::auth::Credentials;
+pub use self::health::HEALTH_PATH;
+pub use self::keyring::Keyring;
+use self::tls::WriteDeadline;
+pub use self::tls::{Tls, TlsError};
 
 /// The default limit of a request body: 8 MiB, room for the largest plaintext keylife
 /// encrypts (4 MiB) in base64 (5.4 MiB) and its JSON.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
+/// The default limit of connections open at once, across every zone of a server.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Refused connections and accept failures are reported at most once per this interval
+/// ([`Event::ConnectionsRefused`], [`Event::AcceptFailed`]): the first at once, then the
+/// count since the last report.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Something the server reports while it runs, for a log.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event<'a> {
-    /// Accepting a connection failed (out of file descriptors and the like); the server
-    /// waits 50 ms and goes on.
-    AcceptFailed(&'a std::io::Error),
+    /// Accepting a connection failed `count` times since the last report (out of file
+    /// descriptors and the like); `last` is the latest failure. After each failure the
+    /// server waits 50 ms and goes on. Reported at most once per [`REPORT_INTERVAL`].
+    AcceptFailed {
+        /// Failures since the last report.
+        count: u64,
+        /// The latest.
+        last: &'a std::io::Error,
+    },
+    /// `count` connections were closed as soon as they were accepted since the last report,
+    /// because `limit` connections were open ([`ServeOptions::max_connections`]). Reported at
+    /// most once per [`REPORT_INTERVAL`].
+    ConnectionsRefused {
+        /// Connections refused since the last report.
+        count: u64,
+        /// The limit.
+        limit: usize,
+    },
     /// After the shutdown signal, `open` connections were still busy when the grace period
     /// ended: they were dropped.
     ConnectionsDropped {
@@ -143,6 +180,18 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// Where the server reports what happens. Default: nowhere.
     pub events: Events,
+    /// With a [`Tls`], every zone serves HTTPS (HTTP/1.1 over TLS); without, plain HTTP.
+    /// Default: none.
+    pub tls: Option<Tls>,
+    /// How long a TLS handshake may take before its connection is dropped. Default 10 s.
+    pub tls_handshake_timeout: Duration,
+    /// Connections open at once across every zone (a TLS handshake under way counts). One
+    /// more is closed as soon as it is accepted, reported as [`Event::ConnectionsRefused`].
+    /// Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// How long a write to a client may make no progress (the client reads nothing of its
+    /// answer) before its connection is dropped. Default 30 s.
+    pub write_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -160,31 +209,57 @@ impl Default for ServeOptions {
             audit: None,
             shutdown_grace: Duration::from_secs(10),
             events: Events::default(),
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
 
-/// Serves each zone on its listener (`http://ADDR/v2`) until `shutdown` completes, then stops
-/// accepting, lets the requests in flight finish, and returns. Every change acknowledged to a
-/// client was durable before its answer was sent; the stores close when the last `Arc<Kms>`
-/// is dropped. Every zone runs [`Kms::run_due`] once (the zones in parallel) before any zone
-/// serves, then every `due_interval` in the background (a [`DueRunner`] per zone), each run
-/// reported as an [`Event::DueRun`].
+impl ServeOptions {
+    /// Refuses options that cannot work.
+    fn check(&self) -> std::io::Result<()> {
+        let refuse = |what: &str| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("ServeOptions::{what} must not be zero"),
+            ))
+        };
+        if self.due_interval.is_zero() {
+            return refuse("due_interval");
+        }
+        if self.max_connections == 0 {
+            return refuse("max_connections");
+        }
+        if self.write_timeout.is_zero() {
+            return refuse("write_timeout");
+        }
+        if self.tls_handshake_timeout.is_zero() {
+            return refuse("tls_handshake_timeout");
+        }
+        Ok(())
+    }
+}
+
+/// Serves each zone on its listener (`http://ADDR/v2`, or `https://` with
+/// [`ServeOptions::tls`]) until `shutdown` completes, then stops accepting, lets the requests
+/// in flight finish, and returns. Every change acknowledged to a client was durable before
+/// its answer was sent; the stores close when the last `Arc<Kms>` is dropped. Every zone runs
+/// [`Kms::run_due`] once (the zones in parallel) before any zone serves, then every
+/// `due_interval` in the background (a [`DueRunner`] per zone), each run reported as an
+/// [`Event::DueRun`]. Requests are checked against the credentials `keyring` holds when they
+/// arrive. Every zone also answers [`HEALTH_PATH`], unsigned.
 ///
 /// Responses go out with `TCP_NODELAY`: without it, Nagle's algorithm and the client's
 /// delayed ACK hold a keep-alive response for about 40 ms.
 pub async fn serve(
     zones: Vec<(Arc<Kms>, TcpListener)>,
-    credentials: Arc<Credentials>,
+    keyring: Arc<Keyring>,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    if options.due_interval.is_zero() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "ServeOptions::due_interval must not be zero",
-        ));
-    }
+    options.check()?;
     let (stop, stopped) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     let mut runners = Vec::with_capacity(zones.len());
@@ -216,6 +291,24 @@ pub async fn serve(
     for run in first_runs {
         let _ = run.await;
     }
+    let health = Arc::new(health::Health::new(
+        zones.iter().map(|(kms, _)| Arc::clone(kms)).collect(),
+    ));
+    let limit = options.max_connections.min(Semaphore::MAX_PERMITS);
+    let connections = Connections {
+        slots: Arc::new(Semaphore::new(limit)),
+        limit,
+        tls: options.tls.as_ref().map(|tls| {
+            (
+                TlsAcceptor::from(Arc::clone(tls.config())),
+                options.tls_handshake_timeout,
+            )
+        }),
+        write_timeout: options.write_timeout,
+        grace: options.shutdown_grace,
+        tally: Arc::new(Tally::new(options.events.clone())),
+    };
+    let ticker = tokio::spawn(connections.tally.clone().tick());
     for (kms, listener) in zones {
         runners.push(DueRunner::start_with(
             &kms,
@@ -224,7 +317,7 @@ pub async fn serve(
         ));
         let zone = Arc::new(extract::Zone {
             kms,
-            credentials: credentials.clone(),
+            credentials: keyring.clone(),
             max_body_bytes: options.max_body_bytes,
             body_timeout: options.body_timeout,
             body_budget: body_budget.clone(),
@@ -235,9 +328,9 @@ pub async fn serve(
         });
         servers.spawn(accept_loop(
             listener,
-            http::router(zone),
+            http::router(zone, health.clone()),
             stopped.clone(),
-            (options.shutdown_grace, options.events.clone()),
+            connections.clone(),
         ));
     }
     tokio::spawn(async move {
@@ -252,6 +345,8 @@ pub async fn serve(
             Err(error) => result = Err(std::io::Error::other(error)),
         }
     }
+    ticker.abort();
+    connections.tally.flush(Instant::now(), true);
     // The servers are done: stop the background work, after a run in progress.
     let _ =
         tokio::task::spawn_blocking(move || runners.into_iter().for_each(DueRunner::stop)).await;
@@ -267,6 +362,20 @@ pub const BODY_BUDGET_KIB: usize = 64 * 1024;
 /// How long the headers of a request may take to arrive.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What every accept loop of a server shares: the connection slots, TLS, the timeouts and the
+/// tally of refusals.
+#[derive(Clone)]
+struct Connections {
+    /// One permit per open connection, across every zone.
+    slots: Arc<Semaphore>,
+    limit: usize,
+    /// The acceptor and its handshake timeout, when serving HTTPS.
+    tls: Option<(TlsAcceptor, Duration)>,
+    write_timeout: Duration,
+    grace: Duration,
+    tally: Arc<Tally>,
+}
+
 /// Accepts connections on `listener` until the stop, then waits for the connections to finish
 /// their requests in flight, for at most `grace`, and drops the rest. It returns only when
 /// every connection task has ended, so no request is handled after it.
@@ -274,7 +383,7 @@ async fn accept_loop(
     listener: TcpListener,
     router: axum::Router,
     mut stopped: watch::Receiver<bool>,
-    (grace, events): (Duration, Events),
+    shared: Connections,
 ) -> std::io::Result<()> {
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -287,46 +396,247 @@ async fn accept_loop(
             Ok((stream, _)) => stream,
             Err(error) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
-                events.emit(&Event::AcceptFailed(&error));
+                shared.tally.accept_failed(error, Instant::now());
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Ok(permit) = Arc::clone(&shared.slots).try_acquire_owned() else {
+            // Over the limit: closed at once, counted, not logged one by one.
+            drop(stream);
+            shared.tally.refused(shared.limit, Instant::now());
+            continue;
+        };
         // Best effort: a socket that refuses the option still serves, only slower.
         let _ = stream.set_nodelay(true);
+        let stream = WriteDeadline::new(stream, shared.write_timeout);
         let service = TowerToHyperService::new(router.clone());
-        let mut stop = stopped.clone();
+        let stop = stopped.clone();
+        let tls = shared.tls.clone();
         connections.spawn(async move {
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = stopped_signal(&mut stop) => {
-                    // Finish the request in flight, if any, then close.
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match tls {
+                None => serve_connection(TokioIo::new(stream), service, stop, permit).await,
+                Some((acceptor, timeout)) => {
+                    let mut handshake_stop = stop.clone();
+                    let handshake = tokio::select! {
+                        handshake = tokio::time::timeout(timeout, acceptor.accept(stream)) => handshake,
+                        () = stopped_signal(&mut handshake_stop) => return,
+                    };
+                    // A failed or slow handshake is the client's problem: dropped, not logged.
+                    if let Ok(Ok(stream)) = handshake {
+                        serve_connection(TokioIo::new(stream), service, stop, permit).await;
+                    }
                 }
             }
         });
     }
     drop(listener);
-    let drained = tokio::time::timeout(grace, async {
+    let drained = tokio::time::timeout(shared.grace, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         let open = connections.len();
-        events.emit(&Event::ConnectionsDropped { open, grace });
+        shared.tally.events.emit(&Event::ConnectionsDropped {
+            open,
+            grace: shared.grace,
+        });
         connections.shutdown().await;
     }
     Ok(())
 }
 
+/// Serves HTTP/1.1 on one connection until it closes, or until the stop (then after its
+/// request in flight). The connection's slot is released when this returns.
+async fn serve_connection<I>(
+    io: I,
+    service: TowerToHyperService<axum::Router>,
+    mut stop: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = stopped_signal(&mut stop) => {
+            // Finish the request in flight, if any, then close.
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
 /// Completes when the stop is sent (or its sender is gone).
 async fn stopped_signal(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Counts refused connections and accept failures and reports them as events, at most once
+/// per [`REPORT_INTERVAL`] each: the first at once, later ones as a count when the interval
+/// has passed (checked every second, and once when the server stops).
+struct Tally {
+    events: Events,
+    state: Mutex<TallyState>,
+}
+
+#[derive(Default)]
+struct TallyState {
+    refused: Counter,
+    limit: usize,
+    failed: Counter,
+    last_failure: Option<std::io::Error>,
+}
+
+#[derive(Default)]
+struct Counter {
+    /// Occurrences not reported yet.
+    pending: u64,
+    /// When the last report was made.
+    reported: Option<Instant>,
+}
+
+impl Counter {
+    /// Notes one occurrence; whether to report now.
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        self.pending += 1;
+        self.due(now, false)
+    }
+
+    /// The count to report now, if any: something is pending and the interval since the last
+    /// report has passed (or `force`).
+    fn due(&mut self, now: Instant, force: bool) -> Option<u64> {
+        let quiet = self
+            .reported
+            .is_none_or(|at| now.saturating_duration_since(at) >= REPORT_INTERVAL);
+        if self.pending == 0 || !(quiet || force) {
+            return None;
+        }
+        self.reported = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
+impl Tally {
+    fn new(events: Events) -> Tally {
+        Tally {
+            events,
+            state: Mutex::new(TallyState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TallyState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn refused(&self, limit: usize, now: Instant) {
+        let due = {
+            let mut state = self.lock();
+            state.limit = limit;
+            state.refused.note(now)
+        };
+        if let Some(count) = due {
+            self.events
+                .emit(&Event::ConnectionsRefused { count, limit });
+        }
+    }
+
+    fn accept_failed(&self, error: std::io::Error, now: Instant) {
+        let due = {
+            let mut state = self.lock();
+            let due = state.failed.note(now);
+            match due {
+                Some(count) => Some((count, error)),
+                None => {
+                    state.last_failure = Some(error);
+                    None
+                }
+            }
+        };
+        if let Some((count, last)) = due {
+            self.events
+                .emit(&Event::AcceptFailed { count, last: &last });
+        }
+    }
+
+    /// Reports what is pending and due (everything pending, with `force`).
+    fn flush(&self, now: Instant, force: bool) {
+        let (refused, limit, failed) = {
+            let mut state = self.lock();
+            let refused = state.refused.due(now, force);
+            let failed = state
+                .failed
+                .due(now, force)
+                .and_then(|count| Some((count, state.last_failure.take()?)));
+            (refused, state.limit, failed)
+        };
+        if let Some(count) = refused {
+            self.events
+                .emit(&Event::ConnectionsRefused { count, limit });
+        }
+        if let Some((count, last)) = failed {
+            self.events
+                .emit(&Event::AcceptFailed { count, last: &last });
+        }
+    }
+
+    /// Reports the pending counts once their interval has passed; runs until aborted.
+    async fn tick(self: Arc<Tally>) {
+        let mut interval = tokio::time::interval(Duration::from_secs(1));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            self.flush(Instant::now(), false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_and_accept_failures_are_reported_at_most_once_per_interval() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let tally = Tally::new(Events::new(move |event| {
+            let line = match event {
+                Event::ConnectionsRefused { count, limit } => format!("refused {count} of {limit}"),
+                Event::AcceptFailed { count, last } => format!("failed {count}: {last}"),
+                _ => return,
+            };
+            sink.lock().unwrap().push(line);
+        }));
+        let start = Instant::now();
+        let error = |text: &str| std::io::Error::other(text.to_owned());
+        for i in 0..1000 {
+            tally.refused(4, start + Duration::from_millis(i));
+            tally.accept_failed(
+                error(&format!("emfile {i}")),
+                start + Duration::from_millis(i),
+            );
+        }
+        // The first of each at once, nothing more within the interval.
+        tally.flush(start + Duration::from_secs(9), false);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["refused 1 of 4", "failed 1: emfile 0"]
+        );
+        // Once the interval has passed, the rest as one count each, with the latest error.
+        tally.flush(start + REPORT_INTERVAL, false);
+        tally.flush(start + REPORT_INTERVAL + Duration::from_secs(1), false);
+        assert_eq!(
+            seen.lock().unwrap()[2..],
+            ["refused 999 of 4", "failed 999: emfile 999"]
+        );
+        // The final flush reports whatever is left, interval or not.
+        tally.refused(4, start + REPORT_INTERVAL + Duration::from_secs(2));
+        tally.flush(start + REPORT_INTERVAL + Duration::from_secs(3), true);
+        assert_eq!(seen.lock().unwrap()[4..], ["refused 1 of 4"]);
+    }
 }

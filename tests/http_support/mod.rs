@@ -16,8 +16,8 @@ use hyper::client::conn::http1;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
 use jiff::{SignedDuration, Timestamp};
-use keylife::server::ServeOptions;
 use keylife::server::auth::{self, Credentials};
+use keylife::server::{Keyring, ServeOptions};
 use keylife::{Kms, KmsOptions, Limits, LocalLink, ManualClock, RootKey};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
@@ -165,7 +165,7 @@ impl TestServer {
             addrs.push(listener.local_addr().unwrap());
             served.push((Arc::clone(zone_kms), listener));
         }
-        let credentials = Arc::new(credentials);
+        let credentials = Arc::new(Keyring::new(credentials));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(keylife::server::serve(
             served,
@@ -661,4 +661,399 @@ pub fn check_shape(operation_id: &str, value: &Value) {
         errors.is_empty(),
         "{operation_id}: the answer does not follow the spec: {errors:?}\n{value}"
     );
+}
+
+// ---- HTTPS and `keylife serve` processes (tests/http_tls.rs, tests/http_limits.rs,
+// tests/http_reload.rs) ----
+
+/// A test certificate authority and a server certificate it signed for `127.0.0.1` and
+/// `localhost`, made with rcgen (no openssl needed).
+pub struct TestCa {
+    /// The CA's certificate, PEM.
+    pub ca_pem: String,
+    /// The server's certificate, PEM.
+    pub cert_pem: String,
+    /// The server's private key, PEM (PKCS#8).
+    pub key_pem: String,
+    ca_der: rustls_pki::CertificateDer<'static>,
+}
+
+use tokio_rustls::rustls::pki_types as rustls_pki;
+
+impl TestCa {
+    /// A new CA and server certificate.
+    pub fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "keylife test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let server_params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+        TestCa {
+            ca_pem: ca_cert.pem(),
+            cert_pem: server_cert.pem(),
+            key_pem: server_key.serialize_pem(),
+            ca_der: ca_cert.der().clone(),
+        }
+    }
+
+    /// The server's [`keylife::server::Tls`].
+    pub fn tls(&self) -> keylife::server::Tls {
+        keylife::server::Tls::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes()).unwrap()
+    }
+
+    /// Writes the server's certificate and key into `dir`; returns their paths.
+    pub fn write(&self, dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+        std::fs::write(&cert, &self.cert_pem).unwrap();
+        std::fs::write(&key, &self.key_pem).unwrap();
+        (cert, key)
+    }
+
+    /// A TLS client configuration that trusts this CA only and offers ALPN `http/1.1`.
+    pub fn client_config(&self) -> Arc<tokio_rustls::rustls::ClientConfig> {
+        use tokio_rustls::rustls;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        #[allow(deprecated)] // ring's provider, as the server's
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// One keep-alive HTTPS connection to a zone, signing its requests as [`Client`] does.
+pub struct TlsClient {
+    sender: http1::SendRequest<Full<Bytes>>,
+    host: String,
+    /// The ALPN protocol the server chose.
+    pub alpn: Option<Vec<u8>>,
+    /// The API key it signs with.
+    pub key: String,
+    /// The secret it signs with.
+    pub secret: Vec<u8>,
+}
+
+impl TlsClient {
+    /// A TLS handshake with `addr` as server name `127.0.0.1`, trusting `ca` only.
+    pub async fn connect(addr: SocketAddr, ca: &TestCa) -> Result<TlsClient, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|error| format!("connect: {error}"))?;
+        let _ = stream.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(ca.client_config());
+        let name = rustls_pki::ServerName::try_from("127.0.0.1").unwrap();
+        let stream = connector
+            .connect(name, stream)
+            .await
+            .map_err(|error| format!("TLS handshake: {error}"))?;
+        let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| format!("HTTP handshake: {error}"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(TlsClient {
+            sender,
+            host: addr.to_string(),
+            alpn,
+            key: KEY.to_owned(),
+            secret: SECRET.to_vec(),
+        })
+    }
+
+    /// `method path` with `body`, signed unless `signed` is false.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        signed: bool,
+    ) -> Result<Reply, String> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host)
+            .header("content-type", "application/json");
+        if signed {
+            let authorization = auth::sign(
+                &self.key,
+                &self.secret,
+                method,
+                path,
+                body,
+                unix_now() + 300,
+            );
+            request = request.header("authorization", authorization);
+        }
+        let request = request.body(Full::new(Bytes::from(body.to_vec()))).unwrap();
+        self.sender
+            .ready()
+            .await
+            .map_err(|error| format!("connection: {error}"))?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|error| format!("no answer: {error}"))?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|error| format!("truncated answer: {error}"))?
+            .to_bytes();
+        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            content_type,
+            headers,
+            body,
+            json,
+        })
+    }
+}
+
+/// Connects to `addr`, sends `bytes` (may be empty) and waits up to `wait` for the server to
+/// close the connection. `Ok(bytes read)` when it closed it (end of stream or reset), `Err`
+/// with what was read when it was still open after `wait`.
+pub async fn closed_by_server(
+    addr: SocketAddr,
+    bytes: &[u8],
+    wait: Duration,
+) -> Result<Vec<u8>, Vec<u8>> {
+    let bytes = bytes.to_vec();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let _ = stream.write_all(&bytes);
+        let deadline = std::time::Instant::now() + wait;
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(answer);
+            }
+            stream.set_read_timeout(Some(left)).unwrap();
+            match stream.read(&mut buffer) {
+                Ok(0) => return Ok(answer),
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(answer);
+                }
+                Err(_) => return Ok(answer),
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// The `keylife` binary.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_keylife");
+
+/// A `keylife serve` process whose standard error is read line by line as it comes.
+pub struct ServeProcess {
+    child: std::process::Child,
+    /// The URL of each zone, from its "serving" line, in the order printed.
+    pub urls: Vec<String>,
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+    stderr: std::sync::mpsc::Receiver<String>,
+    /// Every standard error line received so far.
+    pub stderr_seen: Vec<String>,
+}
+
+impl ServeProcess {
+    /// Runs `command` (a `keylife serve` with piped stdout and stderr) and reads `zones`
+    /// "serving" lines; panics with its standard error if it exits first.
+    pub fn start(mut command: std::process::Command, zones: usize) -> ServeProcess {
+        use std::io::BufRead as _;
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("start keylife serve");
+        let (lines, stderr) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut urls = Vec::new();
+        for _ in 0..zones {
+            let mut line = String::new();
+            let _ = stdout.read_line(&mut line);
+            match line.trim().split_once(" serving ") {
+                Some((_, url)) => urls.push(url.to_owned()),
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let text: Vec<String> = stderr.try_iter().collect();
+                    panic!("unexpected line {line:?}; stderr: {}", text.join("\n"));
+                }
+            }
+        }
+        ServeProcess {
+            child,
+            urls,
+            _stdout: stdout,
+            stderr,
+            stderr_seen: Vec::new(),
+        }
+    }
+
+    /// The address of zone number `zone` (its URL without scheme and `/v2`).
+    pub fn addr(&self, zone: usize) -> SocketAddr {
+        let url = &self.urls[zone];
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        rest.trim_end_matches("/v2").parse().unwrap()
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`, ...) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits up to `wait` for a new standard error line containing `text`; returns it.
+    pub fn wait_for_stderr(&mut self, text: &str, wait: Duration) -> String {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr_seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no stderr line with {text:?} within {wait:?}; seen: {:#?}",
+                    self.stderr_seen
+                ),
+            }
+        }
+    }
+
+    /// SIGTERM, then checks that it exits 0 within 10 s.
+    pub fn stop(mut self) {
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit {status}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no exit within 10 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A directory with a root key file and a credentials file (`KEY SECRET`), for
+/// `keylife serve` processes.
+pub struct ServeFiles {
+    /// The directory (the data directory is `data` in it).
+    pub dir: tempfile::TempDir,
+    /// The root key file.
+    pub root_key: std::path::PathBuf,
+    /// The credentials file.
+    pub credentials: std::path::PathBuf,
+}
+
+impl ServeFiles {
+    /// New files, with mode 0600 for the secrets.
+    pub fn new() -> ServeFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let root_key = dir.path().join("root.key");
+        let generated = std::process::Command::new(BINARY)
+            .args(["root-key", "generate"])
+            .output()
+            .unwrap();
+        assert!(generated.status.success(), "{generated:?}");
+        std::fs::write(&root_key, &generated.stdout).unwrap();
+        let credentials = dir.path().join("credentials");
+        std::fs::write(
+            &credentials,
+            format!("{KEY} {}\n", String::from_utf8_lossy(SECRET)),
+        )
+        .unwrap();
+        #[cfg(unix)]
+        for path in [&root_key, &credentials] {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        ServeFiles {
+            dir,
+            root_key,
+            credentials,
+        }
+    }
+
+    /// `keylife serve` with these files, zones `zones` (`NAME=ADDR`) and `extra` arguments,
+    /// without `KEYLIFE_*` variables.
+    pub fn command(&self, zones: &[&str], extra: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(BINARY);
+        command
+            .arg("serve")
+            .arg("--data")
+            .arg(self.dir.path().join("data"))
+            .arg("--root-key-file")
+            .arg(&self.root_key)
+            .arg("--credentials-file")
+            .arg(&self.credentials)
+            .env_remove("KEYLIFE_ROOT_KEY")
+            .env_remove("KEYLIFE_CREDENTIALS")
+            .env_remove("KEYLIFE_DATA");
+        for zone in zones {
+            command.args(["--zone", zone]);
+        }
+        command.args(extra);
+        command
+    }
 }

@@ -39,7 +39,19 @@ pub(crate) fn due(zone: &str, result: &Result<DueReport, Error>) {
 /// Logs what `keylife serve` reports.
 pub(crate) fn server_event(event: &Event<'_>) {
     match event {
-        Event::AcceptFailed(error) => log(format_args!("keylife: accept failed: {error}")),
+        Event::AcceptFailed { count: 1, last } => {
+            log(format_args!(
+                "keylife: accepting a connection failed: {last}"
+            ));
+        }
+        Event::AcceptFailed { count, last } => log(format_args!(
+            "keylife: accepting a connection failed {count} times since the last report; \
+             the latest: {last}"
+        )),
+        Event::ConnectionsRefused { count, limit } => log(format_args!(
+            "keylife: {limit} connections open (--max-connections): {count} new connection(s) \
+             closed at once since the last report"
+        )),
         Event::ConnectionsDropped { open, grace } => log(format_args!(
             "keylife: {} s after the stop, {open} connection(s) still open are dropped",
             grace.as_secs()

@@ -2,22 +2,27 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use keylife::server::{DEFAULT_MAX_BODY_BYTES, Events, ServeOptions};
+use keylife::server::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, Events, Keyring, ServeOptions, Tls,
+};
 use keylife::store::Engine;
 
 use crate::config::{self, ConfigError, RootKeyBytes};
 use crate::log::{self, log};
 
-/// Serve Exoscale's KMS API over HTTP.
+/// Serve Exoscale's KMS API over HTTPS (or HTTP on loopback).
 ///
-/// Each zone's API is at `http://ADDR/v2`, its store in `DATA/ZONE`. Requests must be signed
-/// with `EXO2-HMAC-SHA256` by one of the credentials. SIGTERM or Ctrl-C stops accepting,
-/// finishes the requests in flight and exits; every acknowledged change is on disk.
+/// Each zone's API is at `https://ADDR/v2` with --tls-cert and --tls-key, else at
+/// `http://ADDR/v2`; plain HTTP is refused on an address that is not loopback unless
+/// --insecure-http is given. Each zone's store is in `DATA/ZONE`. Requests must be signed with
+/// `EXO2-HMAC-SHA256` by one of the credentials; `GET /keylife/v1/health` is unsigned. SIGHUP
+/// reloads the credentials file. SIGTERM or Ctrl-C stops accepting, finishes the requests in
+/// flight and exits; every acknowledged change is on disk.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Data directory: each zone's store is the subdirectory named after the zone.
@@ -58,6 +63,50 @@ pub(crate) struct ServeArgs {
     /// Worker threads of the server (default: one per CPU).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// PEM file of the server's certificate chain (its own certificate first): every zone
+    /// serves HTTPS. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on addresses that are not loopback too (behind a TLS proxy on a
+    /// trusted network): without TLS, only 127.0.0.0/8 and ::1 are served otherwise.
+    #[arg(long)]
+    insecure_http: bool,
+    /// Connections open at once, across every zone; one more is closed as soon as it is
+    /// accepted.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_max_connections)]
+    max_connections: usize,
+}
+
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(count) if count >= 1 => Ok(count),
+        _ => Err(format!(
+            "expected a number of connections, at least 1, got {text:?}"
+        )),
+    }
+}
+
+/// Refuses to serve plain HTTP on an address that is not loopback, unless `insecure` (the
+/// signatures would cross the network in the clear, and can be replayed within their validity).
+fn check_plain_http(zones: &[(String, SocketAddr)], insecure: bool) -> Result<(), ConfigError> {
+    if insecure {
+        return Ok(());
+    }
+    match zones
+        .iter()
+        .find(|(_, address)| !address.ip().to_canonical().is_loopback())
+    {
+        None => Ok(()),
+        Some((name, address)) => Err(ConfigError::Invalid(format!(
+            "zone {name}: refusing to serve plain HTTP on {address}, which is not a loopback \
+             address: give --tls-cert FILE and --tls-key FILE to serve HTTPS, or \
+             --insecure-http to serve plain HTTP anyway (behind a TLS proxy)"
+        ))),
+    }
 }
 
 fn parse_zone(text: &str) -> Result<(String, SocketAddr), String> {
@@ -98,11 +147,31 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            Tls::from_pem_files(cert, key)
+                .map_err(|error| ConfigError::Invalid(error.to_string()))?,
+        ),
+        // clap requires both or neither.
+        _ => None,
+    };
+    if tls.is_none() {
+        check_plain_http(&args.zones, args.insecure_http)?;
+    }
     // The signal handlers exist before the first "serving" line: a SIGTERM sent as soon as
-    // the server says it serves stops it gracefully.
+    // the server says it serves stops it gracefully, a SIGHUP reloads.
     let shutdown = shutdown_signal()?;
     let root_key = RootKeyBytes::load(args.root_key_file.as_deref())?;
-    let credentials = Arc::new(config::load_credentials(args.credentials_file.as_deref())?);
+    let keyring = Arc::new(Keyring::new(config::load_credentials(
+        args.credentials_file.as_deref(),
+    )?));
+    // What a SIGHUP does, in order: reload the credentials (an audit log to reopen would
+    // join here).
+    let reloads: Vec<Reload> = vec![reload_credentials(
+        Arc::clone(&keyring),
+        args.credentials_file.clone(),
+    )];
+    on_hangup(reloads)?;
     let names: Vec<String> = args.zones.iter().map(|(name, _)| name.clone()).collect();
     let zones = config::open_zones(&args.data, &names, &root_key, args.engine)?;
     drop(root_key);
@@ -119,7 +188,8 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
         // One line per zone on standard output, for scripts that start the server on port 0.
         // A closed standard output is not a reason to refuse to serve.
         let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "keylife: zone {name} serving http://{bound}/v2");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let _ = writeln!(stdout, "keylife: zone {name} serving {scheme}://{bound}/v2");
         let _ = stdout.flush();
         served.push((kms, listener));
     }
@@ -129,11 +199,65 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
         max_signature_validity: std::time::Duration::from_secs(args.max_signature_validity),
         refuse_replays: args.refuse_replays,
         events: Events::new(log::server_event),
+        tls,
+        max_connections: args.max_connections,
         ..ServeOptions::default()
     };
-    keylife::server::serve(served, credentials, options, shutdown)
+    keylife::server::serve(served, keyring, options, shutdown)
         .await
         .map_err(|error| ConfigError::Invalid(format!("serving failed: {error}")))
+}
+
+/// Something a SIGHUP does.
+type Reload = Box<dyn Fn() + Send + Sync>;
+
+/// Reads the credentials again (from `file`, or `KEYLIFE_CREDENTIALS` without one) and puts
+/// them in force; a set that does not load is refused and the current one kept. One log line
+/// either way.
+fn reload_credentials(keyring: Arc<Keyring>, file: Option<PathBuf>) -> Reload {
+    Box::new(move || {
+        let origin = file.as_deref().map_or_else(
+            || "KEYLIFE_CREDENTIALS".to_owned(),
+            |path: &Path| path.display().to_string(),
+        );
+        match config::load_credentials(file.as_deref()) {
+            Ok(credentials) => {
+                let count = credentials.len();
+                keyring.replace(credentials);
+                log(format_args!(
+                    "keylife: SIGHUP: {count} credential(s) loaded from {origin}"
+                ));
+            }
+            Err(error) => log(format_args!(
+                "keylife: SIGHUP: the credentials are unchanged: {error}"
+            )),
+        }
+    })
+}
+
+/// Runs `reloads` on the blocking pool at every SIGHUP. The handler is installed when this is
+/// called.
+#[cfg(unix)]
+fn on_hangup(reloads: Vec<Reload>) -> Result<(), ConfigError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())
+        .map_err(|error| ConfigError::Invalid(format!("cannot handle signals: {error}")))?;
+    let reloads = Arc::new(reloads);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let reloads = Arc::clone(&reloads);
+            let _ = tokio::task::spawn_blocking(move || reloads.iter().for_each(|reload| reload()))
+                .await;
+        }
+    });
+    Ok(())
+}
+
+/// No SIGHUP outside unix: the reloads never run.
+#[cfg(not(unix))]
+fn on_hangup(reloads: Vec<Reload>) -> Result<(), ConfigError> {
+    drop(reloads);
+    Ok(())
 }
 
 /// Completes at Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called,
