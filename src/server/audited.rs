@@ -59,7 +59,6 @@ impl Slot {
     }
 }
 
-
 /// Middleware: one audit line per request (see the module).
 pub(crate) async fn audited(
     State(zone): State<Arc<Zone>>,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
+use keylife::audit_log::AuditLog;
 use keylife::server::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, Events, Keyring, ServeOptions, Tls,
 };
@@ -47,6 +48,13 @@ pub(crate) struct ServeArgs {
     /// `expires` is further ahead is refused (403). Exoscale's clients sign for 600 s.
     #[arg(long, value_name = "SECS", default_value_t = keylife::server::auth::DEFAULT_MAX_VALIDITY_SECS.unsigned_abs())]
     max_signature_validity: u64,
+    /// Write an audit log: one JSON line per request (refused authentications included),
+    /// chained by MACs under a key derived from the root key, its head recorded in every
+    /// zone's store. State changes are answered once their line is synced and refused while
+    /// the log cannot be written. SIGHUP reopens it (for logrotate). Check it with
+    /// `keylife audit verify`.
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
     /// Refuse a signature already used for a state-changing request (every POST but encrypt,
     /// decrypt, re-encrypt and generate-data-key) while it is valid, across all zones: 403
     /// `request-replayed`. Off by default, since Exoscale's clients send identical signatures
@@ -165,16 +173,26 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
     let keyring = Arc::new(Keyring::new(config::load_credentials(
         args.credentials_file.as_deref(),
     )?));
-    // What a SIGHUP does, in order: reload the credentials (an audit log to reopen would
-    // join here).
-    let reloads: Vec<Reload> = vec![reload_credentials(
+    let names: Vec<String> = args.zones.iter().map(|(name, _)| name.clone()).collect();
+    let zones = config::open_zones(&args.data, &names, &root_key, args.engine)?;
+    let audit = match &args.audit_log {
+        Some(path) => Some(
+            AuditLog::open(path, &root_key.root_key(), zones.clone()).map_err(|error| {
+                ConfigError::Invalid(format!("the audit log {}: {error}", path.display()))
+            })?,
+        ),
+        None => None,
+    };
+    drop(root_key);
+    // What a SIGHUP does, in order: reload the credentials, reopen the audit log.
+    let mut reloads: Vec<Reload> = vec![reload_credentials(
         Arc::clone(&keyring),
         args.credentials_file.clone(),
     )];
+    if let Some(audit) = &audit {
+        reloads.push(reopen_audit_log(Arc::downgrade(audit)));
+    }
     on_hangup(reloads)?;
-    let names: Vec<String> = args.zones.iter().map(|(name, _)| name.clone()).collect();
-    let zones = config::open_zones(&args.data, &names, &root_key, args.engine)?;
-    drop(root_key);
     let mut served = Vec::with_capacity(zones.len());
     for (kms, (name, address)) in zones.into_iter().zip(&args.zones) {
         let listener = tokio::net::TcpListener::bind(address)
@@ -201,11 +219,33 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
         events: Events::new(log::server_event),
         tls,
         max_connections: args.max_connections,
+        audit: audit.clone(),
         ..ServeOptions::default()
     };
-    keylife::server::serve(served, keyring, options, shutdown)
-        .await
-        .map_err(|error| ConfigError::Invalid(format!("serving failed: {error}")))
+    let served = keylife::server::serve(served, keyring, options, shutdown).await;
+    // The last lines are written and synced when the log is dropped, before the stores close.
+    drop(audit);
+    served.map_err(|error| ConfigError::Invalid(format!("serving failed: {error}")))
+}
+
+/// At SIGHUP, reopens the audit log at its path (after logrotate moved the file away), with
+/// a log line either way; a log already dropped (the server stopping) is left alone.
+fn reopen_audit_log(audit: std::sync::Weak<AuditLog>) -> Reload {
+    Box::new(move || {
+        let Some(audit) = audit.upgrade() else {
+            return;
+        };
+        match audit.reopen() {
+            Ok(()) => log(format_args!(
+                "keylife: SIGHUP: the audit log {} reopened",
+                audit.path().display()
+            )),
+            Err(error) => log(format_args!(
+                "keylife: SIGHUP: the audit log {} could not be reopened: {error}",
+                audit.path().display()
+            )),
+        }
+    })
 }
 
 /// Something a SIGHUP does.
