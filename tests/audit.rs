@@ -498,6 +498,13 @@ fn the_audit_head_is_recorded_durably_and_only_moves_forward() {
         "bad-request"
     );
     assert_eq!(kms.audit_head().unwrap(), Some(head(5, 2)));
+    // Not by a handle with a check.
+    let restricted = kms.as_caller(Caller::new("app").permit(|_| true));
+    assert_eq!(
+        restricted.record_audit_head(head(6, 1)).unwrap_err().code(),
+        "forbidden"
+    );
+    drop(restricted);
     drop(kms);
     // Durable, and authenticated like every stored value (the store opens, its digest adds up).
     assert_eq!(open().audit_head().unwrap(), Some(head(5, 2)));
