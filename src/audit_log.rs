@@ -401,11 +401,8 @@ impl AuditLog {
     /// a lock. [`AuditLog::synced`] tells when it is on disk. Refused while the log is not
     /// healthy.
     pub fn append(&self, line: AuditLine) -> Result<Ticket, AuditError> {
-        let mut line = Some(line);
-        self.inner.append_record(move |seq, _| {
-            let line = line.take().ok_or(AuditError::Closed)?;
-            Ok(Record::of(seq, line))
-        })
+        self.inner
+            .append_record(move |seq, _| Ok(Record::of(seq, line)))
     }
 
     /// Resolves once the line of `ticket` is synced (`fdatasync`) and the head it is part of
