@@ -327,7 +327,7 @@ impl AuditLog {
                 (Some(head), _) => recorded = Some((kms.zone().to_owned(), head)),
             }
         }
-        let (file, tail) = open_file(&path, &key)
+        let (file, tail, _) = open_file(&path, &key, None)
             .map_err(|detail| open_error(format!("{}: {detail}", path.display())))?;
         let synced_len = tail.len;
         let (start, new) = match (tail.last, recorded) {
@@ -401,11 +401,8 @@ impl AuditLog {
     /// a lock. [`AuditLog::synced`] tells when it is on disk. Refused while the log is not
     /// healthy.
     pub fn append(&self, line: AuditLine) -> Result<Ticket, AuditError> {
-        let mut line = Some(line);
-        self.inner.append_record(move |seq, _| {
-            let line = line.take().ok_or(AuditError::Closed)?;
-            Ok(Record::of(seq, line))
-        })
+        self.inner
+            .append_record(move |seq, _| Ok(Record::of(seq, line)))
     }
 
     /// Resolves once the line of `ticket` is synced (`fdatasync`) and the head it is part of
@@ -633,10 +630,12 @@ impl Inner {
             }
             self.write_queued(&mut io);
         }
-        let (file, tail) = open_file(&self.path, &self.key).map_err(|detail| AuditError::Open {
-            detail: format!("{}: {detail}", self.path.display()),
-        })?;
-        let same = same_file(&io.file, &file);
+        let (file, tail, same) =
+            open_file(&self.path, &self.key, Some(&io.file)).map_err(|detail| {
+                AuditError::Open {
+                    detail: format!("{}: {detail}", self.path.display()),
+                }
+            })?;
         let failed = lock(&self.state).failed.is_some();
         if same {
             if failed {
@@ -713,15 +712,39 @@ struct Tail {
     last: Option<(u64, [u8; MAC_LEN])>,
 }
 
-/// Opens `path` for appending (created with mode 0600), cuts a torn last line away, and reads
-/// its last line, checked against the line before it (or its `prev`).
-fn open_file(path: &Path, key: &MacKey) -> Result<(File, Tail), String> {
+/// Opens `path` for appending (created with mode 0600). When it is `current` (the file being
+/// written), returns it as it is, with `true`. Else locks it (one writer per file), cuts a
+/// torn last line away, and reads its last line, checked against the line before it (or its
+/// `prev`).
+fn open_file(
+    path: &Path,
+    key: &MacKey,
+    current: Option<&File>,
+) -> Result<(File, Tail, bool), String> {
     let mut options = OpenOptions::new();
     options.read(true).append(true).create(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(|error| error.to_string())?;
+    let file = options.open(path).map_err(|error| error.to_string())?;
     let len = file.metadata().map_err(|error| error.to_string())?.len();
+    if current.is_some_and(|current| same_file(current, &file)) {
+        return Ok((file, Tail { len, last: None }, true));
+    }
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err("another audit log is writing it (the file is locked)".to_owned());
+        }
+        Err(std::fs::TryLockError::Error(error)) => {
+            return Err(format!("cannot lock it: {error}"));
+        }
+    }
+    let (file, tail) = read_tail(file, len, key)?;
+    Ok((file, tail, false))
+}
+
+/// Cuts a torn last line of `file` (`len` bytes) away and reads its last line, checked.
+fn read_tail(mut file: File, len: u64, key: &MacKey) -> Result<(File, Tail), String> {
     if len == 0 {
         return Ok((file, Tail { len, last: None }));
     }

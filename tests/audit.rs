@@ -498,7 +498,123 @@ fn the_audit_head_is_recorded_durably_and_only_moves_forward() {
         "bad-request"
     );
     assert_eq!(kms.audit_head().unwrap(), Some(head(5, 2)));
+    // Not by a handle with a check.
+    let restricted = kms.as_caller(Caller::new("app").permit(|_| true));
+    assert_eq!(
+        restricted.record_audit_head(head(6, 1)).unwrap_err().code(),
+        "forbidden"
+    );
+    drop(restricted);
     drop(kms);
     // Durable, and authenticated like every stored value (the store opens, its digest adds up).
     assert_eq!(open().audit_head().unwrap(), Some(head(5, 2)));
+}
+
+#[test]
+fn each_of_the_16_operations_refused_sends_one_event_with_its_code() {
+    let two = two_zones();
+    let seen = &two.gva_seen;
+    let key = two.gva.create_key(&CreateKey::new("app-a")).unwrap();
+    let missing = KeyId::from_bytes([7; 16]);
+    seen.take();
+
+    // Forbidden: every operation, on a key that exists.
+    let nobody = two.gva.as_caller(Caller::new("svc-none").permit(|_| false));
+    let mut operations = std::collections::HashSet::new();
+    for (operation, (event, ok)) in all_16_one_by_one(&nobody, key.id, seen) {
+        assert!(!ok, "{operation:?} was not refused");
+        check(
+            &event,
+            operation,
+            event.key,
+            "forbidden",
+            None,
+            Some("svc-none"),
+        );
+        if operation != Operation::CreateKey && operation != Operation::ListKeys {
+            assert_eq!(event.key, Some(key.id), "{event:?}");
+        }
+        operations.insert(operation);
+    }
+    assert_eq!(operations.len(), 16);
+
+    // Not found: every operation on a key, on an id the zone does not hold.
+    for (operation, (event, ok)) in all_16_one_by_one(&two.gva, missing, seen) {
+        if matches!(operation, Operation::CreateKey | Operation::ListKeys) {
+            assert!(ok);
+            continue;
+        }
+        assert!(!ok, "{operation:?} succeeded on a missing key");
+        check(
+            &event,
+            operation,
+            Some(missing),
+            "key-not-found",
+            None,
+            None,
+        );
+    }
+}
+
+/// Makes each of the 16 operations on key `id` (re-encrypt from and to it), one at a time,
+/// with the one event each call sent and whether it succeeded.
+fn all_16_one_by_one(kms: &Kms, id: KeyId, seen: &Seen) -> Vec<(Operation, (AuditEvent, bool))> {
+    (0..16)
+        .map(|index| {
+            seen.take();
+            let (operation, ok) = all_16_nth(kms, id, index);
+            (operation, (seen.one(), ok))
+        })
+        .collect()
+}
+
+/// Operation number `index` of the 16, made on key `id`: the operation, and whether it
+/// succeeded.
+fn all_16_nth(kms: &Kms, id: KeyId, index: usize) -> (Operation, bool) {
+    let sealed = [0u8; 64];
+    match index {
+        0 => (
+            Operation::CreateKey,
+            kms.create_key(&CreateKey::new("app-new")).is_ok(),
+        ),
+        1 => (Operation::ListKeys, kms.list_keys().is_ok()),
+        2 => (Operation::GetKey, kms.get_key(id).is_ok()),
+        3 => (
+            Operation::ListKeyRotations,
+            kms.list_key_rotations(id).is_ok(),
+        ),
+        4 => (Operation::EnableKey, kms.enable_key(id, None).is_ok()),
+        5 => (Operation::DisableKey, kms.disable_key(id, None).is_ok()),
+        6 => (
+            Operation::ScheduleKeyDeletion,
+            kms.schedule_key_deletion(id, None, None).is_ok(),
+        ),
+        7 => (
+            Operation::CancelKeyDeletion,
+            kms.cancel_key_deletion(id, None).is_ok(),
+        ),
+        8 => (Operation::RotateKey, kms.rotate_key(id, None).is_ok()),
+        9 => (
+            Operation::EnableKeyRotation,
+            kms.enable_key_rotation(id, None, None).is_ok(),
+        ),
+        10 => (
+            Operation::DisableKeyRotation,
+            kms.disable_key_rotation(id, None).is_ok(),
+        ),
+        11 => (
+            Operation::ReplicateKey,
+            kms.replicate_key(id, "de-fra-1", None).is_ok(),
+        ),
+        12 => (Operation::Encrypt, kms.encrypt(id, b"x", None).is_ok()),
+        13 => (Operation::Decrypt, kms.decrypt(id, &sealed, None).is_ok()),
+        14 => (
+            Operation::ReEncrypt,
+            kms.re_encrypt(id, &sealed, None, id, None).is_ok(),
+        ),
+        _ => (
+            Operation::GenerateDataKey,
+            kms.generate_data_key(id, DataKeySpec::Aes256, None).is_ok(),
+        ),
+    }
 }

@@ -92,6 +92,12 @@ fn lines_are_chained_synced_and_their_head_recorded() {
     let second = log.append(line(2)).unwrap();
     log.wait_synced(second).unwrap();
     assert_eq!(kms.audit_head().unwrap().unwrap().seq, 3);
+    // One writer per file.
+    let error = AuditLog::open(&path, &root(1), vec![]).unwrap_err();
+    assert!(
+        matches!(&error, AuditError::Open { detail } if detail.contains("locked")),
+        "{error}"
+    );
     drop(log);
 
     let lines = lines_of(&path);

@@ -451,9 +451,16 @@ impl Kms {
     /// Durably records in this zone's store the head of an audit chain: its last line `seq`
     /// and that line's MAC (what an audit log that ends earlier was cut off from). The head
     /// only moves forward: a `seq` below the one recorded is `bad-request`; the same `seq`
-    /// again must come with the same MAC. Not asked of the caller's check, and not itself
-    /// audited: it is the audit log's own bookkeeping. Errors: the store's, `not-durable`.
+    /// again must come with the same MAC. Not an [`Operation`] and not itself audited: it is
+    /// the audit log's own bookkeeping; a handle with a check may not make it (`forbidden`).
+    /// Errors: the store's, `not-durable`.
     pub fn record_audit_head(&self, head: AuditHead) -> Result<()> {
+        if self.caller.is_restricted() {
+            return Err(crate::Error::Forbidden {
+                operation: "record-audit-head",
+                id: None,
+            });
+        }
         let shared = &self.zone.shared;
         let _order = shared.lock_audit_head();
         if let Some((seq, mac)) = shared.store().audit_head()? {

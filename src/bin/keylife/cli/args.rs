@@ -42,6 +42,9 @@ pub(crate) enum LocalCommand {
     /// `keylife decrypt --base64` gives the data key back from the encrypted form (the
     /// `ciphertext` value, or `--json` and its `ciphertext` member).
     GenerateDataKey(DataKeyArgs),
+    /// Check an audit log: `keylife audit verify`.
+    #[command(subcommand)]
+    Audit(super::audit::AuditCommand),
 }
 
 /// `keylife key ...`.

@@ -17,6 +17,7 @@
 //! - [`io`]: reading inputs and writing outputs; [`format`] and [`table`]: human listings.
 
 mod args;
+mod audit;
 mod crypto;
 mod format;
 mod io;
@@ -94,5 +95,6 @@ fn execute(command: LocalCommand) -> Result<(), Failure> {
         LocalCommand::Encrypt(args) => crypto::encrypt(args),
         LocalCommand::Decrypt(args) => crypto::decrypt(args),
         LocalCommand::GenerateDataKey(args) => crypto::generate_data_key(args),
+        LocalCommand::Audit(command) => audit::run(command),
     }
 }
