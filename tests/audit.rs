@@ -502,7 +502,7 @@ fn the_audit_head_is_recorded_durably_and_only_moves_forward() {
     let restricted = kms.as_caller(Caller::new("app").permit(|_| true));
     assert_eq!(
         restricted.record_audit_head(head(6, 1)).unwrap_err().code(),
-        "forbidden"
+        "permission-denied"
     );
     drop(restricted);
     drop(kms);
@@ -527,7 +527,7 @@ fn each_of_the_16_operations_refused_sends_one_event_with_its_code() {
             &event,
             operation,
             event.key,
-            "forbidden",
+            "permission-denied",
             None,
             Some("svc-none"),
         );

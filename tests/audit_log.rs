@@ -7,16 +7,15 @@ mod common;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use jiff::Timestamp;
 use keylife::audit_log::{AuditError, AuditLine, AuditLog, Damage, VerifyError, verify};
-use keylife::store::{Backend, Entries, MemoryBackend, Table, Write};
-use keylife::{AuditSink, Caller, CreateKey, Error, Kms, KmsOptions};
+use keylife::{AuditSink, Caller, CreateKey, Kms, KmsOptions};
 use serde_json::Value;
 
+use common::failing::Failing;
 use common::root;
 
 fn line(n: u64) -> AuditLine {
@@ -289,36 +288,6 @@ fn a_torn_last_line_is_cut_away_at_open_and_a_changed_one_refused() {
     );
 }
 
-/// A memory backend whose commits fail while `fail` is set (as a full disk would).
-#[derive(Default)]
-struct Failing {
-    inner: MemoryBackend,
-    fail: AtomicBool,
-}
-
-impl Backend for Failing {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.inner.get(table, key)
-    }
-    fn scan(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, Error> {
-        self.inner.scan(table, start, end, limit)
-    }
-    fn commit(&self, batch: &[Write]) -> Result<(), Error> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(Error::Storage {
-                detail: "no space left".to_owned(),
-            });
-        }
-        self.inner.commit(batch)
-    }
-}
-
 #[test]
 fn a_failure_fails_closed_until_a_reopen_and_leaves_no_hole_in_the_chain() {
     let dir = tempfile::tempdir().unwrap();
@@ -330,7 +299,7 @@ fn a_failure_fails_closed_until_a_reopen_and_leaves_no_hole_in_the_chain() {
     log.wait_synced(log.append(line(1)).unwrap()).unwrap();
 
     // The head cannot be recorded: the group fails, and so does everything after it.
-    backend.fail.store(true, Ordering::SeqCst);
+    backend.fail(true);
     let lost = log.append(line(2)).unwrap();
     let error = log.wait_synced(lost).unwrap_err();
     assert!(
@@ -346,7 +315,7 @@ fn a_failure_fails_closed_until_a_reopen_and_leaves_no_hole_in_the_chain() {
     assert!(log.reopen().is_err());
     assert!(!log.is_healthy());
 
-    backend.fail.store(false, Ordering::SeqCst);
+    backend.fail(false);
     log.reopen().unwrap();
     assert!(log.is_healthy());
     let ticket = log.append(line(4)).unwrap();
