@@ -8,14 +8,20 @@
 //! that names no operation, answered 404 by the router without reading the store or the body.
 //! It is the cost of HTTP, the router and the connection, so the difference is keylife's own.
 //!
+//! The same run then measures HTTPS: a second server process with `--tls-cert/--tls-key` (a
+//! test CA and certificate made with rcgen), the same clients, each on one TLS session over its
+//! keep-alive connection (the handshake is paid once per client, before the measured window).
+//!
 //! Run: `cargo bench --bench http_load` (the summary line starting `http_load:` is what
-//! scripts/perf_report.py reads). Environment: `LOAD_PAIRS` (default 20000), `LOAD_CLIENTS`
+//! scripts/perf_report.py reads; `http_load_tls:` is the same over HTTPS). Environment: `LOAD_PAIRS` (default 20000), `LOAD_CLIENTS`
 //! (16), `LOAD_CLIENT_THREADS` (client runtime threads, default 1), `LOAD_SERVER_THREADS`
 //! (server workers, default: the server's own default, one per CPU).
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -26,6 +32,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use keylife::server::auth::sign;
 use serde_json::{Value, json};
+use tokio_rustls::rustls;
 
 const KEY: &str = "EXObench";
 const SECRET: &[u8] = b"bench-secret";
@@ -42,7 +49,79 @@ fn env_usize(name: &str, default: usize) -> usize {
 struct Server {
     child: Child,
     address: SocketAddr,
+    /// The clients' TLS configuration when the server serves HTTPS.
+    tls: Option<Arc<rustls::ClientConfig>>,
     _dir: tempfile::TempDir,
+}
+
+/// One server set-up to measure: the extra `keylife serve` arguments, written into the
+/// server's temporary directory by `args` (which returns them and the clients' TLS
+/// configuration, if any), and the prefix of its summary line.
+///
+/// THE PLACE FOR MORE VARIANTS: an `--audit-log FILE` server is one more entry in
+/// [`variants`], whose `args` returns `["--audit-log", dir/audit.log]`.
+struct Variant {
+    /// The summary line's prefix: `http_load` (read by scripts/perf_report.py), ...
+    summary: &'static str,
+    /// What the human-readable lines say it is.
+    label: &'static str,
+    args: fn(&std::path::Path) -> ServerArgs,
+}
+
+/// The extra `keylife serve` arguments of a variant, and the clients' TLS configuration.
+type ServerArgs = (Vec<OsString>, Option<Arc<rustls::ClientConfig>>);
+
+/// Every variant, measured in this order, each on a server process of its own.
+fn variants() -> Vec<Variant> {
+    vec![
+        Variant {
+            summary: "http_load",
+            label: "HTTP",
+            args: |_| (Vec::new(), None),
+        },
+        Variant {
+            summary: "http_load_tls",
+            label: "HTTPS",
+            args: tls_args,
+        },
+    ]
+}
+
+/// A CA and a server certificate for 127.0.0.1 made with rcgen in `dir`: the server's
+/// `--tls-cert`/`--tls-key`, and a client configuration that trusts the CA (ring, as the
+/// server, ALPN http/1.1).
+fn tls_args(dir: &std::path::Path) -> ServerArgs {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("server key");
+    let server_cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("server params")
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate");
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert, server_cert.pem()).expect("write certificate");
+    write_private(&key, server_key.serialize_pem().as_bytes()).expect("write key");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).expect("trust the CA");
+    #[allow(deprecated)] // ring's provider, as the server's
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let args = vec![
+        "--tls-cert".into(),
+        cert.into_os_string(),
+        "--tls-key".into(),
+        key.into_os_string(),
+    ];
+    (args, Some(Arc::new(config)))
 }
 
 impl Drop for Server {
@@ -63,8 +142,9 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Server {
-    fn start(threads: Option<usize>) -> Server {
+    fn start(threads: Option<usize>, variant: &Variant) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
+        let (extra, tls) = (variant.args)(dir.path());
         let root_key = dir.path().join("root.key");
         let credentials = dir.path().join("credentials");
         let binary = env!("CARGO_BIN_EXE_keylife");
@@ -93,6 +173,7 @@ impl Server {
         if let Some(threads) = threads {
             command.args(["--threads", &threads.to_string()]);
         }
+        command.args(&extra);
         let mut child = command.spawn().expect("start keylife serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
@@ -101,7 +182,7 @@ impl Server {
             .expect("read the serving line");
         let address = line
             .trim()
-            .rsplit("http://")
+            .rsplit("://")
             .next()
             .and_then(|rest| rest.strip_suffix("/v2"))
             .and_then(|address| address.parse().ok())
@@ -109,6 +190,7 @@ impl Server {
         Server {
             child,
             address,
+            tls,
             _dir: dir,
         }
     }
@@ -148,15 +230,33 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(address: SocketAddr) -> Client {
+    /// A keep-alive connection to `address`, over one TLS session with `tls`.
+    async fn connect(address: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>) -> Client {
         let stream = tokio::net::TcpStream::connect(address)
             .await
             .expect("connect");
         stream.set_nodelay(true).expect("TCP_NODELAY");
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(connection);
+        let sender = match tls {
+            None => {
+                let (sender, connection) = http1::handshake(TokioIo::new(stream))
+                    .await
+                    .expect("handshake");
+                tokio::spawn(connection);
+                sender
+            }
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+                let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                    .connect(name, stream)
+                    .await
+                    .expect("TLS handshake");
+                let (sender, connection) = http1::handshake(TokioIo::new(stream))
+                    .await
+                    .expect("handshake");
+                tokio::spawn(connection);
+                sender
+            }
+        };
         Client {
             sender,
             host: address.to_string(),
@@ -249,9 +349,10 @@ async fn drive(server: &Server, key: Option<&str>, pairs: usize, clients: usize)
     for client_index in 0..clients {
         let share = pairs / clients + usize::from(client_index < pairs % clients);
         let address = server.address;
+        let tls = server.tls.clone();
         let key = key.map(str::to_owned);
         tasks.push(tokio::spawn(async move {
-            let mut client = Client::connect(address).await;
+            let mut client = Client::connect(address, tls.as_ref()).await;
             let mut latencies = Vec::with_capacity(share * 2);
             let mut made = Vec::with_capacity(share);
             let mut errors = 0;
@@ -323,7 +424,7 @@ async fn drive(server: &Server, key: Option<&str>, pairs: usize, clients: usize)
 
 /// Decrypts every ciphertext of `run` again, one connection, after the measured window.
 async fn check_all(server: &Server, key: &str, run: &Run) -> usize {
-    let mut client = Client::connect(server.address).await;
+    let mut client = Client::connect(server.address, server.tls.as_ref()).await;
     let mut failures = 0;
     for (plaintext, ciphertext) in &run.made {
         failures += usize::from(!client.decrypts_to(key, ciphertext, plaintext).await);
@@ -349,68 +450,80 @@ fn main() {
         .enable_all()
         .build()
         .expect("client runtime");
-    let server = Server::start(server_threads);
-    runtime.block_on(async {
-        let mut setup = Client::connect(server.address).await;
-        let (status, created) = setup
-            .call("POST", "/v2/kms-key", br#"{"name":"load-test"}"#.to_vec())
-            .await;
-        assert_eq!(
-            status,
-            200,
-            "create-kms-key: {}",
-            String::from_utf8_lossy(&created)
-        );
-        let created: Value = serde_json::from_slice(&created).expect("create JSON");
-        let key = created["id"].as_str().expect("id").to_owned();
+    for variant in variants() {
+        let server = Server::start(server_threads, &variant);
+        runtime.block_on(measure(&server, &variant, pairs, clients));
+    }
+}
 
-        // Warm up both paths (connections, caches, the key's cipher) before measuring.
-        drive(&server, Some(&key), 200.min(pairs), clients).await;
-        drive(&server, None, 200.min(pairs), clients).await;
+/// Creates a key, warms up, measures the baseline then the encrypt/decrypt load on `server`,
+/// checks every ciphertext, and prints the lines of `variant`.
+async fn measure(server: &Server, variant: &Variant, pairs: usize, clients: usize) {
+    let mut setup = Client::connect(server.address, server.tls.as_ref()).await;
+    let (status, created) = setup
+        .call("POST", "/v2/kms-key", br#"{"name":"load-test"}"#.to_vec())
+        .await;
+    assert_eq!(
+        status,
+        200,
+        "create-kms-key: {}",
+        String::from_utf8_lossy(&created)
+    );
+    let created: Value = serde_json::from_slice(&created).expect("create JSON");
+    let key = created["id"].as_str().expect("id").to_owned();
 
-        let baseline = drive(&server, None, pairs, clients).await;
-        let load = drive(&server, Some(&key), pairs, clients).await;
-        let failures = check_all(&server, &key, &load).await;
+    // Warm up both paths (connections, caches, the key's cipher) before measuring.
+    drive(server, Some(&key), 200.min(pairs), clients).await;
+    drive(server, None, 200.min(pairs), clients).await;
 
-        for (name, run) in [
-            ("baseline (404, no operation)", &baseline),
-            ("encrypt/decrypt", &load),
-        ] {
-            println!(
-                "{name}: {} requests by {clients} clients in {:.2} s: {:.0} requests/s, \
-                 p50 {:.0} µs, p99 {:.0} µs, server CPU {:.1} µs/request, {} errors",
-                run.requests,
-                run.elapsed.as_secs_f64(),
-                run.per_second(),
-                micros(run.percentile(0.50)),
-                micros(run.percentile(0.99)),
-                micros(run.cpu_per_request()),
-                run.errors,
-            );
-        }
+    let baseline = drive(server, None, pairs, clients).await;
+    let load = drive(server, Some(&key), pairs, clients).await;
+    let failures = check_all(server, &key, &load).await;
+
+    let label = variant.label;
+    for (name, run) in [
+        ("baseline (404, no operation)", &baseline),
+        ("encrypt/decrypt", &load),
+    ] {
         println!(
-            "afterwards: {} of {} ciphertexts decrypt to their plaintexts",
-            load.made.len() - failures,
-            load.made.len()
+            "{label} {name}: {} requests by {clients} clients in {:.2} s: {:.0} requests/s, \
+             p50 {:.0} µs, p99 {:.0} µs, server CPU {:.1} µs/request, {} errors",
+            run.requests,
+            run.elapsed.as_secs_f64(),
+            run.per_second(),
+            micros(run.percentile(0.50)),
+            micros(run.percentile(0.99)),
+            micros(run.cpu_per_request()),
+            run.errors,
         );
-        println!(
-            "http_load: pairs={pairs} clients={clients} requests={} rps={:.0} p50_us={:.0} \
-             p99_us={:.0} cpu_us={:.1} errors={} undecryptable={failures} \
-             baseline_rps={:.0} baseline_p50_us={:.0} baseline_p99_us={:.0} baseline_cpu_us={:.1}",
-            load.requests,
-            load.per_second(),
-            micros(load.percentile(0.50)),
-            micros(load.percentile(0.99)),
-            micros(load.cpu_per_request()),
-            load.errors,
-            baseline.per_second(),
-            micros(baseline.percentile(0.50)),
-            micros(baseline.percentile(0.99)),
-            micros(baseline.cpu_per_request()),
-        );
-        assert_eq!(load.errors, 0, "requests failed during the load");
-        assert_eq!(baseline.errors, 0, "baseline requests failed");
-        assert_eq!(failures, 0, "ciphertexts that no longer decrypt");
-        assert_eq!(load.made.len(), pairs, "every pair made a ciphertext");
-    });
+    }
+    println!(
+        "{label} afterwards: {} of {} ciphertexts decrypt to their plaintexts",
+        load.made.len() - failures,
+        load.made.len()
+    );
+    println!(
+        "{}: pairs={pairs} clients={clients} requests={} rps={:.0} p50_us={:.0} \
+         p99_us={:.0} cpu_us={:.1} errors={} undecryptable={failures} \
+         baseline_rps={:.0} baseline_p50_us={:.0} baseline_p99_us={:.0} baseline_cpu_us={:.1}",
+        variant.summary,
+        load.requests,
+        load.per_second(),
+        micros(load.percentile(0.50)),
+        micros(load.percentile(0.99)),
+        micros(load.cpu_per_request()),
+        load.errors,
+        baseline.per_second(),
+        micros(baseline.percentile(0.50)),
+        micros(baseline.percentile(0.99)),
+        micros(baseline.cpu_per_request()),
+    );
+    assert_eq!(load.errors, 0, "{label}: requests failed during the load");
+    assert_eq!(baseline.errors, 0, "{label}: baseline requests failed");
+    assert_eq!(failures, 0, "{label}: ciphertexts that no longer decrypt");
+    assert_eq!(
+        load.made.len(),
+        pairs,
+        "{label}: every pair made a ciphertext"
+    );
 }

@@ -181,6 +181,12 @@ fn the_binary_serves_https_with_both_flags_and_refuses_one_or_bad_files() {
     let ca = TestCa::new();
     let files = ServeFiles::new();
     let (cert, key) = ca.write(files.dir.path());
+    // A key file others may read: served, with a warning.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
 
     let (code, stderr) = refused(&files, &["--tls-cert", cert]);
@@ -199,13 +205,21 @@ fn the_binary_serves_https_with_both_flags_and_refuses_one_or_bad_files() {
         "{stderr}"
     );
 
-    let served = ServeProcess::start(
+    let mut served = ServeProcess::start(
         files.command(
             &["ch-gva-2=127.0.0.1:0", "de-fra-1=127.0.0.1:0"],
             &["--tls-cert", cert, "--tls-key", key],
         ),
         2,
     );
+    #[cfg(unix)]
+    {
+        let warning = served.wait_for_stderr("warning", Duration::from_secs(10));
+        assert!(
+            warning.contains(&format!("the TLS key file {key} has mode 644")),
+            "{warning}"
+        );
+    }
     for url in &served.urls {
         assert!(
             url.starts_with("https://127.0.0.1:") && url.ends_with("/v2"),

@@ -158,7 +158,7 @@ pub(crate) fn load_credentials(file: Option<&Path>) -> Result<Credentials, Confi
 
 /// Warns on stderr when the secrets file `path` may be read by other users than its owner
 /// (Unix permissions); serving goes on.
-fn warn_if_readable_by_others(path: &Path, what: &str) {
+pub(crate) fn warn_if_readable_by_others(path: &Path, what: &str) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;

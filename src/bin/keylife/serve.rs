@@ -156,10 +156,13 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            Tls::from_pem_files(cert, key)
-                .map_err(|error| ConfigError::Invalid(error.to_string()))?,
-        ),
+        (Some(cert), Some(key)) => {
+            config::warn_if_readable_by_others(key, "TLS key");
+            Some(
+                Tls::from_pem_files(cert, key)
+                    .map_err(|error| ConfigError::Invalid(error.to_string()))?,
+            )
+        }
         // clap requires both or neither.
         _ => None,
     };
