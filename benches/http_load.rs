@@ -12,8 +12,12 @@
 //! test CA and certificate made with rcgen), the same clients, each on one TLS session over its
 //! keep-alive connection (the handshake is paid once per client, before the measured window).
 //!
+//! Last, plain HTTP again with `--audit-log` (one chained line per request, group-synced, the
+//! head recorded in the store after each group).
+//!
 //! Run: `cargo bench --bench http_load` (the summary line starting `http_load:` is what
-//! scripts/perf_report.py reads; `http_load_tls:` is the same over HTTPS). Environment: `LOAD_PAIRS` (default 20000), `LOAD_CLIENTS`
+//! scripts/perf_report.py reads; `http_load_tls:` is the same over HTTPS, `http_load_audit:`
+//! with the audit log). Environment: `LOAD_PAIRS` (default 20000), `LOAD_CLIENTS`
 //! (16), `LOAD_CLIENT_THREADS` (client runtime threads, default 1), `LOAD_SERVER_THREADS`
 //! (server workers, default: the server's own default, one per CPU).
 
@@ -58,8 +62,6 @@ struct Server {
 /// server's temporary directory by `args` (which returns them and the clients' TLS
 /// configuration, if any), and the prefix of its summary line.
 ///
-/// THE PLACE FOR MORE VARIANTS: an `--audit-log FILE` server is one more entry in
-/// [`variants`], whose `args` returns `["--audit-log", dir/audit.log]`.
 struct Variant {
     /// The summary line's prefix: `http_load` (read by scripts/perf_report.py), ...
     summary: &'static str,
@@ -83,6 +85,14 @@ fn variants() -> Vec<Variant> {
             summary: "http_load_tls",
             label: "HTTPS",
             args: tls_args,
+        },
+        Variant {
+            summary: "http_load_audit",
+            label: "HTTP with --audit-log",
+            args: |dir| {
+                let log = dir.join("audit.log").into_os_string();
+                (vec!["--audit-log".into(), log], None)
+            },
         },
     ]
 }

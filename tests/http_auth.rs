@@ -396,6 +396,19 @@ async fn names_and_zones_restrict_keys() {
         &c.post_empty(&key_path(&db, "disable")).await,
         "disable-kms-key",
     );
+    // Refused before the body's fields are read: an out-of-range period is a 403 here too, for
+    // a key it may not use and for a key that does not exist.
+    for id in [db.as_str(), missing] {
+        let bad = json!({"rotation-period": 1});
+        let path = key_path(id, "enable-key-rotation");
+        denied(&c.post(&path, bad).await, "enable-kms-key-rotation");
+    }
+    let bad = json!({"rotation-period": 1});
+    problem(
+        &c.post(&key_path(&app, "enable-key-rotation"), bad).await,
+        400,
+        "bad-request",
+    );
     // re-encrypt needs both keys.
     let mut crypto = as_key(&server, 0, "EXOcrypto", b"c").await;
     let ciphertext = ok(&crypto

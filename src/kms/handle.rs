@@ -100,6 +100,14 @@ impl Kms {
         }
     }
 
+    /// Asks this handle's caller check whether it may make `operation` on key `id`, as the
+    /// call itself would first (with the key's name, or none when the zone does not hold it),
+    /// and does nothing else: no event, no change. A server uses it to refuse a call before it
+    /// reads the call's arguments. `Ok` for a caller without a check.
+    pub fn may(&self, operation: Operation, id: KeyId) -> Result<()> {
+        self.ask_key(operation, id)
+    }
+
     /// A handle on the same zone, with this handle's caller, whose calls also send their
     /// [`AuditEvent`] to `sink` (after the sinks this handle already has: the zone's
     /// [`KmsOptions::audit`], then any added before). A server makes one per request to see

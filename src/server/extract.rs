@@ -306,11 +306,15 @@ impl FromRequest<Arc<Zone>> for KeyCall {
     async fn from_request(request: Request, zone: &Arc<Zone>) -> Result<KeyCall, Problem> {
         let (mut parts, body) = request.into_parts();
         let path = path_id(&mut parts, zone).await;
+        let operation = operation_of(&parts.method, parts.uri.path());
         let signed = Signed::from_request(Request::from_parts(parts, body), zone).await?;
-        Ok(KeyCall {
-            id: KeyId::parse(&path?)?,
-            signed,
-        })
+        let id = KeyId::parse(&path?)?;
+        // A credential restricted by names is refused before the body's fields are read, the
+        // same whether the key exists or not (the library's check, with the key's name).
+        if let Some(operation) = operation.filter(|_| signed.grants.restricts_names()) {
+            signed.kms.may(operation, id)?;
+        }
+        Ok(KeyCall { id, signed })
     }
 }
 
