@@ -92,32 +92,52 @@ def machine():
 
 
 def http_load():
-    """Runs benches/http_load.rs and returns its table (markdown lines)."""
+    """Runs benches/http_load.rs and returns its table (markdown lines): plain HTTP (the
+    targets), then HTTPS and HTTP with --audit-log from the same run."""
     cmd = ["cargo", "bench", "--locked", "--bench", "http_load"]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
     out = subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
     sys.stderr.write(out)
-    line = next(l for l in out.splitlines() if l.startswith("http_load:"))
-    f = dict(kv.split("=", 1) for kv in line.split()[1:])
+
+    def summary(prefix):
+        line = next((l for l in out.splitlines() if l.startswith(prefix + ":")), None)
+        return None if line is None else dict(kv.split("=", 1) for kv in line.split()[1:])
+
+    f = summary("http_load")
     rps, cpu = float(f["rps"]), float(f["cpu_us"])
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows = []
+    for prefix, label in [
+        ("http_load", "HTTP"),
+        ("http_load_tls", "HTTPS"),
+        ("http_load_audit", "HTTP, --audit-log"),
+    ]:
+        v = summary(prefix)
+        if v is None:
+            continue
+        rows.append(
+            f"| {label}: encrypt + decrypt | {float(v['rps']):.0f} | {v['p50_us']} µs | "
+            f"{v['p99_us']} µs | {float(v['cpu_us']):.1f} µs | {v['errors']} |"
+        )
+        rows.append(
+            f"| {label}: baseline (404) | {float(v['baseline_rps']):.0f} | {v['baseline_p50_us']} µs | "
+            f"{v['baseline_p99_us']} µs | {float(v['baseline_cpu_us']):.1f} µs | |"
+        )
     return [
         f"Measured {when} on {machine()}, with `cargo bench --bench http_load` (release build; "
         f"the server and the clients share the machine): {f['clients']} concurrent signed clients "
-        f"on keep-alive connections, {f['pairs']} encrypt/decrypt pairs ({f['requests']} requests). "
-        "Baseline, same run and clients: signed requests to a path with no operation (404 from the "
-        "router), the cost of HTTP alone.",
+        f"on keep-alive connections, {f['pairs']} encrypt/decrypt pairs ({f['requests']} requests) "
+        "per variant, each variant on a server process of its own, one after the other. Baseline, "
+        "same run and clients: signed requests to a path with no operation (404 from the router), "
+        "the cost of HTTP alone.",
         "",
-        "| | requests/s | p50 | p99 | server CPU per request |",
-        "|---|---|---|---|---|",
-        f"| encrypt + decrypt | {rps:.0f} | {f['p50_us']} µs | {f['p99_us']} µs | {cpu:.1f} µs |",
-        f"| baseline (404) | {float(f['baseline_rps']):.0f} | {f['baseline_p50_us']} µs | "
-        f"{f['baseline_p99_us']} µs | {float(f['baseline_cpu_us']):.1f} µs |",
+        "| | requests/s | p50 | p99 | server CPU per request | errors |",
+        "|---|---|---|---|---|---|",
+        *rows,
         "",
-        f"Errors: {f['errors']}; ciphertexts that failed to decrypt afterwards: {f['undecryptable']} "
-        f"of {f['pairs']}.",
+        f"Ciphertexts that failed to decrypt afterwards (HTTP): {f['undecryptable']} of {f['pairs']}.",
         "",
-        "| target | result | measured |",
+        "| target (plain HTTP) | result | measured |",
         "|---|---|---|",
         f"| ≥ 10,000 requests/s | {'pass' if rps >= 10000 else '**miss**'} | {rps:.0f}/s |",
         f"| ≤ 50 µs server CPU per request | {'pass' if cpu <= 50 else '**miss**'} | {cpu:.1f} µs |",
