@@ -144,3 +144,77 @@ fn max_connections_closes_one_more_at_once_and_logs_the_first_at_once() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--max-connections"), "{stderr}");
 }
+
+/// `command` (a `keylife serve`) run by `sh` with at most `files` open file descriptors.
+#[cfg(target_os = "linux")]
+fn with_fd_limit(command: &std::process::Command, files: usize) -> std::process::Command {
+    let mut limited = std::process::Command::new("sh");
+    limited
+        .arg("-c")
+        .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => limited.env(name, value),
+            None => limited.env_remove(name),
+        };
+    }
+    limited
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn accept_failures_out_of_file_descriptors_are_logged_once_and_the_server_recovers() {
+    let files = ServeFiles::new();
+    let zones = ["ch-gva-2=127.0.0.1:0"];
+    // How many descriptors the idle server holds.
+    let served = ServeProcess::start(files.command(&zones, &[]), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let open = std::fs::read_dir(format!("/proc/{}/fd", served.id()))
+        .unwrap()
+        .count();
+    served.stop();
+    // Room for three connections more.
+    let mut served = ServeProcess::start(with_fd_limit(&files.command(&zones, &[]), open + 3), 1);
+    let addr = served.addr(0);
+    let connections: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // The server fails to accept (EMFILE) about 20 times a second: one line, at once.
+    let lines = served.stderr_for(Duration::from_secs(2));
+    let failures: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains("accepting a connection failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{lines:#?}");
+    assert!(failures[0].contains("os error 24"), "{lines:#?}");
+    drop(connections);
+    // Once the connections are gone, it serves again.
+    let mut answered = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while answered.is_none() && std::time::Instant::now() < deadline {
+        let answer = runtime()
+            .block_on(closed_by_server(addr, HEALTH_CLOSE, Duration::from_secs(5)))
+            .unwrap_or_default();
+        if raw_status(&answer) == Some(200) {
+            answered = Some(answer);
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(
+        answered.is_some(),
+        "not served after the connections closed"
+    );
+    // The failures since the first are counted in one line when it stops.
+    let rest = served.stop();
+    let counted: Vec<&String> = rest
+        .iter()
+        .filter(|line| line.contains("accepting a connection failed"))
+        .collect();
+    assert!(
+        counted.len() == 1 && counted[0].contains("times since the last report"),
+        "{rest:#?}"
+    );
+}

@@ -968,14 +968,34 @@ impl ServeProcess {
         }
     }
 
-    /// SIGTERM, then checks that it exits 0 within 10 s.
-    pub fn stop(mut self) {
+    /// The standard error lines that arrive within `wait`.
+    pub fn stderr_for(&mut self, wait: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut lines = Vec::new();
+        while let Ok(line) = self
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            self.stderr_seen.push(line.clone());
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then checks that it exits 0 within 10 s; returns the standard error lines
+    /// not seen before.
+    pub fn stop(mut self) -> Vec<String> {
         self.signal("TERM");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "exit {status}");
-                return;
+                return self.stderr_for(Duration::from_secs(2));
             }
             assert!(
                 std::time::Instant::now() < deadline,
