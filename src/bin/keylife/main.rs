@@ -27,7 +27,7 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve Exoscale's KMS API over HTTP, one address per zone.
+    /// Serve Exoscale's KMS API over HTTP or HTTPS, one address per zone.
     Serve(serve::ServeArgs),
     /// Root key utilities.
     #[command(subcommand)]
