@@ -296,7 +296,7 @@ impl Kms {
     /// the first delivery, in the background at once, retried by [`Kms::run_due`] and
     /// [`Kms::sync`] while it fails. Errors, in this order: `not-multi-zone`, `not-on-replica`,
     /// `invalid-argument` (the key's own zone, or one the link does not know), `conflict`
-    /// (already replicated there), `key-pending-deletion`, `key-disabled`; `forbidden` first if the
+    /// (already replicated there), `key-pending-deletion`, `key-disabled`; `permission-denied` first if the
     /// caller may not.
     pub fn replicate_key(
         &self,
@@ -391,7 +391,7 @@ impl Kms {
     /// Performs every automatic rotation and final deletion due at the clock's `now`, then the
     /// deliveries to replicas whose retry is due. Reads only the due part of the due-time
     /// index. One key's failure does not stop the others: it is in the report. An error means
-    /// the caller may not (`forbidden`), the zone stopped (`not-durable`) or the index itself
+    /// the caller may not (`permission-denied`), the zone stopped (`not-durable`) or the index itself
     /// could not be read.
     pub fn run_due(&self) -> Result<DueReport> {
         let result = (|| {
@@ -460,7 +460,7 @@ impl Kms {
     /// and that line's MAC (what an audit log that ends earlier was cut off from). The head
     /// only moves forward: a `seq` below the one recorded is `bad-request`; the same `seq`
     /// again must come with the same MAC. Not an [`Operation`] and not itself audited: it is
-    /// the audit log's own bookkeeping; a handle with a check may not make it (`forbidden`).
+    /// the audit log's own bookkeeping; a handle with a check may not make it (`permission-denied`).
     /// Errors: the store's, `not-durable`.
     pub fn record_audit_head(&self, head: AuditHead) -> Result<()> {
         if self.caller.is_restricted() {
