@@ -30,15 +30,13 @@
 //! - [`crypto`]: secret containers, the AEAD seam, the ciphertext format, sealing at rest;
 //! - [`store`]: the storage trait, its sled and in-memory backends, the typed store;
 //! - [`Kms`]: the shell that ties them together; [`api`]: what it returns;
-//! - `server` (cargo feature `server`): the HTTP API of the `keylife` binary, outermost;
-//!   `audit_log` (same feature): the chained audit log file the server writes.
+//! - `server` (cargo feature `server`): the HTTP API of the `keylife` binary, outermost, with
+//!   `server::audit_log`, the chained audit log file it writes.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod api;
-#[cfg(feature = "server")]
-pub mod audit_log;
 pub mod core;
 pub mod crypto;
 mod kms;

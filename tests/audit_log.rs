@@ -1,4 +1,4 @@
-//! The chained audit log file (`keylife::audit_log`): lines chained by MACs and synced in
+//! The chained audit log file (`keylife::server::audit_log`): lines chained by MACs and synced in
 //! groups, the head recorded in every zone's store, the chain continued across restarts and
 //! reopens, a cut-off file refused at open, a torn last line cut away, and a write failure
 //! failing closed until a reopen.
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use jiff::Timestamp;
-use keylife::audit_log::{AuditError, AuditLine, AuditLog, Damage, VerifyError, verify};
+use keylife::server::audit_log::{AuditError, AuditLine, AuditLog, Damage, VerifyError, verify};
 use keylife::{AuditSink, Caller, CreateKey, Kms, KmsOptions};
 use serde_json::Value;
 
@@ -44,7 +44,7 @@ fn lines_of(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn check(files: &[&Path]) -> Result<keylife::audit_log::Verified, VerifyError> {
+fn check(files: &[&Path]) -> Result<keylife::server::audit_log::Verified, VerifyError> {
     let files: Vec<PathBuf> = files.iter().map(|file| file.to_path_buf()).collect();
     verify(&root(1), &files, &[])
 }

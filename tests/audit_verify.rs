@@ -1,4 +1,4 @@
-//! `keylife audit verify`, run as a process on logs written by `keylife::audit_log::AuditLog`:
+//! `keylife audit verify`, run as a process on logs written by `keylife::server::audit_log::AuditLog`:
 //! an intact log passes (also across a reopen into a new file); an edited, a deleted and two
 //! swapped lines are each caught and named; a cut-off tail is caught with `--data`, where the
 //! store recorded the chain's head.
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use jiff::Timestamp;
-use keylife::audit_log::{AuditLine, AuditLog};
+use keylife::server::audit_log::{AuditLine, AuditLog};
 use keylife::{Kms, KmsOptions, RootKey};
 use tempfile::TempDir;
 

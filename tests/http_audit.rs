@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use http_support::{Client, KEY, SECRET, TestServer, ZONE_A, ZONE_B, b64, ok, options, problem};
 use hyper::header::HeaderValue;
-use keylife::audit_log::{AuditLog, verify};
 use keylife::server::ServeOptions;
+use keylife::server::audit_log::{AuditLog, verify};
 use keylife::server::auth::{self, Credentials};
 use keylife::{Kms, KmsOptions, LocalLink, ManualClock};
 use serde_json::{Value, json};
@@ -279,8 +279,8 @@ async fn every_request_writes_one_chained_line() {
 }
 
 /// A line of the test's own, to wait for everything before it.
-fn filler() -> keylife::audit_log::AuditLine {
-    keylife::audit_log::AuditLine {
+fn filler() -> keylife::server::audit_log::AuditLine {
+    keylife::server::audit_log::AuditLine {
         time: jiff::Timestamp::now(),
         zone: ZONE_A.to_owned(),
         operation: "test-marker".to_owned(),

@@ -19,7 +19,7 @@ use jiff::Timestamp;
 use super::HEALTH_PATH;
 use super::extract::{Zone, changes_state, operation_of};
 use super::problem::{Problem, ProblemCode};
-use crate::audit_log::AuditLine;
+use crate::server::audit_log::AuditLine;
 use crate::{AuditEvent, AuditSink, KeyId, OUTCOME_OK};
 
 /// What the request's handlers learn for its audit line.

@@ -21,7 +21,7 @@ use super::keyring::Keyring;
 use super::problem::Problem;
 use super::replay::ReplayCache;
 use super::request::Fields;
-use crate::audit_log::AuditLog;
+use crate::server::audit_log::AuditLog;
 use crate::{Caller, Error, KeyId, Kms, Operation};
 
 /// What every handler of one zone shares.

@@ -35,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit_log;
 mod audited;
 pub mod auth;
 mod extract;
@@ -174,7 +175,7 @@ pub struct ServeOptions {
     /// The audit log every zone writes one line per request to; `None` (the default) writes
     /// none. A state change is answered only once its line is synced; while the log cannot be
     /// written, state changes are refused.
-    pub audit: Option<Arc<crate::audit_log::AuditLog>>,
+    pub audit: Option<Arc<audit_log::AuditLog>>,
     /// After the shutdown signal, how long the requests in flight may take before their
     /// connections are dropped (a stalled client must not keep the server up). Default 10 s.
     pub shutdown_grace: Duration,

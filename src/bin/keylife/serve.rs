@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use keylife::audit_log::AuditLog;
+use keylife::server::audit_log::AuditLog;
 use keylife::server::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, Events, Keyring, ServeOptions, Tls,
 };

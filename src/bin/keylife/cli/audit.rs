@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use keylife::audit_log::{self, VerifyError};
+use keylife::server::audit_log::{self, VerifyError};
 use keylife::{Error, Kms, KmsOptions};
 
 use super::Failure;
