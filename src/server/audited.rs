@@ -9,7 +9,7 @@
 //! refused before they run (503 `audit-unavailable`); reads and crypto are served, and their
 //! lines are lost until the log is reopened (choice, design.md "Audit").
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -19,45 +19,9 @@ use jiff::Timestamp;
 use super::HEALTH_PATH;
 use super::extract::{Zone, changes_state, operation_of};
 use super::problem::{Problem, ProblemCode};
+use super::slot::Slot;
 use crate::server::audit_log::AuditLine;
-use crate::{AuditEvent, AuditSink, KeyId, OUTCOME_OK};
-
-/// What the request's handlers learn for its audit line.
-#[derive(Clone, Default)]
-pub(crate) struct Slot(Arc<Mutex<Learned>>);
-
-#[derive(Default)]
-struct Learned {
-    actor: Option<String>,
-    auth: Option<&'static str>,
-    event: Option<AuditEvent>,
-}
-
-impl Slot {
-    fn with<R>(&self, f: impl FnOnce(&mut Learned) -> R) -> R {
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// The request was signed by `actor`.
-    pub(crate) fn signed_by(&self, actor: &str) {
-        self.with(|learned| learned.actor = Some(actor.to_owned()));
-    }
-
-    /// The request's authentication was refused: the key its header named (if it named one)
-    /// and the reason class.
-    pub(crate) fn refused(&self, claimed: Option<String>, reason: &'static str) {
-        self.with(|learned| {
-            learned.actor = claimed;
-            learned.auth = Some(reason);
-        });
-    }
-
-    /// A sink that keeps the event of the request's call (the last, if it made several).
-    pub(crate) fn sink(&self) -> AuditSink {
-        let slot = self.clone();
-        AuditSink::new(move |event| slot.with(|learned| learned.event = Some(event.clone())))
-    }
-}
+use crate::{KeyId, OUTCOME_OK};
 
 /// Middleware: one audit line per request (see the module).
 pub(crate) async fn audited(
@@ -86,7 +50,7 @@ pub(crate) async fn audited(
         .extensions()
         .get::<ProblemCode>()
         .map_or(OUTCOME_OK, |code| code.0);
-    let learned = std::mem::take(&mut *slot.0.lock().unwrap_or_else(PoisonError::into_inner));
+    let learned = slot.take();
     let line = match learned.event {
         Some(event) => {
             let mut line = AuditLine::from_event(&event, status);

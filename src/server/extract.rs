@@ -15,12 +15,12 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
-use super::audited::Slot;
 use super::auth::{self, AuthError, Grants};
 use super::keyring::Keyring;
 use super::problem::Problem;
 use super::replay::ReplayCache;
 use super::request::Fields;
+use super::slot::Slot;
 use crate::server::audit_log::AuditLog;
 use crate::{Caller, Error, KeyId, Kms, Operation};
 

@@ -45,6 +45,7 @@ mod keyring;
 pub mod problem;
 mod replay;
 mod request;
+mod slot;
 mod tls;
 
 use std::fmt;
