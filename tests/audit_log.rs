@@ -13,10 +13,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use jiff::Timestamp;
 use keylife::server::audit_log::{AuditError, AuditLine, AuditLog, Damage, VerifyError, verify};
 use keylife::{AuditSink, Caller, CreateKey, Kms, KmsOptions};
-use serde_json::Value;
 
 use common::failing::Failing;
-use common::root;
+use common::{json_lines, root};
 
 fn line(n: u64) -> AuditLine {
     AuditLine {
@@ -34,14 +33,6 @@ fn line(n: u64) -> AuditLine {
 
 fn zone(dir: &Path) -> Arc<Kms> {
     Arc::new(Kms::open(dir.join("ch-gva-2"), root(1), KmsOptions::new("ch-gva-2")).unwrap())
-}
-
-fn lines_of(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 fn check(files: &[&Path]) -> Result<keylife::server::audit_log::Verified, VerifyError> {
@@ -99,7 +90,7 @@ fn lines_are_chained_synced_and_their_head_recorded() {
     );
     drop(log);
 
-    let lines = lines_of(&path);
+    let lines = json_lines(&path);
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["operation"], "audit-open");
     assert_eq!(
@@ -181,7 +172,7 @@ fn a_restart_continues_the_file_and_a_reopen_continues_the_chain_in_a_new_one() 
     // A reopen with the file still in place: it goes on.
     log.reopen().unwrap();
     log.wait_synced(log.append(line(3)).unwrap()).unwrap();
-    let lines = lines_of(&path);
+    let lines = json_lines(&path);
     let operations: Vec<_> = lines.iter().map(|l| l["operation"].clone()).collect();
     assert_eq!(
         operations,
@@ -203,8 +194,8 @@ fn a_restart_continues_the_file_and_a_reopen_continues_the_chain_in_a_new_one() 
     log.reopen().unwrap();
     log.wait_synced(log.append(line(5)).unwrap()).unwrap();
     drop(log);
-    let old = lines_of(&rotated);
-    let new = lines_of(&path);
+    let old = json_lines(&rotated);
+    let new = json_lines(&path);
     assert_eq!(old.last().unwrap()["seq"], 7);
     assert_eq!(new[0]["seq"], 8);
     assert_eq!(new[0]["operation"], "audit-reopen");
@@ -244,7 +235,7 @@ fn a_cut_file_is_refused_at_open_and_a_new_file_continues_from_the_stores_head()
     std::fs::rename(&path, dir.path().join("audit.log.cut")).unwrap();
     let log = AuditLog::open(&path, &root(1), vec![Arc::clone(&kms)]).unwrap();
     drop(log);
-    let lines = lines_of(&path);
+    let lines = json_lines(&path);
     assert_eq!(lines[0]["seq"], 5);
     assert!(lines[0]["prev"].is_string());
     assert_eq!(check(&[&path]).unwrap().first, 5);
@@ -326,7 +317,7 @@ fn a_failure_fails_closed_until_a_reopen_and_leaves_no_hole_in_the_chain() {
     // The lines of the failed groups were cut away: one chain, no line twice.
     let verified = check(&[&path]).unwrap();
     assert_eq!(verified.last, 4);
-    let lines = lines_of(&path);
+    let lines = json_lines(&path);
     let operations: Vec<_> = lines.iter().map(|l| l["operation"].clone()).collect();
     assert_eq!(
         operations,

@@ -14,10 +14,10 @@ use keylife::server::ServeOptions;
 use keylife::server::audit_log::{AuditLog, verify};
 use keylife::server::auth::{self, Credentials};
 use keylife::{Kms, KmsOptions, LocalLink, ManualClock};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use common::failing::Failing;
-use common::root;
+use common::{json_lines, root};
 
 fn key_path(id: &str, operation: &str) -> String {
     if operation.is_empty() {
@@ -25,14 +25,6 @@ fn key_path(id: &str, operation: &str) -> String {
     } else {
         format!("/v2/kms-key/{id}/{operation}")
     }
-}
-
-fn lines_of(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 fn credentials() -> Credentials {
@@ -236,7 +228,7 @@ async fn every_request_writes_one_chained_line() {
 
     // Every line is on disk once the log's last line is synced (appended after ours).
     log.synced(log.append(filler()).unwrap()).await.unwrap();
-    let lines = lines_of(&path);
+    let lines = json_lines(&path);
     assert_eq!(lines[0]["operation"], "audit-open");
     let requests = &lines[1..lines.len() - 1];
     assert_eq!(requests.len(), expected.len(), "{requests:#?}");

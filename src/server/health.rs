@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
+use super::extract::Json;
 use super::problem::{Problem, TYPE_PREFIX};
 use crate::Kms;
 
@@ -51,14 +52,7 @@ pub(crate) async fn health(State(health): State<Arc<Health>>) -> Response {
         return unavailable(format!("zone {} cannot serve", failing.join(", zone ")));
     }
     let body = serde_json::json!({ "status": "ok", "zones": names });
-    let mut response = (StatusCode::OK, body.to_string()).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Json::encode(&body).into_response()
 }
 
 /// 503 `unavailable` with `detail`.

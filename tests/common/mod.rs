@@ -128,3 +128,12 @@ impl Zones {
         &self.kms[i]
     }
 }
+
+/// The JSON lines of the file at `path` (an audit log), each parsed.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}

@@ -231,6 +231,34 @@ pub struct Reply {
     pub json: Value,
 }
 
+impl Reply {
+    /// Reads `response` whole; a body cut off is its status and the error.
+    pub async fn read(
+        response: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<Reply, (u16, hyper::Error)> {
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|error| (status, error))?
+            .to_bytes();
+        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            content_type,
+            headers,
+            body,
+            json,
+        })
+    }
+}
+
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -351,26 +379,9 @@ impl Client {
             .send_request(request)
             .await
             .map_err(Failure::NoResponse)?;
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
+        Reply::read(response)
             .await
-            .map_err(|error| Failure::Truncated { status, error })?
-            .to_bytes();
-        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        Ok(Reply {
-            status,
-            content_type,
-            headers,
-            body,
-            json,
-        })
+            .map_err(|(status, error)| Failure::Truncated { status, error })
     }
 
     /// [`Client::try_send`], panicking on a failure.
@@ -809,26 +820,9 @@ impl TlsClient {
             .send_request(request)
             .await
             .map_err(|error| format!("no answer: {error}"))?;
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
+        Reply::read(response)
             .await
-            .map_err(|error| format!("truncated answer: {error}"))?
-            .to_bytes();
-        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        Ok(Reply {
-            status,
-            content_type,
-            headers,
-            body,
-            json,
-        })
+            .map_err(|(_, error)| format!("truncated answer: {error}"))
     }
 }
 
