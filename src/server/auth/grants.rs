@@ -357,6 +357,30 @@ mod tests {
         assert!(!glob(&many).matches(&"a".repeat(29)));
     }
 
+    /// The obvious recursive matcher, exponential but plain: the reference.
+    fn reference(pattern: &[Piece], text: &[char]) -> bool {
+        match pattern.split_first() {
+            None => text.is_empty(),
+            Some((Piece::Any, rest)) => (0..=text.len()).any(|skip| reference(rest, &text[skip..])),
+            Some((Piece::One, rest)) => !text.is_empty() && reference(rest, &text[1..]),
+            Some((Piece::Char(c), rest)) => text.first() == Some(c) && reference(rest, &text[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        /// Over a small alphabet (so that matches are common), the matcher agrees with the
+        /// reference on every pattern and text.
+        #[test]
+        fn globs_agree_with_the_reference(
+            pattern in "[ab*?\\\\]{0,8}",
+            text in "[ab*]{0,10}",
+        ) {
+            let glob = Glob::new(&pattern);
+            let chars: Vec<char> = text.chars().collect();
+            proptest::prop_assert_eq!(glob.matches(&text), reference(&glob.0, &chars));
+        }
+    }
+
     #[test]
     fn lists_split_on_unescaped_commas() {
         assert_eq!(split_list("a,b").unwrap(), ["a", "b"]);
