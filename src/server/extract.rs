@@ -174,17 +174,22 @@ impl FromRequest<Arc<Zone>> for Signed {
         }
         // Permissions next, before anything else is looked at: the operation and the zone
         // (the key's name is the library's check, with the key).
-        let operation = operation_of(method, path);
+        // Every route that takes a signed request names an operation; one that does not
+        // (a route added without its operation) is refused rather than let past the
+        // permission and replay checks.
+        let Some(operation) = operation_of(method, path) else {
+            return Err(Problem::internal(format!(
+                "no operation is known for {method} {path}: refused"
+            )));
+        };
         let grants = verified.grants;
-        if let Some(operation) = operation
-            && (!grants.allows_operation(operation) || !grants.allows_zone(zone.kms.zone()))
-        {
+        if !grants.allows_operation(operation) || !grants.allows_zone(zone.kms.zone()) {
             return Err(Problem::from(Error::Forbidden {
                 operation: operation.name(),
                 id: None,
             }));
         }
-        if let (Some(replays), Some(operation)) = (&zone.replays, operation)
+        if let Some(replays) = &zone.replays
             && changes_state(operation)
             && !replays.first_use(pending.signature(), verified.expires, now)
         {
@@ -482,3 +487,80 @@ impl<T> IntoResponse for Json<T> {
 
 /// What a handler answers.
 pub(crate) type Answer<T> = Result<Json<T>, Problem>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_names_its_operation() {
+        let id = "019b76da-a800-7463-a382-56a1e31aca28";
+        let key = |action: &str| format!("/v2/kms-key/{id}/{action}");
+        let cases = [
+            (Method::GET, "/v2/kms-key".to_owned(), Operation::ListKeys),
+            (Method::POST, "/v2/kms-key".to_owned(), Operation::CreateKey),
+            (Method::GET, format!("/v2/kms-key/{id}"), Operation::GetKey),
+            (
+                Method::GET,
+                key("list-key-rotations"),
+                Operation::ListKeyRotations,
+            ),
+            (Method::POST, key("enable"), Operation::EnableKey),
+            (Method::POST, key("disable"), Operation::DisableKey),
+            (Method::POST, key("rotate"), Operation::RotateKey),
+            (
+                Method::POST,
+                key("enable-key-rotation"),
+                Operation::EnableKeyRotation,
+            ),
+            (
+                Method::POST,
+                key("disable-key-rotation"),
+                Operation::DisableKeyRotation,
+            ),
+            (
+                Method::POST,
+                key("schedule-deletion"),
+                Operation::ScheduleKeyDeletion,
+            ),
+            (
+                Method::POST,
+                key("cancel-deletion"),
+                Operation::CancelKeyDeletion,
+            ),
+            (Method::POST, key("replicate"), Operation::ReplicateKey),
+            (Method::POST, key("encrypt"), Operation::Encrypt),
+            (Method::POST, key("decrypt"), Operation::Decrypt),
+            (Method::POST, key("re-encrypt"), Operation::ReEncrypt),
+            (
+                Method::POST,
+                key("generate-data-key"),
+                Operation::GenerateDataKey,
+            ),
+        ];
+        for (method, path, operation) in &cases {
+            assert_eq!(
+                operation_of(method, path),
+                Some(*operation),
+                "{method} {path}"
+            );
+        }
+        let state_changes: Vec<&str> = cases
+            .iter()
+            .filter(|(_, _, operation)| changes_state(*operation))
+            .map(|(_, _, operation)| operation.name())
+            .collect();
+        assert_eq!(state_changes.len(), 9, "{state_changes:?}");
+        assert!(cases.iter().all(|(method, _, operation)| {
+            !changes_state(*operation) || *method == Method::POST
+        }));
+        for (method, path) in [
+            (Method::GET, "/v2".to_owned()),
+            (Method::GET, "/v2/kms-keys".to_owned()),
+            (Method::POST, key("explode")),
+            (Method::GET, "/keylife/v1/health".to_owned()),
+        ] {
+            assert_eq!(operation_of(&method, &path), None, "{method} {path}");
+        }
+    }
+}
