@@ -337,3 +337,57 @@ async fn state_changes_fail_closed_while_the_log_cannot_be_written() {
     assert_eq!(ok(&rotations)["rotations"].as_array().unwrap().len(), 1);
     verify(&root(3), &[path], &[]).unwrap();
 }
+
+/// Clients that close their connection right after sending a change: the change is still
+/// applied (it was handed to the store) and every applied change still has its line, since the
+/// request and its line run in a task the connection does not cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_does_not_lose_the_line_of_its_change() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (server, log) = audited_server(&path).await;
+    for n in 0..20 {
+        let body = format!(r#"{{"name":"gone-{n}"}}"#);
+        let authorization = auth::sign(
+            KEY,
+            SECRET,
+            "POST",
+            "/v2/kms-key",
+            body.as_bytes(),
+            http_support::unix_now() + 60,
+        );
+        let mut stream = std::net::TcpStream::connect(server.addrs[0]).unwrap();
+        let request = format!(
+            "POST /v2/kms-key HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        drop(stream);
+    }
+    // Wait until the changes settle, then for every line appended before a marker.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let created = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let created = server.kms[0].list_keys().unwrap().kms_keys.len();
+        let again = {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            server.kms[0].list_keys().unwrap().kms_keys.len()
+        };
+        if created == again {
+            break created;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the creates never settled"
+        );
+    };
+    log.synced(log.append(filler()).unwrap()).await.unwrap();
+    let lines = json_lines(&path);
+    let create_lines = lines
+        .iter()
+        .filter(|line| line["operation"] == "create-kms-key" && line["outcome"] == "ok")
+        .count();
+    assert!(created > 0, "no create reached the store");
+    assert_eq!(create_lines, created, "every key made has its line");
+}

@@ -300,6 +300,7 @@ async fn permission_server() -> TestServer {
          EXOread r operations=read\n\
          EXOapp a names=app-*\n\
          EXOfra f zones=de-*\n\
+         EXOgva g zones=ch-*\n\
          EXOrepl p operations=replicate zones=ch-gva-2\n\
          EXOcrypto c operations=crypto names=app-*\n",
         std::str::from_utf8(SECRET).unwrap()
@@ -430,12 +431,26 @@ async fn names_and_zones_restrict_keys() {
     denied(&fra_in_gva.get("/v2/kms-key").await, "list-kms-keys");
     let mut fra = as_key(&server, 1, "EXOfra", b"f").await;
     ok(&fra.get("/v2/kms-key").await);
+    // A credential of ch-* may not make a key live in de-fra-1.
+    let mut gva = as_key(&server, 0, "EXOgva", b"g").await;
+    let multi = create(&mut gva, "multi", true).await;
+    let replicate = json!({"zone": ZONE_B});
+    denied(
+        &gva.post(&key_path(&multi, "replicate"), replicate).await,
+        "replicate-kms-key",
+    );
+    // HEAD is GET's operation (axum answers it with the GET handler), not a 500.
+    assert_eq!(gva.signed("HEAD", "/v2/kms-key", b"").await.status, 200);
+    assert_eq!(
+        fra_in_gva.signed("HEAD", "/v2/kms-key", b"").await.status,
+        403
+    );
     // The admin credential still sees and uses everything.
     let all: Vec<Value> = ok(&admin.get("/v2/kms-key").await)["kms-keys"]
         .as_array()
         .unwrap()
         .clone();
-    assert_eq!(all.len(), 3);
+    assert_eq!(all.len(), 4);
     ok(&admin.post_empty(&key_path(&db, "disable")).await);
 }
 

@@ -20,7 +20,7 @@ use super::HEALTH_PATH;
 use super::extract::{Zone, changes_state, operation_of};
 use super::problem::{Problem, ProblemCode};
 use super::slot::Slot;
-use crate::server::audit_log::AuditLine;
+use crate::server::audit_log::{AuditLine, AuditLog};
 use crate::{KeyId, OUTCOME_OK};
 
 /// Middleware: one audit line per request (see the module).
@@ -44,6 +44,27 @@ pub(crate) async fn audited(
     }
     let slot = Slot::default();
     request.extensions_mut().insert(slot.clone());
+    // The request and its line run in a task of their own: a client that goes away drops
+    // this future, and a change already handed to the blocking pool would then be applied
+    // with no line. The task is not cancelled with the connection.
+    let task = tokio::spawn(write_line(zone, log, request, next, slot, path, operation));
+    match task.await {
+        Ok(response) => response,
+        Err(_) => Problem::internal("the request failed unexpectedly").into_response(),
+    }
+}
+
+/// Runs the request, then appends its line (waiting for its sync for a state change).
+async fn write_line(
+    zone: Arc<Zone>,
+    log: Arc<AuditLog>,
+    request: Request,
+    next: Next,
+    slot: Slot,
+    path: String,
+    operation: Option<crate::Operation>,
+) -> Response {
+    let changes = operation.is_some_and(changes_state);
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let outcome = response
@@ -61,12 +82,12 @@ pub(crate) async fn audited(
         None => AuditLine {
             time: Timestamp::now(),
             zone: zone.kms.zone().to_owned(),
-            operation: operation.map_or_else(|| path.clone(), |o| o.name().to_owned()),
+            operation: operation.map_or_else(|| capped(&path), |o| o.name().to_owned()),
             key: path_key(&path),
             outcome: outcome.to_owned(),
             status,
             revision: None,
-            actor: learned.actor,
+            actor: learned.actor.as_deref().map(capped),
             auth: learned.auth.map(str::to_owned),
         },
     };
@@ -80,6 +101,22 @@ pub(crate) async fn audited(
         Err(_) if acknowledged => Problem::audit_unavailable(true).into_response(),
         Err(_) => response,
     }
+}
+
+/// The longest text from the request (a path, a claimed key) a line copies: a stranger's
+/// request cannot make a line longer than a few hundred bytes.
+const MAX_COPIED: usize = 128;
+
+/// `text` up to [`MAX_COPIED`] bytes (on a character boundary), marked `…` when cut.
+fn capped(text: &str) -> String {
+    if text.len() <= MAX_COPIED {
+        return text.to_owned();
+    }
+    let mut end = MAX_COPIED;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// The key id of a path under `/v2/kms-key/{id}`, if it is one.

@@ -90,6 +90,12 @@ pub(crate) fn operation_of(method: &Method, path: &str) -> Option<Operation> {
         None => return None,
         Some(segments) => (segments.next(), segments.next()),
     };
+    // axum answers HEAD with the GET handler: it is the same operation.
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
     Some(match (method, id, action) {
         (&Method::GET, None, None) => Operation::ListKeys,
         (&Method::POST, None, None) => Operation::CreateKey,

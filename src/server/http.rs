@@ -181,6 +181,13 @@ async fn cancel_deletion(KeyCall { id, signed }: KeyCall) -> Answer<SuccessRespo
 async fn replicate_key(KeyCall { id, signed }: KeyCall) -> Answer<SuccessResponse> {
     let fields = signed.fields(&["zone"])?;
     let target = fields.required_string("zone", "zone")?.to_owned();
+    // A credential restricted to some zones may not make a key live in another.
+    if !signed.grants.allows_zone(&target) {
+        return Err(Problem::from(Error::Forbidden {
+            operation: crate::Operation::ReplicateKey.name(),
+            id: Some(id),
+        }));
+    }
     blocking(move || signed.kms.replicate_key(id, &target, None)).await
 }
 
