@@ -300,7 +300,6 @@ impl Credentials {
         Ok(Pending {
             known: known.map(|(key, entry)| (key.as_str(), entry)),
             secret: known.map_or(self.dummy.as_slice(), |(_, entry)| entry.secret.as_slice()),
-            claimed: parsed.credential.to_owned(),
             signature,
             signed_query_args: names,
             expires: parsed.expires,
@@ -313,7 +312,6 @@ impl Credentials {
 pub struct Pending<'a> {
     known: Option<(&'a str, &'a Entry)>,
     secret: &'a [u8],
-    claimed: String,
     signature: Vec<u8>,
     signed_query_args: Vec<String>,
     expires: i64,
@@ -322,7 +320,6 @@ pub struct Pending<'a> {
 impl fmt::Debug for Pending<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pending")
-            .field("claimed", &self.claimed)
             .field("known", &self.known.is_some())
             .field("expires", &self.expires)
             .finish_non_exhaustive()
@@ -341,12 +338,6 @@ pub struct Verified<'a> {
 }
 
 impl<'a> Pending<'a> {
-    /// The API key the header names (known or not): for an audit log, never for the client.
-    #[must_use]
-    pub fn claimed_key(&self) -> &str {
-        &self.claimed
-    }
-
     /// The signature's bytes, as sent (for a replay cache).
     #[must_use]
     pub fn signature(&self) -> &[u8] {
