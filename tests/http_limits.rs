@@ -2,10 +2,12 @@
 //! closed at once, reported once per interval, not per connection), the write timeout (a
 //! client that does not read its answers is dropped), and the unsigned health check.
 
+mod common;
 mod http_support;
 
+use common::failing::Failing;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,8 +17,7 @@ use http_support::{
 };
 use keylife::server::auth::{Credentials, sign};
 use keylife::server::{DEFAULT_MAX_BODY_BYTES, Event, Events, Keyring, ServeOptions};
-use keylife::store::{Backend, Entries, MemoryBackend, Table, Write};
-use keylife::{CreateKey, Error, Kms, KmsOptions, Limits, RootKey};
+use keylife::{CreateKey, Kms, KmsOptions, Limits, RootKey};
 
 /// The `ConnectionsRefused` reports a server made: (count, limit).
 type Reports = Arc<Mutex<Vec<(u64, usize)>>>;
@@ -245,44 +246,9 @@ async fn health_is_unsigned_on_every_zone_and_lists_the_zones() {
     server.stop().await;
 }
 
-/// A store in memory whose commits, once `failing`, are applied but not durable.
-struct Failing {
-    inner: MemoryBackend,
-    failing: AtomicBool,
-}
-
-impl Backend for Failing {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.inner.get(table, key)
-    }
-
-    fn scan(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, Error> {
-        self.inner.scan(table, start, end, limit)
-    }
-
-    fn commit(&self, batch: &[Write]) -> Result<(), Error> {
-        self.inner.commit(batch)?;
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(Error::NotDurable {
-                detail: "injected sync failure".to_owned(),
-            });
-        }
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_503_naming_a_zone_whose_store_failed() {
-    let failing = Arc::new(Failing {
-        inner: MemoryBackend::new(),
-        failing: AtomicBool::new(false),
-    });
+    let failing = Arc::new(Failing::default());
     let healthy = Arc::new(
         Kms::open_in_memory(RootKey::from_bytes(&mut [1; 32]), KmsOptions::new(ZONE_A)).unwrap(),
     );
@@ -316,7 +282,7 @@ async fn health_is_503_naming_a_zone_whose_store_failed() {
         .await;
     ok(&reply);
 
-    failing.failing.store(true, Ordering::SeqCst);
+    failing.fail_after_applying();
     let error = broken.create_key(&CreateKey::new("lost")).unwrap_err();
     assert_eq!(error.code(), "not-durable");
     for addr in &addrs {

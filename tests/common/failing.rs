@@ -1,21 +1,33 @@
-//! A memory backend whose commits fail while told to (as a full disk would).
+//! A memory backend whose commits fail while told to (as a full disk, or a failed sync, would).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use keylife::Error;
 use keylife::store::{Backend, Entries, MemoryBackend, Table, Write};
 
-/// A [`MemoryBackend`] whose commits fail with a storage error while [`Failing::fail`] is on.
+const WORKS: u8 = 0;
+const REFUSES: u8 = 1;
+const NOT_DURABLE: u8 = 2;
+
+/// A [`MemoryBackend`] whose commits fail while [`Failing::fail`] or
+/// [`Failing::fail_after_applying`] is on.
 #[derive(Default)]
 pub struct Failing {
     inner: MemoryBackend,
-    failing: AtomicBool,
+    mode: AtomicU8,
 }
 
 impl Failing {
-    /// Commits fail from now on (`true`) or succeed again (`false`).
+    /// Commits are refused with a storage error, nothing applied (`true`), or succeed again
+    /// (`false`).
     pub fn fail(&self, on: bool) {
-        self.failing.store(on, Ordering::SeqCst);
+        self.mode
+            .store(if on { REFUSES } else { WORKS }, Ordering::SeqCst);
+    }
+
+    /// Commits are applied, then answered `not-durable` (a sync that failed).
+    pub fn fail_after_applying(&self) {
+        self.mode.store(NOT_DURABLE, Ordering::SeqCst);
     }
 }
 
@@ -35,11 +47,17 @@ impl Backend for Failing {
     }
 
     fn commit(&self, batch: &[Write]) -> Result<(), Error> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(Error::Storage {
+        match self.mode.load(Ordering::SeqCst) {
+            REFUSES => Err(Error::Storage {
                 detail: "no space left".to_owned(),
-            });
+            }),
+            NOT_DURABLE => {
+                self.inner.commit(batch)?;
+                Err(Error::NotDurable {
+                    detail: "injected sync failure".to_owned(),
+                })
+            }
+            _ => self.inner.commit(batch),
         }
-        self.inner.commit(batch)
     }
 }
