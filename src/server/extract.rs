@@ -360,7 +360,8 @@ impl<T: Serialize> Json<T> {
     }
 }
 
-/// The pieces an answer is sent in: each a copy of 64 KiB of the body, wiped when hyper drops
+/// The pieces an answer is sent in: the body itself when it is one piece, else copies of 64 KiB
+/// of it, each wiped when hyper drops
 /// it; the whole body is wiped when the answer is done or dropped.
 pub(crate) struct WipedChunks {
     body: Zeroizing<Vec<u8>>,
@@ -397,8 +398,13 @@ impl hyper::body::Body for WipedChunks {
         if start == end {
             return std::task::Poll::Ready(None);
         }
-        self.sent = end;
-        let chunk = WipedChunk(self.body[start..end].to_vec());
+        // An answer of one piece (every small answer) is handed over as it is, not copied.
+        let chunk = if start == 0 && end == self.body.len() {
+            WipedChunk(std::mem::take(&mut *self.body))
+        } else {
+            self.sent = end;
+            WipedChunk(self.body[start..end].to_vec())
+        };
         let bytes = hyper::body::Bytes::from_owner(chunk);
         std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes))))
     }
