@@ -55,7 +55,8 @@ pub use crate::core::replication::delivery::Ack;
 pub use crate::core::{ConflictReason, CreateKey, DataKeySpec, Error, KeyId};
 pub use crate::crypto::{RootKey, SecretBytes};
 pub use crate::kms::{
-    Access, AuditEvent, AuditHead, AuditSink, Caller, Clock, DueReport, DueRun, DueRunner, Kms,
-    KmsOptions, Limits, Link, LocalLink, ManualClock, OUTCOME_OK, Operation, RESERVATION_BLOCK,
-    ReplicaUpdate, SyncReport, SystemClock, Target,
+    Access, AuditEvent, AuditHead, AuditSink, BackupSummary, Caller, Clock, DueReport, DueRun,
+    DueRunner, Kms, KmsOptions, Limits, Link, LocalLink, ManualClock, OUTCOME_OK, Operation,
+    RESERVATION_BLOCK, ReplicaUpdate, RestoreOptions, RestoreReport, SyncReport, SystemClock,
+    Target,
 };

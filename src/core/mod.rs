@@ -18,6 +18,7 @@ mod id;
 pub mod limits;
 mod record;
 pub mod replication;
+pub mod restore;
 mod transition;
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub enum Purpose {
     Witness,
     /// Reserved: the chain of the audit log.
     AuditChain,
-    /// Reserved: the MAC over a whole backup file.
+    /// The MAC over a whole backup file.
     BackupMac,
     /// Reserved: material of keys seeded with fixed ids.
     Seed,
@@ -116,6 +116,48 @@ impl MacKey {
                 .zip(tag)
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
+    }
+}
+
+/// An HMAC-SHA256 over a stream of bytes under a [`MacKey`] (no framing: the caller's format
+/// frames its parts), for a whole file such as a backup. Wiped on drop like its key.
+#[derive(Clone)]
+pub struct MacStream {
+    mac: HmacSha256,
+}
+
+impl std::fmt::Debug for MacStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacStream(<redacted>)")
+    }
+}
+
+impl MacKey {
+    /// A MAC over a stream of bytes under this key.
+    #[must_use]
+    pub fn stream(&self) -> MacStream {
+        MacStream {
+            mac: self.mac.clone(),
+        }
+    }
+}
+
+impl MacStream {
+    /// Adds `bytes` to the MAC.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.mac.update(bytes);
+    }
+
+    /// The tag of every byte added.
+    #[must_use]
+    pub fn finish(self) -> [u8; TAG_LEN] {
+        self.mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the tag of every byte added, compared in constant time.
+    #[must_use]
+    pub fn verify(self, tag: &[u8]) -> bool {
+        self.mac.verify_slice(tag).is_ok()
     }
 }
 

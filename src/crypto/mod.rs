@@ -12,7 +12,7 @@ mod seal;
 mod secret;
 
 pub use aead::BACKEND;
-pub use derive::{MacKey, Purpose};
+pub use derive::{MacKey, MacStream, Purpose};
 pub use envelope::{FORMAT_V1, HEADER_LEN, Header, OVERHEAD, ParseError};
 pub use seal::{MaterialKey, SEALED_MATERIAL_LEN};
 pub use secret::{KEY_LEN, RootKey, SecretBytes, fill_from_os};

@@ -55,11 +55,14 @@ pub enum Operation {
     RunDue,
     /// [`Kms::sync`](crate::Kms::sync): every waiting delivery, now.
     Sync,
+    /// [`Kms::backup`](crate::Kms::backup): an image of the whole zone (sealed material
+    /// included).
+    Backup,
 }
 
 impl Operation {
     /// The operation's name: the API's `operationId`, or `receive-update`, `retire-version`,
-    /// `run-due`, `sync`.
+    /// `run-due`, `sync`, `backup`.
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
@@ -83,6 +86,7 @@ impl Operation {
             Operation::RetireVersion => "retire-version",
             Operation::RunDue => "run-due",
             Operation::Sync => "sync",
+            Operation::Backup => "backup",
         }
     }
 
@@ -106,7 +110,7 @@ impl Operation {
 /// What a call acts on, as the caller's check sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target<'a> {
-    /// The zone as a whole (list-kms-keys, run-due, sync).
+    /// The zone as a whole (list-kms-keys, run-due, sync, backup).
     Zone,
     /// A key to be created with this name (create-kms-key).
     NewKey {

@@ -1,6 +1,7 @@
 //! [`Kms`]: a handle on one zone, made by a [`Caller`]. Every method asks the caller's check,
 //! then hands the call to the part that does it.
 
+mod backup;
 mod health;
 
 use std::fmt;

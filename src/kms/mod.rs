@@ -22,6 +22,7 @@ mod link;
 mod options;
 mod replicator;
 mod report;
+mod restore;
 mod shared;
 mod zone;
 
@@ -34,3 +35,4 @@ pub use link::{Link, ReplicaUpdate};
 pub use options::{KmsOptions, Limits, RESERVATION_BLOCK};
 pub use replicator::LocalLink;
 pub use report::{DueReport, SyncReport};
+pub use restore::{BackupSummary, RestoreOptions, RestoreReport};

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use super::clock::Clock;
 use super::options::{KmsOptions, Limits};
 use crate::core::{Error, KeyId, KeyRecord};
-use crate::crypto::{MaterialKey, RootKey, RootSealer};
+use crate::crypto::{MacKey, MaterialKey, Purpose, RootKey, RootSealer};
 use crate::store::{
     AuthenticatedBackend, Backend, NewMaterial, STORE_FORMAT_V2, Store, StoreHeader,
 };
@@ -27,6 +27,10 @@ pub(super) struct Shared {
     limits: Limits,
     clock: Arc<dyn Clock>,
     store: Store,
+    /// The same backend as `store`'s, typed: for consistent images ([`AuthenticatedBackend::snapshot`]).
+    authenticated: Arc<AuthenticatedBackend>,
+    /// The key of a backup's MAC, derived from the root key at open.
+    backup_mac: MacKey,
     sealer: RootSealer,
     key_locks: Box<[Mutex<()>]>,
     /// Set when a change could not be made durable: every call is refused from then on.
@@ -48,8 +52,10 @@ impl Shared {
         let claim = Claim::take(&backend)?;
         let (authenticated, _) = AuthenticatedBackend::open(backend, &root_key)?;
         let sealer = RootSealer::new(&root_key);
+        let backup_mac = MacKey::derive(&root_key, Purpose::BackupMac);
         drop(root_key);
-        let store = Store::new(Arc::new(authenticated));
+        let authenticated = Arc::new(authenticated);
+        let store = Store::new(Arc::clone(&authenticated) as Arc<dyn Backend>);
         let zone = &options.zone;
         match store.header()? {
             None => store.initialize(sealer.check_value()?, zone)?,
@@ -81,6 +87,8 @@ impl Shared {
             limits: options.limits,
             clock: Arc::clone(&options.clock),
             store,
+            authenticated,
+            backup_mac,
             sealer,
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             failed: AtomicBool::new(false),
@@ -106,6 +114,16 @@ impl Shared {
     /// The store, for reads. Writes go through [`Shared::write`].
     pub(super) fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The authenticated backend under the store, for consistent images.
+    pub(super) fn authenticated(&self) -> &AuthenticatedBackend {
+        &self.authenticated
+    }
+
+    /// The key of a backup's MAC.
+    pub(super) fn backup_mac(&self) -> &MacKey {
+        &self.backup_mac
     }
 
     /// The lock that orders the changes of key `id` (one of [`KEY_LOCK_STRIPES`]).

@@ -6,6 +6,7 @@
 //! durable before `Ok`. The store never sees a secret in the clear: material arrives sealed.
 
 mod backend;
+pub mod backup;
 pub mod codec;
 mod engine;
 mod group;
@@ -23,7 +24,10 @@ pub use self::memory::MemoryBackend;
 pub use self::redb::{REDB_FILE, RedbBackend};
 pub use self::sled::{MARKER, SledBackend};
 pub use self::sync::Syncs;
-pub use self::trust::{AuthenticatedBackend, META_STATE, META_STORE_ID, Opened, WITNESS_FILE};
+pub(crate) use self::sync::sync_dir;
+pub use self::trust::{
+    AuthenticatedBackend, META_STATE, META_STORE_ID, Opened, Snapshot, WITNESS_FILE,
+};
 
 use std::sync::Arc;
 

@@ -204,6 +204,7 @@ impl Grants {
         let operation_ok = match access.operation {
             // What the server runs itself, never for a caller.
             Operation::RunDue | Operation::Sync => true,
+            Operation::Backup => self.is_admin(),
             operation => self.allows_operation(operation),
         };
         operation_ok

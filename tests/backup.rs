@@ -1,0 +1,484 @@
+//! Backup and restore (lifecycle.md, "Restore from a backup"; docs/design.md, "Backup and
+//! restore"): a backup taken under load is exactly the store at its commit, a restore gives it
+//! back on either engine, a changed file is refused, and replicas follow a restored origin.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{root, start};
+use keylife::core::restore::{RESTORE_MARGIN, restored};
+use keylife::core::{KeyId, Role};
+use keylife::crypto::{MacKey, Purpose};
+use keylife::store::backup::{BackupEntry, read_backup};
+use keylife::store::codec::{decode_record_sealed, encode_record_sealed, zone_key};
+use keylife::store::{Backend, Engine, Entries, MemoryBackend, Table, Write};
+use keylife::{
+    CreateKey, Error, Kms, KmsOptions, Limits, LocalLink, ManualClock, RestoreOptions, RootKey,
+};
+
+/// Limits that let the load tests create many keys.
+fn roomy() -> Limits {
+    Limits {
+        key_quota: 100_000,
+        ..Limits::default()
+    }
+}
+
+fn options(zone: &str, clock: &ManualClock) -> KmsOptions {
+    KmsOptions::new(zone).clock(clock.clone()).limits(roomy())
+}
+
+fn backup(kms: &Kms) -> Vec<u8> {
+    let mut out = Vec::new();
+    let summary = kms.backup(&mut out).unwrap();
+    assert_eq!(summary.bytes, out.len() as u64);
+    out
+}
+
+/// The entries of backup file `bytes`, authenticated under `root`.
+fn entries(bytes: &[u8], root: &RootKey) -> (u64, Vec<BackupEntry>) {
+    let backup = read_backup(bytes, |_| Ok(MacKey::derive(root, Purpose::BackupMac))).unwrap();
+    (backup.header.seq, backup.entries)
+}
+
+/// What a store restored `times` times from the image `entries` must hold: each origin key
+/// `times` margins up, each replica of an origin key owed a delivery; the engine entry, the
+/// target's own, left out.
+fn expected_after_restore(entries: &[BackupEntry], times: u64) -> Vec<BackupEntry> {
+    let mut expected = Vec::new();
+    for (table, key, value) in entries {
+        match table {
+            Table::Meta if key == b"engine" => {}
+            Table::Keys => {
+                let id = KeyId::from_bytes(key.as_slice().try_into().unwrap());
+                let (record, seals) = decode_record_sealed(id, value).unwrap();
+                if record.role() == Role::Origin {
+                    for replica in record.replicas() {
+                        expected.push((Table::Outbox, zone_key(id, &replica.zone), Vec::new()));
+                    }
+                }
+                let moved = restored(&record, RESTORE_MARGIN * times).unwrap();
+                expected.push((
+                    *table,
+                    key.clone(),
+                    encode_record_sealed(&moved, &seals).unwrap(),
+                ));
+            }
+            _ => expected.push((*table, key.clone(), value.clone())),
+        }
+    }
+    normalize(expected)
+}
+
+/// `entries` without the engine entry, sorted and without duplicates (as a store holds them).
+fn normalize(mut entries: Vec<BackupEntry>) -> Vec<BackupEntry> {
+    entries.retain(|(table, key, _)| !(*table == Table::Meta && key == b"engine"));
+    entries.sort();
+    entries.dedup();
+    entries
+}
+
+/// An engine whose every commit is recorded, in commit order, to rebuild any commit's state.
+struct Recorder {
+    inner: Arc<dyn Backend>,
+    log: Mutex<Vec<Vec<Write>>>,
+}
+
+impl Backend for Recorder {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, Error> {
+        self.inner.scan(table, start, end, limit)
+    }
+
+    fn commit(&self, batch: &[Write]) -> Result<(), Error> {
+        // The authenticated layer commits one group at a time: the log's order is the
+        // commits' order.
+        let mut log = self.log.lock().unwrap();
+        self.inner.commit(batch)?;
+        log.push(batch.to_vec());
+        Ok(())
+    }
+
+    fn directory(&self) -> Option<&Path> {
+        self.inner.directory()
+    }
+
+    fn engine(&self) -> &'static str {
+        self.inner.engine()
+    }
+}
+
+impl Recorder {
+    /// The entries of the store as of commit `seq` (its state record names it), replayed into
+    /// memory from the log, each value without its tag: what a backup of that commit holds.
+    fn state_at(&self, seq: u64) -> Vec<BackupEntry> {
+        let replay = MemoryBackend::new();
+        let mut found = false;
+        for batch in self.log.lock().unwrap().iter() {
+            replay.commit(batch).unwrap();
+            let state = batch.iter().find_map(|write| match write {
+                Write::Put {
+                    table: Table::Meta,
+                    key,
+                    value,
+                } if key == b"state" => Some(value),
+                _ => None,
+            });
+            if state.is_some_and(|value| value[1..9] == seq.to_be_bytes()) {
+                found = true;
+                break;
+            }
+        }
+        assert!(found, "commit {seq} is in the log");
+        let mut entries = Vec::new();
+        for table in Table::ALL {
+            for (key, raw) in replay.scan(table, &[], None, usize::MAX).unwrap() {
+                if table == Table::Meta && (key == b"state" || key == b"store-id") {
+                    continue;
+                }
+                let value = raw[..raw.len() - 32].to_vec();
+                entries.push((table, key, value));
+            }
+        }
+        entries
+    }
+}
+
+/// Restores `bytes` into `dir` with `engine` under `root(1)` and opens the result.
+fn restore_and_open(bytes: &[u8], dir: &Path, engine: Engine, clock: &ManualClock) -> Kms {
+    let options = RestoreOptions::default()
+        .engine(engine)
+        .clock(clock.clone());
+    let report = Kms::restore(&mut &bytes[..], dir, &root(1), &options).unwrap();
+    assert_eq!(report.engine, engine);
+    assert_eq!(report.revision_margin, RESTORE_MARGIN);
+    Kms::open(dir, root(1), options_for(&report.backup.zone, clock)).unwrap()
+}
+
+fn options_for(zone: &str, clock: &ManualClock) -> KmsOptions {
+    options(zone, clock)
+}
+
+#[test]
+fn a_backup_under_an_eight_thread_write_load_restores_exactly_its_commit_on_both_engines() {
+    for engine in Engine::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(start());
+        let recorder = Arc::new(Recorder {
+            inner: Engine::open(&dir.path().join("source"), Some(engine)).unwrap(),
+            log: Mutex::new(Vec::new()),
+        });
+        let kms = Arc::new(
+            Kms::with_backend(recorder.clone(), root(1), options("ch-gva-2", &clock)).unwrap(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let sealed = Arc::new(Mutex::new(Vec::new()));
+        let writers: Vec<_> = (0..8)
+            .map(|thread| {
+                let (kms, stop, sealed) = (kms.clone(), stop.clone(), sealed.clone());
+                std::thread::spawn(move || {
+                    let mut round = 0u32;
+                    while !stop.load(Ordering::Relaxed) && round < 400 {
+                        let key = kms
+                            .create_key(&CreateKey::new(format!("t{thread}-{round}")))
+                            .unwrap();
+                        let ciphertext = kms.encrypt(key.id, b"before", None).unwrap().ciphertext;
+                        sealed.lock().unwrap().push((key.id, ciphertext));
+                        kms.disable_key(key.id, None).unwrap();
+                        if round.is_multiple_of(3) {
+                            kms.enable_key(key.id, None).unwrap();
+                            kms.rotate_key(key.id, None).unwrap();
+                        }
+                        round += 1;
+                    }
+                    round
+                })
+            })
+            .collect();
+        // Let the load build up, then take the backup while it runs.
+        while sealed.lock().unwrap().len() < 40 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Every ciphertext listed here was made before the backup began.
+        let made_before: Vec<_> = sealed.lock().unwrap().clone();
+        let bytes = backup(&kms);
+        stop.store(true, Ordering::Relaxed);
+        let rounds: u32 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        let (seq, image) = entries(&bytes, &root(1));
+        let after = kms.list_keys().unwrap().kms_keys.len();
+        assert!(
+            (image.iter().filter(|(t, _, _)| *t == Table::Keys).count()) < after,
+            "{engine}: the writes went on after the backup ({rounds} rounds)"
+        );
+        assert_eq!(
+            image,
+            recorder.state_at(seq),
+            "{engine}: the image is commit {seq}"
+        );
+        drop(kms);
+
+        for target in Engine::ALL {
+            let restored_dir = dir.path().join(format!("restored-{target}"));
+            let kms = restore_and_open(&bytes, &restored_dir, target, &clock);
+            let (_, again) = entries(&backup(&kms), &root(1));
+            assert_eq!(
+                normalize(again),
+                expected_after_restore(&image, 1),
+                "{engine} restored into {target}"
+            );
+            for (id, ciphertext) in &made_before {
+                let opened = kms.decrypt(*id, ciphertext, None);
+                // Keys disabled at the backup refuse; every other one decrypts.
+                match opened {
+                    Ok(plain) => assert_eq!(plain.plaintext.as_bytes(), b"before"),
+                    Err(error) => assert_eq!(error.code(), "key-disabled", "{error}"),
+                }
+            }
+        }
+    }
+}
+
+/// Keys in every state a zone can hold: enabled, disabled, rotated, automatic rotation on,
+/// pending deletion; with ciphertexts.
+fn varied_zone(kms: &Kms) -> Vec<(KeyId, Vec<u8>)> {
+    let mut sealed = Vec::new();
+    for i in 0u32..12 {
+        let key = kms.create_key(&CreateKey::new(format!("k{i}"))).unwrap();
+        if i.is_multiple_of(3) {
+            kms.rotate_key(key.id, None).unwrap();
+        }
+        sealed.push((
+            key.id,
+            kms.encrypt(key.id, b"payload", Some(b"ctx"))
+                .unwrap()
+                .ciphertext,
+        ));
+        match i % 4 {
+            1 => drop(kms.disable_key(key.id, None).unwrap()),
+            2 => drop(kms.schedule_key_deletion(key.id, Some(7), None).unwrap()),
+            3 => drop(kms.disable_key_rotation(key.id, None).unwrap()),
+            _ => {}
+        }
+    }
+    sealed
+}
+
+#[test]
+fn sled_to_redb_to_sled_round_trip_is_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let sled = Kms::open(
+        dir.path().join("a"),
+        root(1),
+        options("z", &clock).engine(Engine::Sled),
+    )
+    .unwrap();
+    let sealed = varied_zone(&sled);
+    let first = backup(&sled);
+    let (_, image) = entries(&first, &root(1));
+    drop(sled);
+
+    let redb = restore_and_open(&first, &dir.path().join("b"), Engine::Redb, &clock);
+    let second = backup(&redb);
+    drop(redb);
+    let back = restore_and_open(&second, &dir.path().join("c"), Engine::Sled, &clock);
+    assert_eq!(Engine::detect(&dir.path().join("b")), Some(Engine::Redb));
+    assert_eq!(Engine::detect(&dir.path().join("c")), Some(Engine::Sled));
+    let (_, twice) = entries(&backup(&back), &root(1));
+    assert_eq!(normalize(twice), expected_after_restore(&image, 2));
+    for (id, ciphertext) in &sealed {
+        let key = back.get_key(*id).unwrap();
+        match back.decrypt(*id, ciphertext, Some(b"ctx")) {
+            Ok(plain) => assert_eq!(plain.plaintext.as_bytes(), b"payload"),
+            Err(error) => assert_ne!(key.key.status, keylife::api::KeyStatus::Enabled, "{error}"),
+        }
+    }
+}
+
+#[test]
+fn a_flipped_byte_anywhere_is_refused_and_a_refused_restore_leaves_nothing() {
+    let (kms, clock) = common::memory_kms();
+    varied_zone(&kms);
+    let bytes = backup(&kms);
+    for at in 0..bytes.len() {
+        let mut changed = bytes.clone();
+        changed[at] ^= 1;
+        let error = Kms::inspect_backup(&mut &changed[..], &root(1)).unwrap_err();
+        assert!(
+            matches!(error, Error::Corrupt { .. } | Error::WrongRootKey),
+            "byte {at}: {error}"
+        );
+    }
+    assert_eq!(
+        Kms::inspect_backup(&mut &bytes[..bytes.len() - 1], &root(1))
+            .unwrap_err()
+            .code(),
+        "corrupt-record"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let options = RestoreOptions::default().clock(clock.clone());
+    for at in (0..bytes.len()).step_by(bytes.len() / 9) {
+        let mut changed = bytes.clone();
+        changed[at] ^= 0x80;
+        let target = dir.path().join(format!("at-{at}"));
+        assert!(Kms::restore(&mut &changed[..], &target, &root(1), &options).is_err());
+        assert!(!target.exists(), "byte {at}: nothing is built");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no staging directory is left behind"
+    );
+    // The same file, unchanged, restores.
+    Kms::restore(&mut &bytes[..], dir.path().join("ok"), &root(1), &options).unwrap();
+}
+
+#[test]
+fn a_wrong_root_key_or_a_non_empty_target_is_refused() {
+    let (kms, clock) = common::memory_kms();
+    varied_zone(&kms);
+    let bytes = backup(&kms);
+    let dir = tempfile::tempdir().unwrap();
+    let options = RestoreOptions::default().clock(clock);
+    let target = dir.path().join("zone");
+    let error = Kms::restore(&mut &bytes[..], &target, &root(2), &options).unwrap_err();
+    assert!(matches!(error, Error::WrongRootKey), "{error}");
+    assert!(matches!(
+        Kms::inspect_backup(&mut &bytes[..], &root(2)).unwrap_err(),
+        Error::WrongRootKey
+    ));
+    assert!(!target.exists());
+
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("something"), b"x").unwrap();
+    let error = Kms::restore(&mut &bytes[..], &target, &root(1), &options).unwrap_err();
+    assert!(
+        matches!(error, Error::BadRequest { field: "path", .. }),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        1,
+        "the target is untouched"
+    );
+
+    // An empty directory is fine: the store takes its place.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    Kms::restore(&mut &bytes[..], &empty, &root(1), &options).unwrap();
+    assert!(Engine::detect(&empty).is_some());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "no staging left"
+    );
+}
+
+#[test]
+fn versions_made_after_the_backup_are_gone_and_pending_deletions_that_passed_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let kms = Kms::open(dir.path().join("a"), root(1), options("z", &clock)).unwrap();
+    let kept = kms.create_key(&CreateKey::new("kept")).unwrap();
+    let doomed = kms.create_key(&CreateKey::new("doomed")).unwrap();
+    kms.schedule_key_deletion(doomed.id, Some(7), None).unwrap();
+    let before = kms.encrypt(kept.id, b"v1", None).unwrap().ciphertext;
+    let bytes = backup(&kms);
+    kms.rotate_key(kept.id, None).unwrap();
+    let after = kms.encrypt(kept.id, b"v2", None).unwrap().ciphertext;
+    drop(kms);
+
+    clock.advance(jiff::SignedDuration::from_hours(8 * 24));
+    let options = RestoreOptions::default().clock(clock.clone());
+    let report = Kms::restore(&mut &bytes[..], dir.path().join("b"), &root(1), &options).unwrap();
+    assert_eq!(report.deleted_since_backup, vec![doomed.id]);
+    assert_eq!(report.backup.keys, 2);
+    assert_eq!(report.origin_keys, 2);
+    let kms = Kms::open(dir.path().join("b"), root(1), options_for("z", &clock)).unwrap();
+    assert_eq!(
+        kms.decrypt(kept.id, &before, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"v1"
+    );
+    assert_eq!(
+        kms.decrypt(kept.id, &after, None).unwrap_err().code(),
+        "invalid-ciphertext"
+    );
+    assert_eq!(kms.get_key(kept.id).unwrap().key.material.version, 1);
+}
+
+#[test]
+fn replicas_follow_a_restored_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let link = LocalLink::new();
+    let open = |path: &Path, zone: &str| {
+        let kms = Kms::open(path, root(1), options(zone, &clock).link(link.clone())).unwrap();
+        link.attach(&kms);
+        kms
+    };
+    let origin = open(&dir.path().join("gva"), "ch-gva-2");
+    let replica = open(&dir.path().join("fra"), "de-fra-1");
+    let key = origin
+        .create_key(&CreateKey {
+            multi_zone: true,
+            ..CreateKey::new("shared")
+        })
+        .unwrap();
+    origin.replicate_key(key.id, "de-fra-1", None).unwrap();
+    origin.sync().unwrap();
+    let bytes = backup(&origin);
+    let at_backup = origin.get_key(key.id).unwrap().key.revision.seq;
+    // After the backup: the deletion is scheduled, and the replica follows.
+    origin
+        .schedule_key_deletion(key.id, Some(30), None)
+        .unwrap();
+    origin.sync().unwrap();
+    assert_eq!(
+        replica.get_key(key.id).unwrap().key.status,
+        keylife::api::KeyStatus::PendingDeletion
+    );
+    drop(origin);
+
+    let options = RestoreOptions::default().clock(clock.clone());
+    let report =
+        Kms::restore(&mut &bytes[..], dir.path().join("gva2"), &root(1), &options).unwrap();
+    assert_eq!(report.replicas_owed, 1);
+    let origin = open(&dir.path().join("gva2"), "ch-gva-2");
+    let restored = origin.get_key(key.id).unwrap();
+    assert_eq!(restored.key.revision.seq, at_backup + RESTORE_MARGIN);
+    assert_eq!(restored.key.status, keylife::api::KeyStatus::Enabled);
+    let report = origin.sync().unwrap();
+    assert_eq!(
+        report.delivered,
+        vec![(key.id, "de-fra-1".to_owned())],
+        "{report:?}"
+    );
+    let follower = replica.get_key(key.id).unwrap();
+    assert_ne!(
+        follower.key.status,
+        keylife::api::KeyStatus::PendingDeletion
+    );
+    let status = &origin.get_key(key.id).unwrap().replicas_status;
+    assert_eq!(status.len(), 1);
+    assert_eq!(
+        status[0].last_applied_watermark,
+        at_backup + RESTORE_MARGIN,
+        "{status:?}"
+    );
+}
