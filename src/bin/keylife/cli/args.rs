@@ -45,6 +45,25 @@ pub(crate) enum LocalCommand {
     /// Check an audit log: `keylife audit verify`.
     #[command(subcommand)]
     Audit(super::audit::AuditCommand),
+    /// Back up a zone's store to a file, or check a backup file (`keylife backup inspect`).
+    ///
+    /// The file holds every key, sealed material version (still sealed under the root key),
+    /// index and replica delivery state as of one commit, and a MAC over all of it under a key
+    /// derived from the root key. Restore it with `keylife restore`.
+    ///
+    /// Exit status: 0 on success; 1 when the store or the file refused; 2 for a malformed
+    /// command line.
+    Backup(super::backup::BackupArgs),
+    /// Build a zone's store from a backup file, with either engine.
+    ///
+    /// The store is built beside DATA/ZONE, checked, then renamed into place: the target must
+    /// be absent or empty, and a refused or interrupted restore leaves it as it was. Each of
+    /// the zone's own keys continues 2^32 revisions above the backup's, so that replicas
+    /// follow it again; what happened after the backup is lost.
+    ///
+    /// Exit status: 0 on success; 1 when the file does not verify under the root key, the
+    /// target is not empty, or the store cannot be built; 2 for a malformed command line.
+    Restore(super::backup::RestoreArgs),
 }
 
 /// `keylife key ...`.

@@ -1,5 +1,5 @@
 //! The commands on a local store: `keylife key ...`, `encrypt`, `decrypt`,
-//! `generate-data-key`.
+//! `generate-data-key`, `audit verify`, `backup`, `restore`.
 //!
 //! Each command opens the stores of the data directory the way `keylife serve` does (`DATA/ZONE`
 //! per zone, every zone found there connected by one [`keylife::LocalLink`], so replicas follow
@@ -14,10 +14,12 @@
 //!
 //! - [`args`]: what each command takes; [`zones`]: the stores and the key a command names;
 //! - [`key`]: `keylife key ...`; [`crypto`]: encrypt, decrypt, generate-data-key;
-//! - [`io`]: reading inputs and writing outputs; [`format`] and [`table`]: human listings.
+//! - [`io`]: reading inputs and writing outputs; [`format`] and [`table`]: human listings;
+//! - [`audit`]: `keylife audit verify`; [`backup`]: `keylife backup`, `keylife restore`.
 
 mod args;
 mod audit;
+mod backup;
 mod crypto;
 mod format;
 mod io;
@@ -96,5 +98,7 @@ fn execute(command: LocalCommand) -> Result<(), Failure> {
         LocalCommand::Decrypt(args) => crypto::decrypt(args),
         LocalCommand::GenerateDataKey(args) => crypto::generate_data_key(args),
         LocalCommand::Audit(command) => audit::run(command),
+        LocalCommand::Backup(args) => backup::backup(args),
+        LocalCommand::Restore(args) => backup::restore(&args),
     }
 }

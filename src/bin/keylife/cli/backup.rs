@@ -1,0 +1,241 @@
+//! `keylife backup`, `keylife backup inspect` and `keylife restore`: a zone's store to a file
+//! and back (docs/design.md, "Backup and restore").
+
+use std::fs::File;
+use std::io::{BufReader, Write as _};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use keylife::store::Engine;
+use keylife::{BackupSummary, Error, Kms, KmsOptions, RestoreOptions, RootKey};
+
+use super::Failure;
+use super::args::DEFAULT_ZONE;
+use crate::config::{self, RootKeyBytes};
+
+/// `keylife backup ...`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct BackupArgs {
+    #[command(subcommand)]
+    command: Option<BackupCommand>,
+    /// Data directory holding the zone's store (DIR/ZONE), as with `keylife serve`. Stop the
+    /// server first: a store has one user at a time.
+    #[arg(long, value_name = "DIR", env = "KEYLIFE_DATA")]
+    data: Option<PathBuf>,
+    /// The zone to back up. Default: the one zone whose store is in DIR.
+    #[arg(long, value_name = "NAME", env = "KEYLIFE_ZONE")]
+    zone: Option<String>,
+    /// File holding the root key (base64 of 32 bytes); else KEYLIFE_ROOT_KEY.
+    #[arg(long, value_name = "FILE")]
+    root_key_file: Option<PathBuf>,
+    /// The backup file to write (created, mode 0600, replaced only once complete).
+    #[arg(long, value_name = "FILE", required = true)]
+    out: Option<PathBuf>,
+}
+
+/// `keylife backup inspect`.
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Verify a backup file under the root key and summarise it.
+    ///
+    /// Checks the MAC over every byte and every entry's framing. Exit status: 0 when the file
+    /// verifies; 1 when it does not (changed, cut short, not a backup, another root key).
+    Inspect(InspectArgs),
+}
+
+/// What `keylife backup inspect` takes.
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// File holding the root key the backed-up store was sealed under; else KEYLIFE_ROOT_KEY.
+    #[arg(long, value_name = "FILE")]
+    root_key_file: Option<PathBuf>,
+    /// The backup file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+}
+
+/// What `keylife restore` takes.
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The backup file (made by `keylife backup`).
+    #[arg(long, value_name = "FILE")]
+    from: PathBuf,
+    /// Data directory: the store is built in DIR/ZONE, ZONE being the backup's zone, which
+    /// must be absent or empty.
+    #[arg(long, value_name = "DIR", env = "KEYLIFE_DATA")]
+    data: PathBuf,
+    /// File holding the backed-up store's root key; else KEYLIFE_ROOT_KEY.
+    #[arg(long, value_name = "FILE")]
+    root_key_file: Option<PathBuf>,
+    /// The new store's engine: sled (the default) or redb, whatever the backup's was.
+    #[arg(long, value_name = "ENGINE")]
+    engine: Option<Engine>,
+}
+
+/// Runs `keylife backup ...`.
+pub(super) fn backup(args: BackupArgs) -> Result<(), Failure> {
+    if let Some(BackupCommand::Inspect(inspect)) = args.command {
+        return self::inspect(&inspect);
+    }
+    let data = args.data.as_deref().ok_or_else(|| {
+        Failure::Other("give the data directory with --data DIR (or KEYLIFE_DATA)".to_owned())
+    })?;
+    let out = args
+        .out
+        .as_deref()
+        .ok_or_else(|| Failure::Other("give the backup file with --out FILE".to_owned()))?;
+    let root = RootKeyBytes::load(args.root_key_file.as_deref())?;
+    let zone = one_zone(data, args.zone.as_deref())?;
+    let dir = config::zone_dir(data, &zone);
+    let kms = Kms::open(&dir, root.root_key(), KmsOptions::new(zone.clone()))
+        .map_err(|error| open_failure(&zone, &dir, error))?;
+    drop(root);
+    let summary = write_atomically(out, |file| kms.backup(file).map_err(Failure::Kms))?;
+    println!(
+        "{}: {summary}; writes paused {:.1} ms",
+        out.display(),
+        summary.writes_paused.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+/// Runs `keylife backup inspect`.
+fn inspect(args: &InspectArgs) -> Result<(), Failure> {
+    let root = RootKeyBytes::load(args.root_key_file.as_deref())?;
+    let summary = read_summary(&args.file, &root.root_key())?;
+    println!("{}: verifies; {summary}", args.file.display());
+    Ok(())
+}
+
+/// Runs `keylife restore`.
+pub(super) fn restore(args: &RestoreArgs) -> Result<(), Failure> {
+    let root = RootKeyBytes::load(args.root_key_file.as_deref())?;
+    let root = root.root_key();
+    // The zone, hence the target, comes from the file: it is read (and verified) first.
+    let summary = read_summary(&args.from, &root)?;
+    config::check_zone_name(&summary.zone)?;
+    let target = config::zone_dir(&args.data, &summary.zone);
+    let options = RestoreOptions {
+        engine: args.engine,
+        ..RestoreOptions::default()
+    };
+    let mut file = BufReader::new(open(&args.from)?);
+    let report = Kms::restore(&mut file, &target, &root, &options)?;
+    println!(
+        "restored zone {} from {} (commit {}, taken at {}) into {} with {}: {} keys, {} of \
+         them this zone's own, moved {} revisions up; {} replicas owed a delivery; {:.2} s",
+        summary.zone,
+        args.from.display(),
+        summary.commit_seq,
+        summary.taken_at,
+        target.display(),
+        report.engine,
+        report.backup.keys,
+        report.origin_keys,
+        report.revision_margin,
+        report.replicas_owed,
+        report.elapsed.as_secs_f64()
+    );
+    if !report.deleted_since_backup.is_empty() {
+        println!(
+            "keys destroyed after the backup (their deletion date has passed), back as pending \
+             deletion until the zone's first due run:"
+        );
+        for id in &report.deleted_since_backup {
+            println!("  {id}");
+        }
+    }
+    Ok(())
+}
+
+/// The backup in `path`, verified under `root`.
+fn read_summary(path: &Path, root: &RootKey) -> Result<BackupSummary, Failure> {
+    let mut file = BufReader::new(open(path)?);
+    Kms::inspect_backup(&mut file, root).map_err(|error| {
+        Failure::Other(match error {
+            // Neither the check value nor the MAC verifies: told apart from damage only by
+            // likelihood.
+            Error::WrongRootKey => format!(
+                "{}: does not verify: it was taken under another root key (or its header was \
+                 damaged) [{}]",
+                path.display(),
+                error.code()
+            ),
+            error => format!(
+                "{}: does not verify: {error} [{}]",
+                path.display(),
+                error.code()
+            ),
+        })
+    })
+}
+
+fn open(path: &Path) -> Result<File, Failure> {
+    File::open(path)
+        .map_err(|error| Failure::Other(format!("cannot read {}: {error}", path.display())))
+}
+
+/// The zone of `data` to act on: `zone`, else the only one there.
+fn one_zone(data: &Path, zone: Option<&str>) -> Result<String, Failure> {
+    if let Some(zone) = zone {
+        config::check_zone_name(zone)?;
+        return Ok(zone.to_owned());
+    }
+    let zones = config::existing_zones(data)?;
+    match zones.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => Err(Failure::Other(format!(
+            "{} holds no zone's store (a store of zone {DEFAULT_ZONE} would be {})",
+            data.display(),
+            config::zone_dir(data, DEFAULT_ZONE).display()
+        ))),
+        several => Err(Failure::Other(format!(
+            "{} holds the stores of several zones ({}): choose one with --zone",
+            data.display(),
+            several.join(", ")
+        ))),
+    }
+}
+
+fn open_failure(zone: &str, dir: &Path, error: Error) -> Failure {
+    match error {
+        Error::StoreInUse { .. } => Failure::Other(format!(
+            "zone {zone}: the store {} is in use: stop the server first (a store has one user \
+             at a time), or back it up over HTTP with --url [store-in-use]",
+            dir.display()
+        )),
+        error => Failure::Other(format!(
+            "zone {zone}: cannot open {}: {error} [{}]",
+            dir.display(),
+            error.code()
+        )),
+    }
+}
+
+/// Writes `path` through `write` into a new file beside it (mode 0600), synced, then renamed
+/// over `path`: a failed or interrupted backup never leaves a partial file under its name.
+pub(super) fn write_atomically<T>(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let failed =
+        |error: std::io::Error| Failure::Other(format!("cannot write {}: {error}", path.display()));
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // tempfile creates its files with mode 0600.
+    let mut file = tempfile::Builder::new()
+        .prefix(".keylife-backup-")
+        .tempfile_in(dir)
+        .map_err(failed)?;
+    let value = write(file.as_file_mut())?;
+    file.as_file_mut().flush().map_err(failed)?;
+    file.as_file().sync_all().map_err(failed)?;
+    file.persist(path).map_err(|error| failed(error.error))?;
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(failed)?;
+    Ok(value)
+}
