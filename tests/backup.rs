@@ -482,3 +482,42 @@ fn replicas_follow_a_restored_origin() {
         "{status:?}"
     );
 }
+
+/// The limit design.md names: a replica that holds versions made after the backup refuses the
+/// restored origin (versions are never taken away), and the origin shows it.
+#[test]
+fn a_replica_ahead_in_versions_refuses_the_restored_origin_and_the_origin_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let link = LocalLink::new();
+    let open = |path: &Path, zone: &str| {
+        let kms = Kms::open(path, root(1), options(zone, &clock).link(link.clone())).unwrap();
+        link.attach(&kms);
+        kms
+    };
+    let origin = open(&dir.path().join("gva"), "ch-gva-2");
+    let replica = open(&dir.path().join("fra"), "de-fra-1");
+    let key = origin
+        .create_key(&CreateKey {
+            multi_zone: true,
+            ..CreateKey::new("shared")
+        })
+        .unwrap();
+    origin.replicate_key(key.id, "de-fra-1", None).unwrap();
+    origin.sync().unwrap();
+    let bytes = backup(&origin);
+    origin.rotate_key(key.id, None).unwrap();
+    origin.sync().unwrap();
+    assert_eq!(replica.get_key(key.id).unwrap().key.material.version, 2);
+    drop(origin);
+
+    let options = RestoreOptions::default().clock(clock.clone());
+    Kms::restore(&mut &bytes[..], dir.path().join("gva2"), &root(1), &options).unwrap();
+    let origin = open(&dir.path().join("gva2"), "ch-gva-2");
+    let report = origin.sync().unwrap();
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(report.failed[0].2.code(), "conflict", "{report:?}");
+    let status = &origin.get_key(key.id).unwrap().replicas_status;
+    assert!(status[0].last_failure.is_some(), "{status:?}");
+    assert_eq!(replica.get_key(key.id).unwrap().key.material.version, 2);
+}
