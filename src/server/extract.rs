@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
 use super::auth::{self, AuthError, Grants};
+use super::backup::BACKUP_PATH;
 use super::keyring::Keyring;
 use super::problem::Problem;
 use super::replay::ReplayCache;
@@ -40,6 +41,8 @@ pub(crate) struct Zone {
     pub(crate) replays: Option<Arc<ReplayCache>>,
     /// The audit log, if one is written.
     pub(crate) audit: Option<Arc<AuditLog>>,
+    /// One permit: the backup being sent (`POST /keylife/v1/backup`), one at a time.
+    pub(crate) backups: Arc<Semaphore>,
 }
 
 /// A request whose signature checked out: the zone as its signer (the API key is the
@@ -80,9 +83,13 @@ const INLINE_BODY_BYTES: usize = 64 * 1024;
 /// request at a time, so with `--max-connections` 1024 these shares hold at most 64 MiB.
 pub(crate) const FREE_SHARE_BYTES: usize = 64 * 1024;
 
-/// The API operation of a route of [`super::http::router`] (`None` for a path that names
-/// none: the router answers those before any extractor runs).
+/// The operation of a signed route of [`super::http::router`]: an API operation under
+/// `/v2`, or [`Operation::Backup`] for `POST /keylife/v1/backup` (`None` for a path and method
+/// that name none: the router answers those before any extractor runs).
 pub(crate) fn operation_of(method: &Method, path: &str) -> Option<Operation> {
+    if path == BACKUP_PATH {
+        return (method == Method::POST).then_some(Operation::Backup);
+    }
     let rest = path.strip_prefix("/v2/kms-key")?;
     let mut segments = rest.strip_prefix('/').map(|rest| rest.split('/'));
     let (id, action) = match segments.as_mut() {
@@ -122,11 +129,13 @@ pub(crate) fn operation_of(method: &Method, path: &str) -> Option<Operation> {
 
 /// Whether `operation` changes state: the replay cache holds its signatures. The crypto
 /// operations do not (encrypt and generate-data-key make a new answer each time, and replaying
-/// a decrypt gives the attacker nothing a captured answer does not).
+/// a decrypt gives the attacker nothing a captured answer does not). A backup changes nothing:
+/// replaying one gives what the captured answer gives.
 pub(crate) fn changes_state(operation: Operation) -> bool {
     !matches!(
         operation,
-        Operation::Encrypt
+        Operation::Backup
+            | Operation::Encrypt
             | Operation::Decrypt
             | Operation::ReEncrypt
             | Operation::GenerateDataKey
@@ -205,7 +214,9 @@ impl FromRequest<Arc<Zone>> for Signed {
             return Err(Problem::replayed());
         }
         let caller = Caller::new(verified.key);
-        let caller = if grants.is_unrestricted() {
+        // An unrestricted credential skips the library's check for the API's operations; for
+        // keylife's own (backup), the library checks the grant too.
+        let caller = if grants.is_unrestricted() && operation != Operation::Backup {
             caller
         } else {
             let grants = grants.clone();
@@ -549,6 +560,7 @@ mod tests {
                 key("generate-data-key"),
                 Operation::GenerateDataKey,
             ),
+            (Method::POST, BACKUP_PATH.to_owned(), Operation::Backup),
         ];
         for (method, path, operation) in &cases {
             assert_eq!(
@@ -571,6 +583,9 @@ mod tests {
             (Method::GET, "/v2/kms-keys".to_owned()),
             (Method::POST, key("explode")),
             (Method::GET, "/keylife/v1/health".to_owned()),
+            (Method::GET, BACKUP_PATH.to_owned()),
+            (Method::HEAD, BACKUP_PATH.to_owned()),
+            (Method::POST, format!("{BACKUP_PATH}/x")),
         ] {
             assert_eq!(operation_of(&method, &path), None, "{method} {path}");
         }

@@ -1,6 +1,7 @@
-//! The routes: the 16 operations of Exoscale's KMS API under `/v2`. Each handler gets a
-//! signed request ([`Signed`], or [`KeyCall`] with the path's key id), checks the body field by
-//! field, and answers the spec's JSON or a problem document.
+//! The routes: the 16 operations of Exoscale's KMS API under `/v2`, and keylife's health check
+//! and backup under `/keylife/v1`. Each handler gets a signed request ([`Signed`], or
+//! [`KeyCall`] with the path's key id), checks the body field by field, and answers the spec's
+//! JSON or a problem document.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use serde::Serialize;
 
 use super::extract::{Answer, Json, KeyCall, Signed, Zone, answers_within_budget};
 
+use super::backup::{BACKUP_PATH, backup};
 use super::health::{HEALTH_PATH, Health, health};
 use super::problem::Problem;
 use crate::api::{
@@ -42,7 +44,8 @@ pub(crate) fn router(zone: Arc<Zone>, zones: Arc<Health>) -> Router {
     let router = Router::new()
         .route("/v2/kms-key", get(list_keys).post(create_key))
         .route("/v2/kms-key/{id}", get(get_key))
-        .route(HEALTH_PATH, get(health).with_state(zones));
+        .route(HEALTH_PATH, get(health).with_state(zones))
+        .route(BACKUP_PATH, post(backup));
     key_routes
         .into_iter()
         .fold(router, |router, (operation, handler)| {

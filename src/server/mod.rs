@@ -38,6 +38,8 @@
 pub mod audit_log;
 mod audited;
 pub mod auth;
+mod backup;
+pub mod client;
 mod extract;
 mod health;
 mod http;
@@ -62,6 +64,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{DueRun, DueRunner, Kms};
 
+pub use self::backup::BACKUP_PATH;
 pub use self::health::HEALTH_PATH;
 pub use self::keyring::Keyring;
 use self::tls::WriteDeadline;
@@ -327,6 +330,7 @@ pub async fn serve(
             max_validity_secs,
             replays: replays.clone(),
             audit: options.audit.clone(),
+            backups: Arc::new(Semaphore::new(1)),
         });
         servers.spawn(accept_loop(
             listener,

@@ -98,6 +98,17 @@ impl Problem {
         Problem::new("server-busy", "Server busy", 503, detail)
     }
 
+    /// 503 for a backup asked while another backup of `zone` is being sent: a zone sends one
+    /// at a time (each holds an image of the whole zone in memory); retry when it is done.
+    #[must_use]
+    pub fn backup_running(zone: &str) -> Problem {
+        let detail = format!(
+            "a backup of zone {zone} is being sent: a zone sends one backup at a time; retry \
+             when it is done"
+        );
+        Problem::new("server-busy", "Server busy", 503, detail)
+    }
+
     /// The audit log cannot be written: 503 for a state change refused before it ran, 500 for
     /// one that was `applied` but whose audit line could not be synced (not acknowledged).
     #[must_use]

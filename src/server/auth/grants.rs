@@ -149,11 +149,14 @@ impl Grants {
         Ok(grants)
     }
 
-    /// Whether the credential may call `operation` (an API operation) at all, in some zone
-    /// and on some key.
+    /// Whether the credential may call `operation` at all, in some zone and on some key: an
+    /// API operation it was granted, or [`Operation::Backup`] with the `admin` grant.
     #[must_use]
     pub fn allows_operation(&self, operation: Operation) -> bool {
-        bit(operation).is_some_and(|bit| self.operations & bit != 0)
+        match operation {
+            Operation::Backup => self.is_admin(),
+            operation => bit(operation).is_some_and(|bit| self.operations & bit != 0),
+        }
     }
 
     /// Whether the credential has the `admin` grant (keylife's routes for operators).
@@ -204,7 +207,6 @@ impl Grants {
         let operation_ok = match access.operation {
             // What the server runs itself, never for a caller.
             Operation::RunDue | Operation::Sync => true,
-            Operation::Backup => self.is_admin(),
             operation => self.allows_operation(operation),
         };
         operation_ok
