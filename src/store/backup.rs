@@ -169,6 +169,13 @@ pub fn read_backup(
     Ok(Backup { header, entries })
 }
 
+/// The header of the backup file that starts with `bytes`, as it reads: nothing is verified
+/// (the MAC needs the root key, [`read_backup`]). For a client that fetched a backup and has
+/// no root key, to say what it received.
+pub fn read_header(bytes: &[u8]) -> Result<BackupHeader, Error> {
+    Reader { bytes, at: 0 }.header()
+}
+
 /// Writes through a MAC, counting bytes.
 struct MacWriter<W: Write> {
     out: W,

@@ -1,6 +1,7 @@
 //! `keylife backup`, `keylife backup inspect` and `keylife restore`: a zone's store to a file
 //! and back (docs/design.md, "Backup and restore").
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,17 @@ pub(crate) struct BackupArgs {
     /// File holding the root key (base64 of 32 bytes); else KEYLIFE_ROOT_KEY.
     #[arg(long, value_name = "FILE")]
     root_key_file: Option<PathBuf>,
+    /// Back up a running zone instead: its API URL as `keylife serve` prints it
+    /// (`http://ADDR/v2`, `https://ADDR/v2`). The request is signed with the credential in
+    /// EXOSCALE_API_KEY and EXOSCALE_API_SECRET, which needs the `admin` grant; no root key is
+    /// needed (the file's MAC is checked by `backup inspect` or `restore`).
+    /// --data and --zone are refused with it (KEYLIFE_DATA and KEYLIFE_ZONE are ignored).
+    #[arg(long, value_name = "URL", conflicts_with = "root_key_file")]
+    url: Option<String>,
+    /// With an https:// URL: PEM file of the CA certificates the server's certificate must
+    /// chain to (required for HTTPS: no platform root store is read).
+    #[arg(long, value_name = "PEM", requires = "url")]
+    ca_file: Option<PathBuf>,
     /// The backup file to write (created, mode 0600, replaced only once complete).
     #[arg(long, value_name = "FILE", required = true)]
     out: Option<PathBuf>,
@@ -77,6 +89,34 @@ pub(crate) struct RestoreArgs {
 pub(super) fn backup(args: BackupArgs) -> Result<(), Failure> {
     if let Some(BackupCommand::Inspect(inspect)) = args.command {
         return self::inspect(&inspect);
+    }
+    if let Some(url) = args.url.as_deref() {
+        // clap counts a value from the environment as given: tell them apart here, so that
+        // KEYLIFE_DATA set for the local commands does not refuse --url.
+        for (option, value, variable) in [
+            (
+                "--data",
+                args.data.as_deref().map(Path::as_os_str),
+                "KEYLIFE_DATA",
+            ),
+            (
+                "--zone",
+                args.zone.as_deref().map(OsStr::new),
+                "KEYLIFE_ZONE",
+            ),
+        ] {
+            if value.is_some() && value != std::env::var_os(variable).as_deref() {
+                return Err(Failure::Other(format!(
+                    "--url backs up a running zone: {option} (a local store) cannot be used \
+                     with it"
+                )));
+            }
+        }
+        let out = args
+            .out
+            .as_deref()
+            .ok_or_else(|| Failure::Other("give the backup file with --out FILE".to_owned()))?;
+        return super::remote::backup(url, args.ca_file.as_deref(), out);
     }
     let data = args.data.as_deref().ok_or_else(|| {
         Failure::Other("give the data directory with --data DIR (or KEYLIFE_DATA)".to_owned())

@@ -15,7 +15,8 @@
 //! - [`args`]: what each command takes; [`zones`]: the stores and the key a command names;
 //! - [`key`]: `keylife key ...`; [`crypto`]: encrypt, decrypt, generate-data-key;
 //! - [`io`]: reading inputs and writing outputs; [`format`] and [`table`]: human listings;
-//! - [`audit`]: `keylife audit verify`; [`backup`]: `keylife backup`, `keylife restore`.
+//! - [`audit`]: `keylife audit verify`; [`backup`]: `keylife backup`, `keylife restore`;
+//! - [`remote`]: `keylife backup --url`, a running zone's backup over HTTP.
 
 mod args;
 mod audit;
@@ -24,6 +25,7 @@ mod crypto;
 mod format;
 mod io;
 mod key;
+mod remote;
 mod table;
 mod zones;
 
