@@ -28,7 +28,10 @@ fn operations(c: &mut Criterion) {
             let dir = common::store_dir(engine, keys);
             let started = Instant::now();
             common::build_store(&dir, keys, engine);
-            eprintln!("{engine} store of {keys} keys ready in {:?}", started.elapsed());
+            eprintln!(
+                "{engine} store of {keys} keys ready in {:?}",
+                started.elapsed()
+            );
             let clock = ManualClock::new(common::start());
             let kms = common::open(&dir, keys, &clock);
             let mut file = Vec::new();
