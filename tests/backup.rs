@@ -521,3 +521,40 @@ fn a_replica_ahead_in_versions_refuses_the_restored_origin_and_the_origin_shows_
     assert!(status[0].last_failure.is_some(), "{status:?}");
     assert_eq!(replica.get_key(key.id).unwrap().key.material.version, 2);
 }
+
+/// A backup is asked of the caller's check (`backup`, on the zone) and sends its audit event.
+#[test]
+fn a_backup_is_asked_of_the_callers_check_and_audited() {
+    use keylife::{AuditSink, Caller, Operation, Target};
+    let (kms, _) = common::memory_kms();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = {
+        let seen = seen.clone();
+        AuditSink::new(move |event| seen.lock().unwrap().push(event.clone()))
+    };
+    let refused = kms
+        .with_audit(sink.clone())
+        .as_caller(Caller::new("ops").permit(|access| access.operation != Operation::Backup));
+    let mut out = Vec::new();
+    let error = refused.backup(&mut out).unwrap_err();
+    assert_eq!(error.code(), "permission-denied");
+    assert!(out.is_empty(), "nothing is written for a refused caller");
+    let allowed =
+        kms.with_audit(sink)
+            .as_caller(Caller::new("ops").permit(|access| {
+                access.operation == Operation::Backup && access.target == Target::Zone
+            }));
+    allowed.backup(&mut out).unwrap();
+    let events = seen.lock().unwrap();
+    let outcomes: Vec<_> = events
+        .iter()
+        .map(|e| (e.operation, e.outcome, e.actor.as_deref()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (Operation::Backup, "permission-denied", Some("ops")),
+            (Operation::Backup, "ok", Some("ops"))
+        ]
+    );
+}
