@@ -422,26 +422,50 @@ fn versions_made_after_the_backup_are_gone_and_pending_deletions_that_passed_are
     assert_eq!(kms.get_key(kept.id).unwrap().key.material.version, 1);
 }
 
+/// Two zones on disk, ch-gva-2 and de-fra-1, joined by a [`LocalLink`].
+struct Pair {
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    link: Arc<LocalLink>,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        Pair {
+            dir: tempfile::tempdir().unwrap(),
+            clock: ManualClock::new(start()),
+            link: LocalLink::new(),
+        }
+    }
+
+    /// Opens (or creates) the store `name` of the pair's directory for `zone`, on the link.
+    fn open(&self, name: &str, zone: &str) -> Kms {
+        let options = options(zone, &self.clock).link(self.link.clone());
+        let kms = Kms::open(self.dir.path().join(name), root(1), options).unwrap();
+        self.link.attach(&kms);
+        kms
+    }
+
+    /// The two zones, with a multi-zone key of ch-gva-2 replicated to de-fra-1.
+    fn replicated(&self) -> (Kms, Kms, keylife::api::CreatedKey) {
+        let origin = self.open("gva", "ch-gva-2");
+        let replica = self.open("fra", "de-fra-1");
+        let key = origin
+            .create_key(&CreateKey {
+                multi_zone: true,
+                ..CreateKey::new("shared")
+            })
+            .unwrap();
+        origin.replicate_key(key.id, "de-fra-1", None).unwrap();
+        origin.sync().unwrap();
+        (origin, replica, key)
+    }
+}
+
 #[test]
 fn replicas_follow_a_restored_origin() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
-    let link = LocalLink::new();
-    let open = |path: &Path, zone: &str| {
-        let kms = Kms::open(path, root(1), options(zone, &clock).link(link.clone())).unwrap();
-        link.attach(&kms);
-        kms
-    };
-    let origin = open(&dir.path().join("gva"), "ch-gva-2");
-    let replica = open(&dir.path().join("fra"), "de-fra-1");
-    let key = origin
-        .create_key(&CreateKey {
-            multi_zone: true,
-            ..CreateKey::new("shared")
-        })
-        .unwrap();
-    origin.replicate_key(key.id, "de-fra-1", None).unwrap();
-    origin.sync().unwrap();
+    let pair = Pair::new();
+    let (origin, replica, key) = pair.replicated();
     let bytes = backup(&origin);
     let at_backup = origin.get_key(key.id).unwrap().key.revision.seq;
     // After the backup: the deletion is scheduled, and the replica follows.
@@ -455,11 +479,16 @@ fn replicas_follow_a_restored_origin() {
     );
     drop(origin);
 
-    let options = RestoreOptions::default().clock(clock.clone());
-    let report =
-        Kms::restore(&mut &bytes[..], dir.path().join("gva2"), &root(1), &options).unwrap();
+    let options = RestoreOptions::default().clock(pair.clock.clone());
+    let report = Kms::restore(
+        &mut &bytes[..],
+        pair.dir.path().join("gva2"),
+        &root(1),
+        &options,
+    )
+    .unwrap();
     assert_eq!(report.replicas_owed, 1);
-    let origin = open(&dir.path().join("gva2"), "ch-gva-2");
+    let origin = pair.open("gva2", "ch-gva-2");
     let restored = origin.get_key(key.id).unwrap();
     assert_eq!(restored.key.revision.seq, at_backup + RESTORE_MARGIN);
     assert_eq!(restored.key.status, keylife::api::KeyStatus::Enabled);
@@ -487,33 +516,23 @@ fn replicas_follow_a_restored_origin() {
 /// restored origin (versions are never taken away), and the origin shows it.
 #[test]
 fn a_replica_ahead_in_versions_refuses_the_restored_origin_and_the_origin_shows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
-    let link = LocalLink::new();
-    let open = |path: &Path, zone: &str| {
-        let kms = Kms::open(path, root(1), options(zone, &clock).link(link.clone())).unwrap();
-        link.attach(&kms);
-        kms
-    };
-    let origin = open(&dir.path().join("gva"), "ch-gva-2");
-    let replica = open(&dir.path().join("fra"), "de-fra-1");
-    let key = origin
-        .create_key(&CreateKey {
-            multi_zone: true,
-            ..CreateKey::new("shared")
-        })
-        .unwrap();
-    origin.replicate_key(key.id, "de-fra-1", None).unwrap();
-    origin.sync().unwrap();
+    let pair = Pair::new();
+    let (origin, replica, key) = pair.replicated();
     let bytes = backup(&origin);
     origin.rotate_key(key.id, None).unwrap();
     origin.sync().unwrap();
     assert_eq!(replica.get_key(key.id).unwrap().key.material.version, 2);
     drop(origin);
 
-    let options = RestoreOptions::default().clock(clock.clone());
-    Kms::restore(&mut &bytes[..], dir.path().join("gva2"), &root(1), &options).unwrap();
-    let origin = open(&dir.path().join("gva2"), "ch-gva-2");
+    let options = RestoreOptions::default().clock(pair.clock.clone());
+    Kms::restore(
+        &mut &bytes[..],
+        pair.dir.path().join("gva2"),
+        &root(1),
+        &options,
+    )
+    .unwrap();
+    let origin = pair.open("gva2", "ch-gva-2");
     let report = origin.sync().unwrap();
     assert_eq!(report.failed.len(), 1, "{report:?}");
     assert_eq!(report.failed[0].2.code(), "conflict", "{report:?}");
