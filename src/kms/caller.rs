@@ -55,11 +55,15 @@ pub enum Operation {
     RunDue,
     /// [`Kms::sync`](crate::Kms::sync): every waiting delivery, now.
     Sync,
+    /// [`Kms::import_keys`](crate::Kms::import_keys): keys brought in with fixed ids and
+    /// their material (keylife's, not an operation of the API; asked once per key, as
+    /// [`Target::NewKey`] with its name).
+    ImportKey,
 }
 
 impl Operation {
     /// The operation's name: the API's `operationId`, or `receive-update`, `retire-version`,
-    /// `run-due`, `sync`.
+    /// `run-due`, `sync`, `import-key`.
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
@@ -83,6 +87,7 @@ impl Operation {
             Operation::RetireVersion => "retire-version",
             Operation::RunDue => "run-due",
             Operation::Sync => "sync",
+            Operation::ImportKey => "import-key",
         }
     }
 
