@@ -22,7 +22,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use jiff::Timestamp;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
@@ -46,15 +46,16 @@ struct SeedKey {
     import: KeyImport,
 }
 
-/// What applying a seed did, key by key in the file's order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What applying a seed did, key by key in the file's order. Serializes to
+/// `{"keys": [{"zone", "id", "name", "outcome": "created" | "already-present"}]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SeedReport {
     /// One entry per key of the file.
     pub keys: Vec<SeedApplied>,
 }
 
 /// One key of a seed file, applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SeedApplied {
     /// The zone it was applied to.
     pub zone: String,
@@ -63,7 +64,12 @@ pub struct SeedApplied {
     /// Its name.
     pub name: String,
     /// Created, or already present (and left as it is).
+    #[serde(serialize_with = "outcome_name")]
     pub outcome: ImportOutcome,
+}
+
+fn outcome_name<S: Serializer>(outcome: &ImportOutcome, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(outcome.as_str())
 }
 
 /// A string that is wiped when dropped: material and `derive` strings.
@@ -194,13 +200,31 @@ impl Seed {
     /// a failure while writing (the store failing, or a change made between the check and
     /// the write) leaves the zones written before it applied, and applying again completes.
     pub fn apply(&self, zones: &[Kms]) -> Result<SeedReport, Error> {
+        self.place_and_apply(zones, None)
+    }
+
+    /// [`Seed::apply`], with the keys that name no zone going to zone `default` (one of
+    /// `zones`) however many zones there are: the command line's chosen zone.
+    pub fn apply_with_default(&self, zones: &[Kms], default: &str) -> Result<SeedReport, Error> {
+        let default = zones
+            .iter()
+            .find(|kms| kms.zone() == default)
+            .ok_or_else(|| Error::InvalidArgument {
+                field: "zone",
+                reason: format!("{} is not among the zones given", Error::quote(default)),
+            })?;
+        self.place_and_apply(zones, Some(default))
+    }
+
+    fn place_and_apply(&self, zones: &[Kms], default: Option<&Kms>) -> Result<SeedReport, Error> {
         let served: Vec<&str> = zones.iter().map(Kms::zone).collect();
         let mut targets = Vec::with_capacity(self.keys.len());
         for (index, key) in self.keys.iter().enumerate() {
             let at = format!("keys[{index}]");
-            let zone = match (&key.zone, zones) {
-                (None, [only]) => only,
-                (None, _) => {
+            let zone = match (&key.zone, default, zones) {
+                (None, Some(default), _) => default,
+                (None, None, [only]) => only,
+                (None, None, _) => {
                     return Err(invalid(
                         format!("{at}.zone"),
                         format!(
@@ -209,7 +233,7 @@ impl Seed {
                         ),
                     ));
                 }
-                (Some(name), _) => {
+                (Some(name), _, _) => {
                     zones.iter().find(|kms| kms.zone() == name).ok_or_else(|| {
                         invalid(
                             format!("{at}.zone"),
