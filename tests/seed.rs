@@ -571,3 +571,25 @@ fn a_deleted_replicated_key_is_not_imported_again_and_a_replica_is_refused() {
         }
     );
 }
+
+#[test]
+fn a_deleted_key_that_was_never_replicated_is_seeded_again() {
+    // design.md's choice: nothing remembers such a key, so the next application creates it.
+    let (kms, clock) = zone("ch-gva-2", 1);
+    let zones = std::slice::from_ref(&kms);
+    fixture_seed().apply(zones).unwrap();
+    kms.schedule_key_deletion(id(ORDERS), Some(7), None)
+        .unwrap();
+    // Pending deletion: left as it is.
+    let report = fixture_seed().apply(zones).unwrap();
+    assert_eq!(report.keys[1].outcome, ImportOutcome::AlreadyPresent);
+    assert_eq!(
+        kms.get_key(id(ORDERS)).unwrap().key.status,
+        keylife::KeyStatus::PendingDeletion
+    );
+    clock.advance_days(7);
+    kms.run_due().unwrap();
+    let report = fixture_seed().apply(zones).unwrap();
+    assert_eq!(report.keys[1].outcome, ImportOutcome::Created);
+    assert_eq!(report.keys[0].outcome, ImportOutcome::AlreadyPresent);
+}
