@@ -40,6 +40,7 @@ pub mod api;
 pub mod core;
 pub mod crypto;
 mod kms;
+pub mod seed;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;
@@ -52,11 +53,15 @@ pub use crate::api::{
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub use crate::core::replication::delivery::Ack;
-pub use crate::core::{ConflictReason, CreateKey, DataKeySpec, Error, KeyId};
-pub use crate::crypto::{RootKey, SecretBytes};
+pub use crate::core::{
+    ConflictReason, CreateKey, DataKeySpec, Error, ImportKey, ImportRotation, ImportStatus,
+    ImportVersion, KeyId,
+};
+pub use crate::crypto::{MaterialKey, RootKey, SecretBytes};
 pub use crate::kms::{
     Access, AuditEvent, AuditHead, AuditSink, BackupSummary, Caller, Clock, DueReport, DueRun,
-    DueRunner, Kms, KmsOptions, Limits, Link, LocalLink, ManualClock, OUTCOME_OK, Operation,
-    RESERVATION_BLOCK, ReplicaUpdate, RestoreOptions, RestoreReport, SyncReport, SystemClock,
-    Target,
+    DueRunner, ImportOutcome, Imported, KeyImport, Kms, KmsOptions, Limits, Link, LocalLink,
+    ManualClock, OUTCOME_OK, Operation, RESERVATION_BLOCK, ReplicaUpdate, RestoreOptions,
+    RestoreReport, SyncReport, SystemClock, Target,
 };
+pub use crate::seed::{Seed, SeedApplied, SeedReport};

@@ -254,6 +254,15 @@ fn a_backup_under_an_eight_thread_write_load_restores_exactly_its_commit_on_both
 /// Keys in every state a zone can hold: enabled, disabled, rotated, automatic rotation on,
 /// pending deletion; with ciphertexts.
 fn varied_zone(kms: &Kms) -> Vec<(KeyId, Vec<u8>)> {
+    // Imported keys too (their records carry the imported versions' count).
+    let seed = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/seed/seed.json"
+    ));
+    keylife::Seed::from_json(&seed.unwrap())
+        .unwrap()
+        .apply(std::slice::from_ref(kms))
+        .unwrap();
     let mut sealed = Vec::new();
     for i in 0u32..12 {
         let key = kms.create_key(&CreateKey::new(format!("k{i}"))).unwrap();
@@ -313,6 +322,7 @@ fn a_flipped_byte_anywhere_is_refused_and_a_refused_restore_leaves_nothing() {
     let (kms, clock) = common::memory_kms();
     varied_zone(&kms);
     let bytes = backup(&kms);
+    assert!(bytes.len() > 4000, "a file of {} bytes", bytes.len());
     for at in 0..bytes.len() {
         let mut changed = bytes.clone();
         changed[at] ^= 1;
@@ -422,26 +432,50 @@ fn versions_made_after_the_backup_are_gone_and_pending_deletions_that_passed_are
     assert_eq!(kms.get_key(kept.id).unwrap().key.material.version, 1);
 }
 
+/// Two zones on disk, ch-gva-2 and de-fra-1, joined by a [`LocalLink`].
+struct Pair {
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    link: Arc<LocalLink>,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        Pair {
+            dir: tempfile::tempdir().unwrap(),
+            clock: ManualClock::new(start()),
+            link: LocalLink::new(),
+        }
+    }
+
+    /// Opens (or creates) the store `name` of the pair's directory for `zone`, on the link.
+    fn open(&self, name: &str, zone: &str) -> Kms {
+        let options = options(zone, &self.clock).link(self.link.clone());
+        let kms = Kms::open(self.dir.path().join(name), root(1), options).unwrap();
+        self.link.attach(&kms);
+        kms
+    }
+
+    /// The two zones, with a multi-zone key of ch-gva-2 replicated to de-fra-1.
+    fn replicated(&self) -> (Kms, Kms, keylife::api::CreatedKey) {
+        let origin = self.open("gva", "ch-gva-2");
+        let replica = self.open("fra", "de-fra-1");
+        let key = origin
+            .create_key(&CreateKey {
+                multi_zone: true,
+                ..CreateKey::new("shared")
+            })
+            .unwrap();
+        origin.replicate_key(key.id, "de-fra-1", None).unwrap();
+        origin.sync().unwrap();
+        (origin, replica, key)
+    }
+}
+
 #[test]
 fn replicas_follow_a_restored_origin() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
-    let link = LocalLink::new();
-    let open = |path: &Path, zone: &str| {
-        let kms = Kms::open(path, root(1), options(zone, &clock).link(link.clone())).unwrap();
-        link.attach(&kms);
-        kms
-    };
-    let origin = open(&dir.path().join("gva"), "ch-gva-2");
-    let replica = open(&dir.path().join("fra"), "de-fra-1");
-    let key = origin
-        .create_key(&CreateKey {
-            multi_zone: true,
-            ..CreateKey::new("shared")
-        })
-        .unwrap();
-    origin.replicate_key(key.id, "de-fra-1", None).unwrap();
-    origin.sync().unwrap();
+    let pair = Pair::new();
+    let (origin, replica, key) = pair.replicated();
     let bytes = backup(&origin);
     let at_backup = origin.get_key(key.id).unwrap().key.revision.seq;
     // After the backup: the deletion is scheduled, and the replica follows.
@@ -455,11 +489,16 @@ fn replicas_follow_a_restored_origin() {
     );
     drop(origin);
 
-    let options = RestoreOptions::default().clock(clock.clone());
-    let report =
-        Kms::restore(&mut &bytes[..], dir.path().join("gva2"), &root(1), &options).unwrap();
+    let options = RestoreOptions::default().clock(pair.clock.clone());
+    let report = Kms::restore(
+        &mut &bytes[..],
+        pair.dir.path().join("gva2"),
+        &root(1),
+        &options,
+    )
+    .unwrap();
     assert_eq!(report.replicas_owed, 1);
-    let origin = open(&dir.path().join("gva2"), "ch-gva-2");
+    let origin = pair.open("gva2", "ch-gva-2");
     let restored = origin.get_key(key.id).unwrap();
     assert_eq!(restored.key.revision.seq, at_backup + RESTORE_MARGIN);
     assert_eq!(restored.key.status, keylife::api::KeyStatus::Enabled);
@@ -487,37 +526,64 @@ fn replicas_follow_a_restored_origin() {
 /// restored origin (versions are never taken away), and the origin shows it.
 #[test]
 fn a_replica_ahead_in_versions_refuses_the_restored_origin_and_the_origin_shows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
-    let link = LocalLink::new();
-    let open = |path: &Path, zone: &str| {
-        let kms = Kms::open(path, root(1), options(zone, &clock).link(link.clone())).unwrap();
-        link.attach(&kms);
-        kms
-    };
-    let origin = open(&dir.path().join("gva"), "ch-gva-2");
-    let replica = open(&dir.path().join("fra"), "de-fra-1");
-    let key = origin
-        .create_key(&CreateKey {
-            multi_zone: true,
-            ..CreateKey::new("shared")
-        })
-        .unwrap();
-    origin.replicate_key(key.id, "de-fra-1", None).unwrap();
-    origin.sync().unwrap();
+    let pair = Pair::new();
+    let (origin, replica, key) = pair.replicated();
     let bytes = backup(&origin);
     origin.rotate_key(key.id, None).unwrap();
     origin.sync().unwrap();
     assert_eq!(replica.get_key(key.id).unwrap().key.material.version, 2);
     drop(origin);
 
-    let options = RestoreOptions::default().clock(clock.clone());
-    Kms::restore(&mut &bytes[..], dir.path().join("gva2"), &root(1), &options).unwrap();
-    let origin = open(&dir.path().join("gva2"), "ch-gva-2");
+    let options = RestoreOptions::default().clock(pair.clock.clone());
+    Kms::restore(
+        &mut &bytes[..],
+        pair.dir.path().join("gva2"),
+        &root(1),
+        &options,
+    )
+    .unwrap();
+    let origin = pair.open("gva2", "ch-gva-2");
     let report = origin.sync().unwrap();
     assert_eq!(report.failed.len(), 1, "{report:?}");
     assert_eq!(report.failed[0].2.code(), "conflict", "{report:?}");
     let status = &origin.get_key(key.id).unwrap().replicas_status;
     assert!(status[0].last_failure.is_some(), "{status:?}");
     assert_eq!(replica.get_key(key.id).unwrap().key.material.version, 2);
+}
+
+/// A backup is asked of the caller's check (`backup`, on the zone) and sends its audit event.
+#[test]
+fn a_backup_is_asked_of_the_callers_check_and_audited() {
+    use keylife::{AuditSink, Caller, Operation, Target};
+    let (kms, _) = common::memory_kms();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = {
+        let seen = seen.clone();
+        AuditSink::new(move |event| seen.lock().unwrap().push(event.clone()))
+    };
+    let refused = kms
+        .with_audit(sink.clone())
+        .as_caller(Caller::new("ops").permit(|access| access.operation != Operation::Backup));
+    let mut out = Vec::new();
+    let error = refused.backup(&mut out).unwrap_err();
+    assert_eq!(error.code(), "permission-denied");
+    assert!(out.is_empty(), "nothing is written for a refused caller");
+    let allowed =
+        kms.with_audit(sink)
+            .as_caller(Caller::new("ops").permit(|access| {
+                access.operation == Operation::Backup && access.target == Target::Zone
+            }));
+    allowed.backup(&mut out).unwrap();
+    let events = seen.lock().unwrap();
+    let outcomes: Vec<_> = events
+        .iter()
+        .map(|e| (e.operation, e.outcome, e.actor.as_deref()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (Operation::Backup, "permission-denied", Some("ops")),
+            (Operation::Backup, "ok", Some("ops"))
+        ]
+    );
 }

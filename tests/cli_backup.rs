@@ -118,35 +118,19 @@ fn backup_inspect_and_restore_from_the_command_line() {
             "a backup is readable by its owner only: {mode:o}"
         );
     }
-    let said = ok(&run(
-        dir,
-        &[
-            "backup",
-            "inspect",
-            "--root-key-file",
-            "root.key",
-            "zone.bak",
-        ],
-        None,
-    ));
+    let inspect = |key: &str| {
+        run(
+            dir,
+            &["backup", "inspect", "--root-key-file", key, "zone.bak"],
+            None,
+        )
+    };
+    let said = ok(&inspect("root.key"));
     assert!(
         said.contains("verifies") && said.contains("3 keys"),
         "{said}"
     );
-    refused(
-        &run(
-            dir,
-            &[
-                "backup",
-                "inspect",
-                "--root-key-file",
-                "other.key",
-                "zone.bak",
-            ],
-            None,
-        ),
-        "wrong-root-key",
-    );
+    refused(&inspect("other.key"), "wrong-root-key");
 
     let restore = |data: &str, engine: &str| {
         run(
@@ -196,20 +180,7 @@ fn backup_inspect_and_restore_from_the_command_line() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(dir.join("zone.bak"), &bytes).unwrap();
-    refused(
-        &run(
-            dir,
-            &[
-                "backup",
-                "inspect",
-                "--root-key-file",
-                "root.key",
-                "zone.bak",
-            ],
-            None,
-        ),
-        "corrupt-record",
-    );
+    refused(&inspect("root.key"), "corrupt-record");
     refused(&restore("s", "sled"), "corrupt-record");
     assert!(!dir.join("s").join(ZONE).exists());
 }

@@ -13,7 +13,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 /// Every fuzz target, as cargo-fuzz and `fuzz/corpus/` name them.
-const TARGETS: [&str; 4] = ["decrypt", "envelope", "record", "lifecycle"];
+const TARGETS: [&str; 5] = ["decrypt", "envelope", "record", "lifecycle", "backup"];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -64,6 +64,11 @@ fn record_corpus() {
 #[test]
 fn lifecycle_corpus() {
     replay("lifecycle", targets::lifecycle);
+}
+
+#[test]
+fn backup_corpus() {
+    replay("backup", targets::backup);
 }
 
 /// Every fuzz binary and every corpus is one of [`TARGETS`], each replayed by a test above.

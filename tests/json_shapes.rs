@@ -975,6 +975,49 @@ fn get_kms_key_response_matches_the_spec_in_every_status() {
 }
 
 #[test]
+fn an_imported_key_matches_the_spec_but_for_its_one_keylife_field() {
+    // keylife's one field outside the spec, `keylife-imported-versions`, is present only for
+    // an imported key; everything else of its answer is the spec's, `source` included.
+    let (kms, _) = kms();
+    let id = KeyId::parse("019b5a2e-7c00-7000-8000-00000000f00a").unwrap();
+    let seed = keylife::Seed::from_json(
+        serde_json::to_string(
+            &json!({"keys": [{"id": id, "name": "imported", "versions": [
+                {"derive": "shape"}, {"material": BASE64.encode([7u8; 32])}
+            ]}]}),
+        )
+        .unwrap()
+        .as_bytes(),
+    )
+    .unwrap();
+    seed.apply(std::slice::from_ref(&kms)).unwrap();
+    let mut json = to_json(&kms.get_key(id).unwrap());
+    let report = validate(response_schema("get-kms-key"), &json);
+    assert_eq!(
+        report.errors.len(),
+        1,
+        "only the keylife field is outside the spec: {:?}",
+        report.errors
+    );
+    assert!(report.has_error("$", "\"keylife-imported-versions\" is not in"));
+    assert_eq!(
+        json.as_object_mut()
+            .unwrap()
+            .remove("keylife-imported-versions"),
+        Some(json!(2))
+    );
+    let report = validate(response_schema("get-kms-key"), &json);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(json["source"], "exoscale-kms");
+    // The list and the key's other answers carry nothing of it.
+    conforms("list-kms-keys", &kms.list_keys().unwrap());
+    conforms(
+        "list-kms-key-rotations",
+        &kms.list_key_rotations(id).unwrap(),
+    );
+}
+
+#[test]
 fn list_kms_keys_response_matches_the_spec() {
     let (kms, clock) = kms();
     let empty = conforms("list-kms-keys", &kms.list_keys().unwrap());

@@ -17,6 +17,8 @@
 //!   and every command applied to whatever decodes.
 //! - [`lifecycle`]: command sequences with clock jumps against the pure core and a reference
 //!   model written from `lifecycle.md`.
+//! - [`backup`]: the backup file reader on arbitrary bytes, with and without a valid MAC, and
+//!   the read/write round trip.
 
 use std::sync::OnceLock;
 
@@ -933,5 +935,32 @@ impl Model {
             self.refuse_unless_enabled().map_or(Ok(()), Err),
             "crypto allowed"
         );
+    }
+}
+
+/// The backup file reader (`store::backup::read_backup`) on arbitrary bytes: as they are (the
+/// MAC is checked before any entry is parsed, so they are refused), and with a valid MAC
+/// appended, so that the header and entry parsers see every input. Errors are fine (always
+/// `corrupt-record`), panics are not; what reads writes back to the same bytes.
+pub fn backup(data: &[u8]) {
+    use keylife::crypto::{MacKey, Purpose};
+    use keylife::store::backup::{read_backup, write_backup};
+
+    let key = MacKey::derive(&RootKey::from_bytes(&mut [7; 32]), Purpose::BackupMac);
+    if let Err(error) = read_backup(data, |_| Ok(key.clone())) {
+        assert_eq!(error.code(), "corrupt-record", "{error}");
+    }
+    let mut file = data.to_vec();
+    let mut mac = key.stream();
+    mac.update(data);
+    file.extend_from_slice(&mac.finish());
+    match read_backup(&file, |_| Ok(key.clone())) {
+        Ok(backup) => {
+            let mut again = Vec::new();
+            write_backup(&mut again, &backup.header, &backup.entries, &key)
+                .expect("what was read writes");
+            assert_eq!(again, file, "read then written gives the same bytes");
+        }
+        Err(error) => assert_eq!(error.code(), "corrupt-record", "{error}"),
     }
 }

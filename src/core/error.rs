@@ -204,6 +204,15 @@ pub enum Error {
         /// The key the call named, if it named one.
         id: Option<KeyId>,
     },
+    /// A seed file is malformed or one of its values is out of range; nothing of it was
+    /// applied.
+    #[error("invalid seed: `{at}` {reason}")]
+    InvalidSeed {
+        /// Where in the file: `keys[3].versions[1].material`, `keys[0].name`, `keys`, ...
+        at: String,
+        /// The rule broken, with the allowed range and what was given (never the material).
+        reason: String,
+    },
     /// The operating system's random source failed; nothing was generated or written.
     #[error("the operating system's random source failed: {detail}")]
     RandomSource {
@@ -262,6 +271,7 @@ impl Error {
             RotationPending { .. } => ("rotation-pending", "Rotation pending"),
             StoreInUse { .. } => ("store-in-use", "Store in use"),
             Forbidden { .. } => ("permission-denied", "Permission denied"),
+            InvalidSeed { .. } => ("invalid-seed", "Invalid seed"),
         }
     }
 
@@ -336,6 +346,15 @@ pub enum ConflictReason {
     /// A replica holds a newer revision of the key than its origin: the origin's store went
     /// back in time (put back from an older copy of its whole directory).
     ReplicaAheadOfOrigin,
+    /// An import of a key this zone already holds with other material in the imported
+    /// versions (or fewer imported versions, or material keylife generated).
+    ImportedMaterialDiffers,
+    /// An import of a key this zone already holds under another name.
+    ImportedNameDiffers,
+    /// An import of a key this zone holds as a replica of another zone's key.
+    ImportOverReplica,
+    /// An import of a replicated key that was deleted: a deleted key's id never comes back.
+    ImportOfGoneKey,
 }
 
 impl ConflictReason {
@@ -364,6 +383,18 @@ impl ConflictReason {
             ConflictReason::BudgetRace => {
                 "concurrent calls spent the encryption budget of every new version; retry"
             }
+            ConflictReason::ImportedMaterialDiffers => {
+                "the key exists with other material than the import gives"
+            }
+            ConflictReason::ImportedNameDiffers => {
+                "the key exists under another name than the import gives"
+            }
+            ConflictReason::ImportOverReplica => {
+                "the key is a replica of another zone's key here: it cannot be imported"
+            }
+            ConflictReason::ImportOfGoneKey => {
+                "the key was deleted after it was replicated: its id is never used again"
+            }
             ConflictReason::ReplicaAheadOfOrigin => {
                 "the replica holds a newer revision of the key than this origin: this zone's \
                  store was put back to an older copy"
@@ -385,7 +416,7 @@ mod examples {
     use super::*;
 
     /// How many variants [`Error`] has.
-    const VARIANTS: usize = 25;
+    const VARIANTS: usize = 26;
 
     /// The position of `error`'s variant. The match has no wildcard: a new variant does not
     /// compile until it has a position here, and [`one_of_each`] then needs an example of it.
@@ -416,6 +447,7 @@ mod examples {
             Error::StoreInUse { .. } => 22,
             Error::Forbidden { .. } => 23,
             Error::RandomSource { .. } => 24,
+            Error::InvalidSeed { .. } => 25,
         }
     }
 
@@ -486,6 +518,10 @@ mod examples {
                 id: Some(id),
             },
             Error::RandomSource { detail: text() },
+            Error::InvalidSeed {
+                at: text(),
+                reason: text(),
+            },
         ];
         let positions: Vec<usize> = all.iter().map(index).collect();
         assert_eq!(positions, (0..VARIANTS).collect::<Vec<_>>());

@@ -47,6 +47,11 @@ pub const DEFAULT_MAX_CONTEXT_BYTES: usize = 8 * 1024;
 /// automatically when its newest version reaches this count (see docs/design.md).
 pub const MAX_ENCRYPTIONS_PER_VERSION: u64 = 1 << 32;
 
+/// Most material versions one imported key may bring (versions 1 to this).
+pub const MAX_IMPORTED_VERSIONS: u32 = 1000;
+/// Longest `derive` string of a seed file, in bytes.
+pub const SEED_DERIVE_MAX_BYTES: usize = 1024;
+
 /// An inclusive range of whole numbers that a field of the API must fall in, with the unit its
 /// messages give (`" days"`): one value per bound of the contract. `Display` shows the range
 /// as messages say it: `between 7 and 30 days`.
@@ -96,6 +101,13 @@ pub const DESCRIPTION_CHARS: Bound = Bound {
     min: 0,
     max: DESCRIPTION_MAX_CHARS as u64,
     unit: " characters",
+};
+/// The number of material versions of an imported key.
+pub const IMPORTED_VERSIONS: Bound = Bound {
+    field: "versions",
+    min: 1,
+    max: MAX_IMPORTED_VERSIONS as u64,
+    unit: " versions",
 };
 /// The `max-encryptions-per-version` option of a `Kms` (not a field of the API).
 pub const ENCRYPTIONS_PER_VERSION: Bound = Bound {

@@ -11,16 +11,21 @@
 //! - [`next_due`] says when a key next needs [`Command::RunDue`]: the store indexes keys by it.
 //! - [`deletion_due`] says whether a key's deletion is due: from then on it no longer exists.
 //! - [`check_crypto`] says whether a key may be used for cryptographic operations.
+//! - [`import_key`] makes the record of a key brought in with a fixed id and its versions;
+//!   [`check_reimport`] says whether a key already present may be left alone by the same import.
 
 mod command;
 mod error;
 mod id;
+mod import;
 pub mod limits;
 mod record;
 pub mod replication;
 pub mod restore;
 mod transition;
 
+#[cfg(test)]
+mod import_tests;
 #[cfg(test)]
 mod replication_tests;
 #[cfg(test)]
@@ -29,6 +34,10 @@ mod tests;
 pub use command::{Command, CreateContext, CreateKey, Event, Transition};
 pub use error::{ConflictReason, Error};
 pub use id::KeyId;
+pub use import::{
+    ImportContext, ImportKey, ImportRotation, ImportStatus, ImportVersion, check_reimport,
+    import_key,
+};
 pub use limits::{DataKeySpec, DeletionDelay, RotationPeriod};
 pub use record::{
     KeyRecord, KeySource, KeyUsage, MaterialMeta, ReplicaZone, Revision, Role, RotationConfig,

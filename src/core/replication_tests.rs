@@ -170,6 +170,7 @@ fn rich_snapshot(seq: u64) -> Snapshot {
             delete_at: None,
             last_cancel_seq: 0,
             replicas: zones(&[(HERE, 2), (OTHER, 3)]),
+            imported_versions: 2,
         }),
     }
 }
@@ -560,6 +561,7 @@ fn snapshot_carries_every_replicated_field() {
     record.replicas = zones(&[(HERE, 2), (OTHER, 3)]);
     record.revision = Revision { seq: 9, at: day(3) };
     record.last_cancel_seq = 6;
+    record.imported_versions = 2;
     record.status = Status::PendingDeletion { delete_at: day(20) };
     record.status_since = day(3);
     assert_eq!(
@@ -631,6 +633,7 @@ fn follow_without_a_replica_creates_one() {
             replicas: zones(&[(HERE, 2), (OTHER, 3)]),
             applied_watermark: 9,
             last_cancel_seq: 0,
+            imported_versions: 2,
         }
     );
     // Every replicated field of the snapshot is the replica's.
@@ -753,6 +756,7 @@ fn follow_newer_snapshot_replaces_replicated_fields_and_raises_the_replica_own_r
     expected.replicas = zones(&[(HERE, 2), (OTHER, 3)]);
     expected.revision = Revision { seq: 4, at: day(4) };
     expected.applied_watermark = 6;
+    expected.imported_versions = 2;
     assert_eq!(after, expected);
     // The replica's revision counts its own changes, not the origin's.
     let far = written(follow(Some(&current), &rich_snapshot(60), &here(day(4))));

@@ -852,6 +852,7 @@ fn create_key_defaults() {
             replicas: Vec::new(),
             applied_watermark: 0,
             last_cancel_seq: 0,
+            imported_versions: 0,
         }
     );
     assert_eq!(record.usage.as_str(), "encrypt-decrypt");

@@ -70,6 +70,7 @@ pub fn create_key(request: &CreateKey, ctx: &CreateContext<'_>) -> Result<KeyRec
         replicas: Vec::new(),
         applied_watermark: 0,
         last_cancel_seq: 0,
+        imported_versions: 0,
     })
 }
 

@@ -34,22 +34,27 @@ pub enum Purpose {
     AuditChain,
     /// The MAC over a whole backup file.
     BackupMac,
-    /// Reserved: material of keys seeded with fixed ids.
-    Seed,
 }
 
 /// `info` of each [`Purpose`], in the order of the enum. Written down in docs/design.md
 /// ("Keys derived from the root key"). The zone link's wrapping key is derived from the link
-/// credential's secret, not from the root key, with its own label where that is built.
-pub const LABELS: [(Purpose, &str); 7] = [
+/// credential's secret, not from the root key, with its own label where that is built. Seeded
+/// keys' material is derived from the seed file's string, not from the root key
+/// ([`crate::crypto::MaterialKey::insecure_derive`], salt [`crate::crypto::SEED_SALT`]): the
+/// label once reserved for it is in [`RETIRED_LABELS`].
+pub const LABELS: [(Purpose, &str); 6] = [
     (Purpose::RecordMac, "keylife/v1/store/record-mac"),
     (Purpose::StateDigest, "keylife/v1/store/state-digest"),
     (Purpose::StateMac, "keylife/v1/store/state-mac"),
     (Purpose::Witness, "keylife/v1/store/witness"),
     (Purpose::AuditChain, "keylife/v1/audit/chain"),
     (Purpose::BackupMac, "keylife/v1/backup/mac"),
-    (Purpose::Seed, "keylife/v1/seed"),
 ];
+
+/// Labels reserved once and never used: never to be given to another purpose.
+/// `keylife/v1/seed` was reserved for seeded keys, whose material turned out not to come
+/// from the root key (a seed must give the same material under every root key).
+pub const RETIRED_LABELS: [&str; 1] = ["keylife/v1/seed"];
 
 impl Purpose {
     /// The HKDF `info` of this purpose.
@@ -175,6 +180,7 @@ mod tests {
             assert_eq!(*purpose as usize, index);
             assert!(label.starts_with("keylife/v1/"));
             assert_eq!(LABELS.iter().filter(|(_, l)| l == label).count(), 1);
+            assert!(!RETIRED_LABELS.contains(label), "{label} was retired");
         }
     }
 

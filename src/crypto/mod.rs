@@ -14,7 +14,7 @@ mod secret;
 pub use aead::BACKEND;
 pub use derive::{MacKey, MacStream, Purpose};
 pub use envelope::{FORMAT_V1, HEADER_LEN, Header, OVERHEAD, ParseError};
-pub use seal::{MaterialKey, SEALED_MATERIAL_LEN};
+pub use seal::{MaterialKey, SEALED_MATERIAL_LEN, SEED_SALT};
 pub use secret::{KEY_LEN, RootKey, SecretBytes, fill_from_os};
 
 pub(crate) use aead::Cipher;

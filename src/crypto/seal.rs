@@ -19,7 +19,8 @@ const CHECK_PLAINTEXT: &[u8; 32] = b"keylife root key check value v1.";
 pub const SEALED_MATERIAL_LEN: usize = 1 + NONCE_LEN + KEY_LEN + TAG_LEN;
 
 /// The material of one version of one key: 32 secret bytes, wiped on drop, never cloned,
-/// printed or serialized.
+/// printed or serialized. keylife generates it; an importer brings it
+/// ([`MaterialKey::from_bytes`], [`MaterialKey::from_slice`]).
 #[derive(Debug)]
 pub struct MaterialKey(KeyBytes);
 
@@ -39,7 +40,57 @@ impl MaterialKey {
         let mut bytes = *self.0.expose();
         MaterialKey(KeyBytes::take(&mut bytes))
     }
+
+    /// Material brought from outside (bring your own key): takes the 32 bytes and wipes the
+    /// caller's array.
+    #[must_use]
+    pub fn from_bytes(bytes: &mut [u8; KEY_LEN]) -> MaterialKey {
+        MaterialKey(KeyBytes::take(bytes))
+    }
+
+    /// Material brought from outside, from a slice that must be exactly 32 bytes long (the
+    /// slice is borrowed, not wiped). Another length is a bad request on `material`, which
+    /// says the length and nothing of the bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<MaterialKey, Error> {
+        let mut array: [u8; KEY_LEN] = bytes.try_into().map_err(|_| Error::BadRequest {
+            field: "material",
+            reason: format!("must be {KEY_LEN} bytes, got {}", bytes.len()),
+        })?;
+        Ok(MaterialKey::from_bytes(&mut array))
+    }
+
+    /// **For tests only: not secret.** Material derived from `phrase` for version `version`
+    /// of key `id`, the `derive` of a seed file: HKDF-SHA256 (RFC 5869) with the phrase's
+    /// UTF-8 bytes as input keying material, [`SEED_SALT`] as salt and the key id's 16 bytes
+    /// followed by the version (4 bytes, big-endian) as `info`, 32 bytes. Fixed forever, so
+    /// that a ciphertext fixture made under it decrypts on every machine and every version of
+    /// keylife; whoever reads the phrase has the key.
+    #[must_use]
+    pub fn insecure_derive(phrase: &str, id: KeyId, version: u32) -> MaterialKey {
+        let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(Some(SEED_SALT), phrase.as_bytes());
+        let mut info = [0; 20];
+        info[..16].copy_from_slice(id.as_bytes());
+        info[16..].copy_from_slice(&version.to_be_bytes());
+        let mut bytes = [0; KEY_LEN];
+        // 32 bytes is far below HKDF-SHA256's limit of 255 * 32: this cannot fail.
+        let _ = hkdf.expand(&info, &mut bytes);
+        MaterialKey::from_bytes(&mut bytes)
+    }
+
+    /// Whether `self` and `other` are the same material, compared in constant time.
+    pub(crate) fn same_as(&self, other: &MaterialKey) -> bool {
+        self.0
+            .expose()
+            .iter()
+            .zip(other.0.expose())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
 }
+
+/// HKDF salt of [`MaterialKey::insecure_derive`] (seed files' `derive`): `keylife/seed/v1`.
+/// Not derived from the root key, and not in [`crate::crypto::derive::LABELS`].
+pub const SEED_SALT: &[u8] = b"keylife/seed/v1";
 
 /// Seals and opens with the root key.
 #[derive(Debug)]
@@ -156,6 +207,50 @@ mod tests {
 
     fn sealer(byte: u8) -> RootSealer {
         RootSealer::new(&RootKey::from_bytes(&mut [byte; KEY_LEN]))
+    }
+
+    #[test]
+    fn seed_derivation_is_rfc_5869_written_out() {
+        use hmac::{Hmac, KeyInit, Mac};
+        type HmacSha256 = Hmac<sha2::Sha256>;
+        let id = KeyId::parse("019b5a2e-0000-7000-8000-00000000abcd").unwrap();
+        let derived = MaterialKey::insecure_derive("fixture one", id, 2);
+        // RFC 5869, section 2: PRK = HMAC(salt, IKM); T(1) = HMAC(PRK, info | 0x01), which is
+        // the whole 32-byte output.
+        let prk = HmacSha256::new_from_slice(b"keylife/seed/v1")
+            .unwrap()
+            .chain_update(b"fixture one")
+            .finalize()
+            .into_bytes();
+        let okm = HmacSha256::new_from_slice(&prk)
+            .unwrap()
+            .chain_update(id.as_bytes())
+            .chain_update([0, 0, 0, 2])
+            .chain_update([1])
+            .finalize()
+            .into_bytes();
+        assert_eq!(derived.0.expose().as_slice(), okm.as_slice());
+        assert!(!derived.same_as(&MaterialKey::insecure_derive("fixture one", id, 1)));
+        assert!(!derived.same_as(&MaterialKey::insecure_derive("fixture two", id, 2)));
+        assert!(derived.same_as(&MaterialKey::insecure_derive("fixture one", id, 2)));
+        let printed = format!("{derived:?}");
+        assert!(printed.contains("redacted"), "{printed}");
+    }
+
+    #[test]
+    fn material_from_a_slice_must_be_32_bytes() {
+        let error = MaterialKey::from_slice(&[7; 31]).unwrap_err();
+        assert_eq!(
+            error,
+            Error::BadRequest {
+                field: "material",
+                reason: "must be 32 bytes, got 31".to_owned()
+            }
+        );
+        let mut bytes = [7; KEY_LEN];
+        let key = MaterialKey::from_bytes(&mut bytes);
+        assert_eq!(bytes, [0; KEY_LEN], "the caller's copy is wiped");
+        assert!(key.same_as(&MaterialKey::from_slice(&[7; 32]).unwrap()));
     }
 
     #[test]

@@ -58,11 +58,15 @@ pub enum Operation {
     /// [`Kms::backup`](crate::Kms::backup): an image of the whole zone (sealed material
     /// included).
     Backup,
+    /// [`Kms::import_keys`](crate::Kms::import_keys): keys brought in with fixed ids and
+    /// their material (keylife's, not an operation of the API; asked once per key, as
+    /// [`Target::NewKey`] with its name).
+    ImportKey,
 }
 
 impl Operation {
     /// The operation's name: the API's `operationId`, or `receive-update`, `retire-version`,
-    /// `run-due`, `sync`, `backup`.
+    /// `run-due`, `sync`, `backup`, `import-key`.
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
@@ -87,6 +91,7 @@ impl Operation {
             Operation::RunDue => "run-due",
             Operation::Sync => "sync",
             Operation::Backup => "backup",
+            Operation::ImportKey => "import-key",
         }
     }
 

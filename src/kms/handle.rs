@@ -12,6 +12,7 @@ use jiff::Timestamp;
 
 use super::audit::{AuditEvent, AuditHead, AuditSink, OUTCOME_OK};
 use super::caller::{Caller, Operation, Target};
+use super::import::{ImportOutcome, Imported, KeyImport};
 use super::lifecycle::Changed;
 use super::link::ReplicaUpdate;
 use super::options::{KmsOptions, Limits};
@@ -180,6 +181,56 @@ impl Kms {
             self.emit(sink, Operation::CreateKey, (key, None), revision);
         }
         result
+    }
+
+    /// Imports one key with a fixed id and its material versions given (bring your own key):
+    /// see [`Kms::import_keys`].
+    pub fn import_key(&self, import: &KeyImport) -> Result<ImportOutcome> {
+        let mut outcomes = self.import_keys(&[import])?;
+        Ok(outcomes
+            .pop()
+            .map_or(ImportOutcome::AlreadyPresent, |imported| imported.outcome))
+    }
+
+    /// Imports keys with fixed ids and their material versions given, all or nothing: every
+    /// key is checked first, then the new ones are written in one durable commit. A key is
+    /// created with version 1 at its `created-at` and each later version recorded as an
+    /// automatic rotation at its time (`manual-count` 0, `next-at` one period after the last
+    /// version), and is shown as imported (`keylife-imported-versions`). A key this zone
+    /// already holds with the same name and the same material in the imported versions is
+    /// left as it is (`already-present`), whatever happened to it since. Errors, naming the
+    /// key: `bad-request` (arguments, a material count other than the versions', an id or a
+    /// name twice in `keys`), `conflict` (the key is held with other material or another name,
+    /// is a replica here, or was deleted after being replicated), `name-conflict`,
+    /// `quota-exceeded`; `permission-denied` first if the caller may not import every key.
+    pub fn import_keys(&self, keys: &[&KeyImport]) -> Result<Vec<Imported>> {
+        self.import_call(keys, true)
+    }
+
+    /// What [`Kms::import_keys`] would do, checked the same way, without writing anything
+    /// (a seed applied to several zones checks every zone before it writes to any).
+    pub fn check_import(&self, keys: &[&KeyImport]) -> Result<Vec<Imported>> {
+        self.import_call(keys, false)
+    }
+
+    fn import_call(&self, keys: &[&KeyImport], write: bool) -> Result<Vec<Imported>> {
+        let result = keys
+            .iter()
+            .try_for_each(|import| {
+                self.ask(
+                    Operation::ImportKey,
+                    Target::NewKey {
+                        name: &import.key.name,
+                    },
+                )
+            })
+            .and_then(|()| self.zone.lifecycle.import(keys, write))
+            .map(|outcomes| (outcomes, None));
+        let key = match keys {
+            [one] => Some(one.key.id),
+            _ => None,
+        };
+        self.audited(Operation::ImportKey, key, result)
     }
 
     /// get-kms-key; for an origin key, `replicas-status` tells how far each replica followed.

@@ -9,13 +9,16 @@ use jiff::Timestamp;
 use uuid::Uuid;
 
 use super::cache::{Cache, Fresh};
+use super::import::{ImportOutcome, Imported, KeyImport};
 use super::replicator::Dispatcher;
 use super::report::DueReport;
 use super::shared::{Shared, lock};
 use crate::api::{KeySummary, SuccessResponse, SuccessStatus};
 use crate::core::{
-    self, Command, CreateContext, CreateKey, Error, Event, KeyId, KeyRecord, Role, Transition,
+    self, Command, ConflictReason, CreateContext, CreateKey, Error, Event, ImportContext, KeyId,
+    KeyRecord, Role, Transition,
 };
+use crate::store::NewMaterial;
 
 /// What [`Lifecycle::change`] did to a key.
 #[derive(Debug)]
@@ -104,6 +107,112 @@ impl Lifecycle {
             }),
         );
         Ok(record)
+    }
+
+    /// Imports `keys` (bring your own key): every key is checked first (its arguments, that
+    /// its material is one per version, no id or name twice in `keys`, a key already held
+    /// must be the same key with the same material in the imported versions, a free name, the
+    /// quota), then every new key is written in one durable commit; with `write` false
+    /// nothing is written. Either every key is imported or the answer is the first error and
+    /// nothing changed. A key already held is left alone.
+    pub(super) fn import(&self, keys: &[&KeyImport], write: bool) -> Result<Vec<Imported>, Error> {
+        self.shared.live()?;
+        let _create = lock(&self.create_lock);
+        let _keys = self
+            .shared
+            .lock_keys(keys.iter().map(|import| import.key.id));
+        let store = self.shared.store();
+        let now = self.shared.now();
+        let mut origin_keys = store.origin_keys()?;
+        let mut outcomes = Vec::with_capacity(keys.len());
+        let mut created: Vec<(KeyRecord, &KeyImport)> = Vec::new();
+        for (index, import) in keys.iter().enumerate() {
+            let request = &import.key;
+            let id = request.id;
+            request.validate(now)?;
+            if import.materials.len() != request.versions.len() {
+                return Err(Error::BadRequest {
+                    field: "materials",
+                    reason: format!(
+                        "key {id} has {} versions and {} materials: one per version",
+                        request.versions.len(),
+                        import.materials.len()
+                    ),
+                });
+            }
+            if let Some(earlier) = keys[..index]
+                .iter()
+                .find(|earlier| earlier.key.id == id || earlier.key.name == request.name)
+            {
+                return Err(Error::BadRequest {
+                    field: "keys",
+                    reason: format!(
+                        "key {id} ({}) and key {} ({}) have the same id or name",
+                        Error::quote(&request.name),
+                        earlier.key.id,
+                        Error::quote(&earlier.key.name)
+                    ),
+                });
+            }
+            let outcome = match store.load(id)? {
+                Some(record) => {
+                    let versions = core::check_reimport(&record, request)?;
+                    for (version, material) in (1..=versions).zip(&import.materials) {
+                        if !self.shared.unseal(id, version)?.same_as(material) {
+                            return Err(Error::Conflict {
+                                id,
+                                reason: ConflictReason::ImportedMaterialDiffers,
+                            });
+                        }
+                    }
+                    ImportOutcome::AlreadyPresent
+                }
+                None => {
+                    if store.gone(id)?.is_some() {
+                        return Err(Error::Conflict {
+                            id,
+                            reason: ConflictReason::ImportOfGoneKey,
+                        });
+                    }
+                    let record = core::import_key(
+                        request,
+                        &ImportContext {
+                            zone: self.shared.zone(),
+                            now,
+                            origin_keys,
+                            quota: self.shared.limits().key_quota,
+                            name_taken: store.id_by_name(&request.name)?.is_some(),
+                        },
+                    )?;
+                    origin_keys += 1;
+                    created.push((record, import));
+                    ImportOutcome::Created
+                }
+            };
+            outcomes.push(Imported {
+                id,
+                name: request.name.clone(),
+                outcome,
+            });
+        }
+        if !write || created.is_empty() {
+            return Ok(outcomes);
+        }
+        let mut sealed: Vec<Vec<NewMaterial>> = Vec::with_capacity(created.len());
+        for (record, import) in &created {
+            let mut versions = Vec::with_capacity(import.materials.len());
+            for (meta, material) in record.materials().iter().zip(&import.materials) {
+                versions.push(self.shared.seal(record.id(), meta.version, material)?);
+            }
+            sealed.push(versions);
+        }
+        let batch: Vec<(&KeyRecord, &[NewMaterial])> = created
+            .iter()
+            .zip(&sealed)
+            .map(|((record, _), materials)| (record, materials.as_slice()))
+            .collect();
+        self.shared.write(|store| store.put_new(&batch))?;
+        Ok(outcomes)
     }
 
     /// The record of key `id`, read under the key's lock (so that a change still being made

@@ -128,10 +128,20 @@ impl Shared {
 
     /// The lock that orders the changes of key `id` (one of [`KEY_LOCK_STRIPES`]).
     pub(super) fn lock_key(&self, id: KeyId) -> MutexGuard<'_, ()> {
-        let bytes = id.as_bytes();
-        // The low bytes of a v7 UUID are random: a good spread.
-        let stripe = usize::from(u16::from_be_bytes([bytes[14], bytes[15]])) % KEY_LOCK_STRIPES;
-        lock(&self.key_locks[stripe])
+        lock(&self.key_locks[stripe(id)])
+    }
+
+    /// The locks of every key of `ids` at once: each stripe taken once, in stripe order (the
+    /// order every caller of this takes them in, so that two never wait for each other).
+    pub(super) fn lock_keys(
+        &self,
+        ids: impl IntoIterator<Item = KeyId>,
+    ) -> Vec<MutexGuard<'_, ()>> {
+        let stripes: BTreeSet<usize> = ids.into_iter().map(stripe).collect();
+        stripes
+            .into_iter()
+            .map(|stripe| lock(&self.key_locks[stripe]))
+            .collect()
     }
 
     /// The lock that orders the recordings of the audit head.
@@ -208,6 +218,13 @@ impl Shared {
         let sealed = self.store.load_material(id, version)?;
         self.sealer.open_material(id, version, &seal_id, &sealed)
     }
+}
+
+/// The key lock of key `id`: one of [`KEY_LOCK_STRIPES`].
+fn stripe(id: KeyId) -> usize {
+    let bytes = id.as_bytes();
+    // The low bytes of a v7 UUID are random: a good spread.
+    usize::from(u16::from_be_bytes([bytes[14], bytes[15]])) % KEY_LOCK_STRIPES
 }
 
 /// Takes a lock that orders operations and guards no data of its own: a panic in another

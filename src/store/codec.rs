@@ -21,6 +21,10 @@ pub const RECORD_FORMAT_V2: u8 = 2;
 /// Format byte of key records written by this version: V2 plus each material version's seal
 /// id.
 pub const RECORD_FORMAT_V3: u8 = 3;
+/// Format byte of the records of imported keys: V3 plus the number of imported versions.
+/// Written only for a key with imported versions, so that every other record keeps format 3
+/// (and stays readable by the versions before import).
+pub const RECORD_FORMAT_V4: u8 = 4;
 
 /// A random id per material version, kept in the key's record and bound into the sealing of
 /// that version's material: an older blob of the same key and version does not open.
@@ -102,6 +106,13 @@ struct RecordV3 {
     seal_ids: Vec<SealId>,
 }
 
+/// [`RecordV3`] and how many of the first material versions were imported.
+#[derive(Serialize, Deserialize)]
+struct RecordV4 {
+    v3: RecordV3,
+    imported_versions: u32,
+}
+
 fn time(t: Timestamp) -> TimeV1 {
     TimeV1 {
         second: t.as_second(),
@@ -158,8 +169,9 @@ pub fn encode_record(record: &KeyRecord) -> Result<Vec<u8>, Error> {
     encode(RECORD_FORMAT_V2, &layout_v2(record), record.id)
 }
 
-/// Encodes a key record with the seal id of each material version (format 3): `seal_ids[i]`
-/// belongs to version `i + 1`; a missing one is all zeros.
+/// Encodes a key record with the seal id of each material version (format 3, or 4 for a key
+/// with imported versions): `seal_ids[i]` belongs to version `i + 1`; a missing one is all
+/// zeros.
 pub fn encode_record_sealed(record: &KeyRecord, seal_ids: &[SealId]) -> Result<Vec<u8>, Error> {
     let mut seal_ids = seal_ids.to_vec();
     seal_ids.resize(record.materials.len(), [0; 16]);
@@ -167,7 +179,15 @@ pub fn encode_record_sealed(record: &KeyRecord, seal_ids: &[SealId]) -> Result<V
         v2: layout_v2(record),
         seal_ids,
     };
-    encode(RECORD_FORMAT_V3, &layout, record.id)
+    if record.imported_versions == 0 {
+        encode(RECORD_FORMAT_V3, &layout, record.id)
+    } else {
+        let layout = RecordV4 {
+            v3: layout,
+            imported_versions: record.imported_versions,
+        };
+        encode(RECORD_FORMAT_V4, &layout, record.id)
+    }
 }
 
 fn layout_v2(record: &KeyRecord) -> RecordV2 {
@@ -207,6 +227,7 @@ pub fn decode_record_sealed(id: KeyId, bytes: &[u8]) -> Result<(KeyRecord, Vec<S
     let (&format, body) = bytes
         .split_first()
         .ok_or_else(|| corrupt("empty record".to_owned()))?;
+    let mut imported = 0;
     let (layout, seal_ids) = match format {
         RECORD_FORMAT_V1 => (
             RecordV2 {
@@ -219,21 +240,44 @@ pub fn decode_record_sealed(id: KeyId, bytes: &[u8]) -> Result<(KeyRecord, Vec<S
         ),
         RECORD_FORMAT_V2 => (whole(body).map_err(corrupt)?, None),
         RECORD_FORMAT_V3 => {
-            let RecordV3 { v2, seal_ids } = whole(body).map_err(corrupt)?;
-            if seal_ids.len() != v2.v1.materials.len() {
+            let v3: RecordV3 = whole(body).map_err(corrupt)?;
+            let (v2, seal_ids) = checked_v3(v3).map_err(corrupt)?;
+            (v2, Some(seal_ids))
+        }
+        RECORD_FORMAT_V4 => {
+            let RecordV4 {
+                v3,
+                imported_versions,
+            } = whole(body).map_err(corrupt)?;
+            let (v2, seal_ids) = checked_v3(v3).map_err(corrupt)?;
+            if imported_versions == 0 || imported_versions as usize > seal_ids.len() {
                 return Err(corrupt(format!(
-                    "has {} seal ids for {} material versions",
-                    seal_ids.len(),
-                    v2.v1.materials.len()
+                    "has {imported_versions} imported versions out of {}",
+                    seal_ids.len()
                 )));
             }
+            imported = imported_versions;
             (v2, Some(seal_ids))
         }
         _ => return Err(corrupt(format!("unknown record format {format}"))),
     };
-    let record = from_layout(id, layout).map_err(corrupt)?;
+    let mut record = from_layout(id, layout).map_err(corrupt)?;
+    record.imported_versions = imported;
     let seal_ids = seal_ids.unwrap_or_else(|| vec![[0; 16]; record.materials.len()]);
     Ok((record, seal_ids))
+}
+
+/// A format-3 layout whose seal ids are one per material version, split in two.
+fn checked_v3(layout: RecordV3) -> Result<(RecordV2, Vec<SealId>), String> {
+    let RecordV3 { v2, seal_ids } = layout;
+    if seal_ids.len() != v2.v1.materials.len() {
+        return Err(format!(
+            "has {} seal ids for {} material versions",
+            seal_ids.len(),
+            v2.v1.materials.len()
+        ));
+    }
+    Ok((v2, seal_ids))
 }
 
 /// The record a decoded layout describes, after the checks postcard cannot make; the error
@@ -300,6 +344,7 @@ fn from_layout(id: KeyId, layout: RecordV2) -> Result<KeyRecord, String> {
             .collect(),
         applied_watermark,
         last_cancel_seq,
+        imported_versions: 0,
     })
 }
 
@@ -454,6 +499,36 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn imported_records_are_format_4_and_others_stay_format_3() {
+        use crate::core::{ImportContext, ImportKey, import_key};
+        let created = record();
+        let bytes = encode_record_sealed(&created, &[[1; 16]]).unwrap();
+        assert_eq!(bytes[0], RECORD_FORMAT_V3);
+        let imported = import_key(
+            &ImportKey::new(KeyId::from_bytes([6; 16]), "seeded", 2),
+            &ImportContext {
+                zone: "ch-gva-2",
+                now: Timestamp::new(1_700_000_000, 0).unwrap(),
+                origin_keys: 0,
+                quota: 10,
+                name_taken: false,
+            },
+        )
+        .unwrap();
+        let bytes = encode_record_sealed(&imported, &[[1; 16], [2; 16]]).unwrap();
+        assert_eq!(bytes[0], RECORD_FORMAT_V4);
+        let (decoded, seal_ids) = decode_record_sealed(imported.id, &bytes).unwrap();
+        assert_eq!(decoded, imported);
+        assert_eq!(decoded.imported_versions(), 2);
+        assert_eq!(seal_ids, vec![[1; 16], [2; 16]]);
+        // More imported versions than versions is a damaged record, not a panic.
+        let mut bad = bytes.clone();
+        *bad.last_mut().unwrap() = 3;
+        let error = decode_record_sealed(imported.id, &bad).unwrap_err();
+        assert_eq!(error.code(), "corrupt-record", "{error}");
     }
 
     #[test]

@@ -326,6 +326,30 @@ impl Store {
         record: &KeyRecord,
         materials: &[NewMaterial],
     ) -> Result<(), Error> {
+        let batch = self.put_writes(old, record, materials)?;
+        self.backend.commit(&batch)
+    }
+
+    /// Writes new keys (none of them stored yet), each with its material versions and every
+    /// index, all in one durable commit: either every key is stored or none is.
+    pub fn put_new(&self, keys: &[(&KeyRecord, &[NewMaterial])]) -> Result<(), Error> {
+        let mut batch = Vec::new();
+        for (record, materials) in keys {
+            batch.extend(self.put_writes(None, record, materials)?);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.backend.commit(&batch)
+    }
+
+    /// The writes of [`Store::put`].
+    fn put_writes(
+        &self,
+        old: Option<&KeyRecord>,
+        record: &KeyRecord,
+        materials: &[NewMaterial],
+    ) -> Result<Vec<Write>, Error> {
         let id = record.id();
         let mut seal_ids = match old {
             // The stored record holds the seal ids of the versions made before.
@@ -408,7 +432,7 @@ impl Store {
                 batch.push(outbox(id, zone));
             }
         }
-        self.backend.commit(&batch)
+        Ok(batch)
     }
 
     /// Destroys key `record` (the stored record): the record, every material version, every

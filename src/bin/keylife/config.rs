@@ -263,3 +263,22 @@ pub(crate) fn existing_zones(data: &Path) -> Result<Vec<String>, ConfigError> {
     zones.sort();
     Ok(zones)
 }
+
+/// Reads and checks the seed file at `path` (its bytes are wiped once parsed; a file others
+/// may read is used with a warning, as it may hold key material).
+pub(crate) fn load_seed(path: &Path) -> Result<keylife::Seed, ConfigError> {
+    warn_if_readable_by_others(path, "seed");
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|error| {
+        ConfigError::Invalid(format!(
+            "cannot read the seed file {}: {error}",
+            path.display()
+        ))
+    })?);
+    keylife::Seed::from_json(&bytes).map_err(|error| {
+        ConfigError::Invalid(format!(
+            "the seed file {}: {error} [{}]",
+            path.display(),
+            error.code()
+        ))
+    })
+}

@@ -70,3 +70,18 @@ pub(crate) fn server_event(event: &Event<'_>) {
         _ => {}
     }
 }
+
+/// One line for a seed file applied at start: how many keys were created and how many were
+/// already present.
+pub(crate) fn seeded(path: &std::path::Path, report: &keylife::SeedReport) {
+    let created = report
+        .keys
+        .iter()
+        .filter(|key| key.outcome == keylife::ImportOutcome::Created)
+        .count();
+    log(format_args!(
+        "keylife: seed {}: {created} keys created, {} already present",
+        path.display(),
+        report.keys.len() - created
+    ));
+}

@@ -87,6 +87,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
           value_parser = parse_max_connections)]
     max_connections: usize,
+    /// Seed file (JSON) applied at every start, before serving, to the zones served: keys
+    /// with fixed ids, names and material. A key already present with the same material is
+    /// left as it is; an error (naming the key) stops the start and applies nothing. With
+    /// several zones, every key names its `zone`.
+    #[arg(long, value_name = "FILE")]
+    seed: Option<PathBuf>,
 }
 
 fn parse_max_connections(text: &str) -> Result<usize, String> {
@@ -176,8 +182,21 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
     let keyring = Arc::new(Keyring::new(config::load_credentials(
         args.credentials_file.as_deref(),
     )?));
+    let seed = args.seed.as_deref().map(config::load_seed).transpose()?;
     let names: Vec<String> = args.zones.iter().map(|(name, _)| name.clone()).collect();
     let zones = config::open_zones(&args.data, &names, &root_key, args.engine)?;
+    if let (Some(seed), Some(path)) = (&seed, &args.seed) {
+        let handles: Vec<keylife::Kms> = zones.iter().map(|kms| keylife::Kms::clone(kms)).collect();
+        let report = seed.apply(&handles).map_err(|error| {
+            ConfigError::Invalid(format!(
+                "the seed file {}: {error} [{}]",
+                path.display(),
+                error.code()
+            ))
+        })?;
+        log::seeded(path, &report);
+    }
+    drop(seed);
     let audit = match &args.audit_log {
         Some(path) => Some(
             AuditLog::open(path, &root_key.root_key(), zones.clone()).map_err(|error| {

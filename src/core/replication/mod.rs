@@ -69,6 +69,8 @@ pub struct LiveKey {
     pub last_cancel_seq: u64,
     /// The zones holding a replica, each with the revision that added it.
     pub replicas: Vec<ReplicaZone>,
+    /// How many of the first material versions were imported (0 for a created key).
+    pub imported_versions: u32,
 }
 
 /// The snapshot of origin key `record` at its current revision.
@@ -89,6 +91,7 @@ pub fn snapshot(record: &KeyRecord) -> Snapshot {
             delete_at: record.status.delete_at(),
             last_cancel_seq: record.last_cancel_seq,
             replicas: record.replicas.clone(),
+            imported_versions: record.imported_versions,
         }),
     }
 }
@@ -245,5 +248,6 @@ fn replica_record(
         replicas: live.replicas.clone(),
         applied_watermark: snapshot.seq,
         last_cancel_seq: live.last_cancel_seq,
+        imported_versions: live.imported_versions,
     }
 }

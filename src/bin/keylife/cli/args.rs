@@ -104,6 +104,16 @@ pub(crate) enum KeyCommand {
     ///
     /// The key becomes disabled: enable it to use it again.
     CancelDeletion(IdArgs),
+    /// Import keys from a seed file: fixed ids, names and material (bring your own key).
+    ///
+    /// The file is the JSON of `keylife serve --seed` (docs/design.md, "Seeded and imported
+    /// keys"). A key without `zone` goes to the chosen zone, whose store is created if
+    /// missing; a key naming a zone goes there (its store must be in DIR). Every key is
+    /// checked before anything is written: a file with one bad key imports nothing. A key
+    /// already present with the same material is left as it is, whatever happened to it
+    /// since, so importing a file again changes nothing. Prints, per key, whether it was
+    /// created or already present.
+    Import(ImportArgs),
     /// Replicate a multi-zone key to another zone.
     ///
     /// The key must be multi-zone, enabled, and created in this zone. The target zone's
@@ -202,6 +212,17 @@ pub(crate) struct ScheduleDeletionArgs {
     /// Days until the key is destroyed: 7 to 30 (default 30).
     #[arg(long, value_name = "N")]
     pub(super) days: Option<u32>,
+}
+
+/// `key import`.
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The seed file (JSON): `{"keys": [{"id", "name", "versions": [{"material" | "derive"}],
+    /// ...}]}`.
+    #[arg(long, value_name = "FILE")]
+    pub(super) file: PathBuf,
+    #[command(flatten)]
+    pub(super) store: StoreArgs,
 }
 
 /// `key replicate`.

@@ -1,10 +1,10 @@
 //! `keylife key ...`: one function per subcommand.
 
-use keylife::{CreateKey, KeyId, SuccessStatus};
+use keylife::{CreateKey, ImportOutcome, KeyId, SuccessStatus};
 
 use super::Failure;
 use super::args::{
-    CreateArgs, EnableRotationArgs, IdArgs, KeyCommand, ListArgs, ReplicateArgs,
+    CreateArgs, EnableRotationArgs, IdArgs, ImportArgs, KeyCommand, ListArgs, ReplicateArgs,
     ScheduleDeletionArgs, StoreArgs,
 };
 use super::format::{created, describe, key_table, rotation, rotations_table, time};
@@ -25,6 +25,7 @@ pub(super) fn run(command: KeyCommand) -> Result<(), Failure> {
         KeyCommand::ListRotations(args) => list_rotations(&args),
         KeyCommand::ScheduleDeletion(args) => schedule_deletion(&args),
         KeyCommand::CancelDeletion(args) => cancel_deletion(&args),
+        KeyCommand::Import(args) => import(&args),
         KeyCommand::Replicate(args) => replicate(&args),
     }
 }
@@ -44,6 +45,30 @@ fn create(args: CreateArgs) -> Result<(), Failure> {
     }
     let key = zones.kms().create_key(&request)?;
     output(args.store.json, &key, || created(&key))
+}
+
+fn import(args: &ImportArgs) -> Result<(), Failure> {
+    // A bad file is refused before any store is opened or created.
+    let seed = crate::config::load_seed(&args.file)?;
+    let zones = Zones::open(&args.store, NewStore::Chosen)?;
+    let report = seed.apply_with_default(&zones.all(), zones.kms().zone())?;
+    output(args.store.json, &report, || {
+        let mut text = String::new();
+        for key in &report.keys {
+            let what = match key.outcome {
+                ImportOutcome::Created => "created",
+                ImportOutcome::AlreadyPresent => "already present, left as it is",
+            };
+            text.push_str(&format!(
+                "Key {} ({:?}) in zone {}: {what}.\n",
+                key.id, key.name, key.zone
+            ));
+        }
+        if report.keys.is_empty() {
+            text.push_str("The seed file holds no key.\n");
+        }
+        text
+    })
 }
 
 fn list(args: &ListArgs) -> Result<(), Failure> {

@@ -101,6 +101,11 @@ impl Zones {
         })
     }
 
+    /// Every zone opened, as handles.
+    pub(super) fn all(&self) -> Vec<Kms> {
+        self.zones.iter().map(|kms| Kms::clone(kms)).collect()
+    }
+
     /// The zone the command acts in.
     pub(super) fn kms(&self) -> &Kms {
         &self.zones[self.chosen]
