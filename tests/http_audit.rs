@@ -338,6 +338,67 @@ async fn state_changes_fail_closed_while_the_log_cannot_be_written() {
     verify(&root(3), &[path], &[]).unwrap();
 }
 
+/// A backup hands out the whole zone: it has its line, as its actor's, and while the log
+/// cannot be written it is refused like a state change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_is_audited_and_refused_while_the_log_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let backend = Arc::new(Failing::default());
+    let clock = ManualClock::new(http_support::start_time());
+    let kms = Arc::new(
+        Kms::with_backend(
+            backend.clone(),
+            root(3),
+            KmsOptions::new(ZONE_A).clock(clock.clone()),
+        )
+        .unwrap(),
+    );
+    let log = AuditLog::open(&path, &root(3), vec![Arc::clone(&kms)]).unwrap();
+    let options = ServeOptions {
+        audit: Some(Arc::clone(&log)),
+        ..options(keylife::server::DEFAULT_MAX_BODY_BYTES)
+    };
+    let admin = Credentials::parse(&format!(
+        "{KEY} {} operations=all,admin",
+        String::from_utf8_lossy(SECRET)
+    ))
+    .unwrap();
+    let server = TestServer::serve_zones(vec![kms], clock, admin, options).await;
+    let mut c: Client = server.client(0).await;
+    let backup = keylife::server::BACKUP_PATH;
+    assert_eq!(c.post_empty(backup).await.status, 200);
+
+    backend.fail(true);
+    ok(&c.get("/v2/kms-key").await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log.is_healthy() {
+        assert!(std::time::Instant::now() < deadline, "the log never failed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    backend.fail(false);
+    let refused = c.post_empty(backup).await;
+    let detail = problem(&refused, 503, "audit-unavailable");
+    assert!(detail.contains("backups are refused"), "{detail}");
+    log.reopen().unwrap();
+    assert_eq!(c.post_empty(backup).await.status, 200);
+    server.stop().await;
+
+    let backups: Vec<String> = json_lines(&path)
+        .iter()
+        .filter(|line| line["operation"] == "backup")
+        .map(|line| format!("{} {} {}", line["actor"], line["status"], line["outcome"]))
+        .collect();
+    assert_eq!(
+        backups,
+        [
+            format!("\"{KEY}\" 200 \"ok\""),
+            format!("\"{KEY}\" 200 \"ok\"")
+        ],
+        "the refused backup's line is lost with the log; the others are there"
+    );
+}
+
 /// Clients that close their connection right after sending a change: the change is still
 /// applied (it was handed to the store) and every applied change still has its line, since the
 /// request and its line run in a task the connection does not cancel.

@@ -7,7 +7,9 @@
 //! When the answer is made, the middleware appends the line; a state change that succeeded is
 //! answered only once its line is synced. While the log cannot be written, state changes are
 //! refused before they run (503 `audit-unavailable`); reads and crypto are served, and their
-//! lines are lost until the log is reopened (choice, design.md "Audit").
+//! lines are lost until the log is reopened (choice, design.md "Audit"). A backup is treated as
+//! a state change here: refused while the log cannot be written, its answer started only once
+//! its line is synced (design.md "Backup over HTTP").
 
 use std::sync::Arc;
 
@@ -21,7 +23,7 @@ use super::extract::{Zone, changes_state, operation_of};
 use super::problem::{Problem, ProblemCode};
 use super::slot::Slot;
 use crate::server::audit_log::{AuditLine, AuditLog};
-use crate::{KeyId, OUTCOME_OK};
+use crate::{KeyId, OUTCOME_OK, Operation};
 
 /// Middleware: one audit line per request (see the module).
 pub(crate) async fn audited(
@@ -41,6 +43,9 @@ pub(crate) async fn audited(
     let changes = operation.is_some_and(changes_state);
     if changes && !log.is_healthy() {
         return Problem::audit_unavailable(false).into_response();
+    }
+    if operation == Some(Operation::Backup) && !log.is_healthy() {
+        return Problem::audit_unavailable_for_backup().into_response();
     }
     let slot = Slot::default();
     request.extensions_mut().insert(slot.clone());
@@ -91,14 +96,24 @@ async fn write_line(
             auth: learned.auth.map(str::to_owned),
         },
     };
-    let acknowledged = changes && status == 200;
+    // A backup hands out the whole zone (sealed): like a state change, its answer starts only
+    // once its line is on disk.
+    let backup = operation == Some(Operation::Backup);
+    let acknowledged = (changes || backup) && status == 200;
+    let unavailable = || {
+        if backup {
+            Problem::audit_unavailable_for_backup().into_response()
+        } else {
+            Problem::audit_unavailable(true).into_response()
+        }
+    };
     match log.append(line) {
         Ok(ticket) if acknowledged => match log.synced(ticket).await {
             Ok(()) => response,
-            Err(_) => Problem::audit_unavailable(true).into_response(),
+            Err(_) => unavailable(),
         },
         Ok(_) => response,
-        Err(_) if acknowledged => Problem::audit_unavailable(true).into_response(),
+        Err(_) if acknowledged => unavailable(),
         Err(_) => response,
     }
 }

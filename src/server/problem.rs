@@ -127,6 +127,16 @@ impl Problem {
         }
     }
 
+    /// 503 for a backup while the audit log cannot be written (or its line could not be
+    /// synced): a backup always leaves its line; nothing was sent.
+    #[must_use]
+    pub fn audit_unavailable_for_backup() -> Problem {
+        let detail = "the audit log cannot be written: backups are refused until it is reopened \
+                      (nothing was sent)"
+            .to_owned();
+        Problem::new("audit-unavailable", "Audit log unavailable", 503, detail)
+    }
+
     /// 500 for a failure of the server itself (not of the KMS): `detail` says what.
     #[must_use]
     pub fn internal(detail: impl Into<String>) -> Problem {
