@@ -269,6 +269,55 @@ mod tests {
         assert!(data(&mut body).await.unwrap().is_err());
     }
 
+    /// What hyper makes of a body that fails after its first bytes: the connection is cut
+    /// before the chunked answer's last (empty) chunk, so no client takes it for complete.
+    #[tokio::test]
+    async fn hyper_cuts_the_answer_of_a_backup_that_fails_midway() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|_request| async {
+                let (sender, body) = streamed();
+                tokio::spawn(async move {
+                    let more = Piece::Chunk(Bytes::from_static(b"more"));
+                    sender.send(more).await.unwrap();
+                    // Most often after hyper has sent what came before (not needed to pass).
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    let failed = Piece::Failed(Error::Storage {
+                        detail: "disk gone".to_owned(),
+                    });
+                    let _ = sender.send(failed).await;
+                });
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .write_all(
+                    b"POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                )
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            String::from_utf8_lossy(&answer).into_owned()
+        })
+        .await
+        .unwrap();
+        server.await.unwrap();
+        // Whatever was sent (hyper may have sent nothing yet), the answer is not complete.
+        if !answer.is_empty() {
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert!(answer.contains("transfer-encoding: chunked"), "{answer}");
+        }
+        assert!(!answer.ends_with("0\r\n\r\n"), "{answer:?}");
+    }
+
     #[test]
     fn the_writer_sends_whole_chunks_and_fails_once_the_answer_is_gone() {
         let (sender, mut receiver) = mpsc::channel(CHUNKS_QUEUED);
