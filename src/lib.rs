@@ -59,3 +59,4 @@ pub use crate::kms::{
     KmsOptions, Limits, Link, LocalLink, ManualClock, OUTCOME_OK, Operation, RESERVATION_BLOCK,
     ReplicaUpdate, SyncReport, SystemClock, Target,
 };
+pub use crate::store::{RootKeyRotation, rotate_root_key};
