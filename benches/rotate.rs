@@ -56,7 +56,11 @@ fn main() {
             let _ = std::fs::write("/proc/self/clear_refs", "5");
             let before_open = memory("VmRSS:");
             let started = Instant::now();
-            drop(common::open(&dir, keys, &keylife::ManualClock::new(common::start())));
+            drop(common::open(
+                &dir,
+                keys,
+                &keylife::ManualClock::new(common::start()),
+            ));
             let open_took = started.elapsed();
             let open_peak = memory("VmHWM:");
             let _ = std::fs::write("/proc/self/clear_refs", "5");
