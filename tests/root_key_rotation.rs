@@ -129,6 +129,7 @@ fn a_rotated_store_keeps_everything_and_opens_only_with_the_new_key() {
         let sealed = populate(data.path(), &clock, engine);
         let kms = open(&dir, root(1), &clock).unwrap();
         let before = snapshot(&kms);
+        assert!(!kms.audit_head_rotated().unwrap());
         assert!(before.0.contains("PendingDeletion") && before.0.contains("Disabled"));
         assert!(
             before.0.contains("ReplicaState { zone: \"b\""),
@@ -173,6 +174,14 @@ fn a_rotated_store_keeps_everything_and_opens_only_with_the_new_key() {
         assert_eq!(refused.code(), "wrong-root-key", "{engine}: {refused}");
         let kms = open(&dir, root(2), &clock).unwrap();
         assert_eq!(snapshot(&kms), before, "{engine}: every record as it was");
+        // The audit head is marked as chained under the old key, until the next one.
+        assert!(kms.audit_head_rotated().unwrap());
+        kms.record_audit_head(AuditHead {
+            seq: 43,
+            mac: [8; 32],
+        })
+        .unwrap();
+        assert!(!kms.audit_head_rotated().unwrap());
         assert!(decrypt_all(&kms, &sealed) >= 10);
         // The new key seals new material too.
         let id = sealed[0].0;

@@ -333,7 +333,8 @@ impl AuditLog {
             .map_err(|detail| open_error(format!("{}: {detail}", path.display())))?;
         let synced_len = tail.len;
         if !tail.verified {
-            continue_across_rotation(&path, tail.last, recorded.as_ref()).map_err(open_error)?;
+            continue_across_rotation(&path, tail.last, recorded.as_ref(), &zones)
+                .map_err(open_error)?;
         }
         let (start, new) = match (tail.last, recorded) {
             (Some(last), Some((zone, head))) if last.0 < head.seq => {
@@ -710,16 +711,27 @@ impl Inner {
 }
 
 /// Accepts a file whose last line `last` does not verify under the chain key only when it is
-/// the head the stores `recorded` (authenticated under the root key in force): the file was
-/// written under the root key before a rotation, and the chain goes on from that line under
-/// the new key (`keylife audit verify` checks the lines before with the old key).
+/// the head the stores `recorded` (authenticated under the root key in force) and every zone
+/// that recorded it has it marked by a root-key rotation: the file was written under the root
+/// key before the rotation, and the chain goes on from that line under the new key (`keylife
+/// audit verify` checks the lines before with the old key).
 fn continue_across_rotation(
     path: &Path,
     last: Option<(u64, [u8; MAC_LEN])>,
     recorded: Option<&(String, AuditHead)>,
+    zones: &[Arc<Kms>],
 ) -> Result<(), String> {
+    let marked = || {
+        zones.iter().all(|kms| match kms.audit_head() {
+            Ok(Some(head)) if Some(head.seq) == last.map(|l| l.0) => {
+                kms.audit_head_rotated().unwrap_or(false)
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        })
+    };
     match (last, recorded) {
-        (Some(last), Some((_, head))) if last == (head.seq, head.mac) => Ok(()),
+        (Some(last), Some((_, head))) if last == (head.seq, head.mac) && marked() => Ok(()),
         (last, _) => Err(format!(
             "{}: its last line{} does not verify: the file was changed, or it belongs to \
              another root key (keylife audit verify names the first bad line; after a \

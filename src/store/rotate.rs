@@ -124,6 +124,12 @@ pub fn rotate_root_key_of(
     let engine = backend.engine();
     let mut materials = 0;
     let rekeyed = backend.rekey(&new, |table, key, value| {
+        if table == Table::Meta && key == super::META_AUDIT_HEAD && value.len() == 40 {
+            // Its line was chained under the old root key: marked for the audit log.
+            let mut marked = value.to_vec();
+            marked.push(super::AUDIT_HEAD_ROTATED);
+            return Ok(Some(marked));
+        }
         if table != Table::Materials {
             return Ok(None);
         }
