@@ -24,6 +24,7 @@ mod crypto;
 mod format;
 mod io;
 mod key;
+pub(crate) mod root_key;
 mod table;
 mod zones;
 
