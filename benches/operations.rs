@@ -63,7 +63,7 @@ fn operations(c: &mut Criterion) {
                             let report = Kms::restore(
                                 &mut file.as_slice(),
                                 out.path().join("zone"),
-                                &common::root(),
+                                common::root(),
                                 &options,
                             )
                             .unwrap();

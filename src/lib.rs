@@ -65,3 +65,4 @@ pub use crate::kms::{
     RestoreReport, SyncReport, SystemClock, Target,
 };
 pub use crate::seed::{Seed, SeedApplied, SeedReport};
+pub use crate::store::{RootKeyRotation, rotate_root_key};

@@ -40,8 +40,8 @@ fn backup(kms: &Kms) -> Vec<u8> {
 }
 
 /// The entries of backup file `bytes`, authenticated under `root`.
-fn entries(bytes: &[u8], root: &RootKey) -> (u64, Vec<BackupEntry>) {
-    let backup = read_backup(bytes, |_| Ok(MacKey::derive(root, Purpose::BackupMac))).unwrap();
+fn entries(bytes: &[u8], root: RootKey) -> (u64, Vec<BackupEntry>) {
+    let backup = read_backup(bytes, |_| Ok(MacKey::derive(&root, Purpose::BackupMac))).unwrap();
     (backup.header.seq, backup.entries)
 }
 
@@ -162,7 +162,7 @@ fn restore_and_open(bytes: &[u8], dir: &Path, engine: Engine, clock: &ManualCloc
     let options = RestoreOptions::default()
         .engine(engine)
         .clock(clock.clone());
-    let report = Kms::restore(&mut &bytes[..], dir, &root(1), &options).unwrap();
+    let report = Kms::restore(&mut &bytes[..], dir, root(1), &options).unwrap();
     assert_eq!(report.engine, engine);
     assert_eq!(report.revision_margin, RESTORE_MARGIN);
     Kms::open(dir, root(1), options_for(&report.backup.zone, clock)).unwrap()
@@ -217,7 +217,7 @@ fn a_backup_under_an_eight_thread_write_load_restores_exactly_its_commit_on_both
         let bytes = backup(&kms);
         stop.store(true, Ordering::Relaxed);
         let rounds: u32 = writers.into_iter().map(|w| w.join().unwrap()).sum();
-        let (seq, image) = entries(&bytes, &root(1));
+        let (seq, image) = entries(&bytes, root(1));
         let after = kms.list_keys().unwrap().kms_keys.len();
         assert!(
             (image.iter().filter(|(t, _, _)| *t == Table::Keys).count()) < after,
@@ -233,7 +233,7 @@ fn a_backup_under_an_eight_thread_write_load_restores_exactly_its_commit_on_both
         for target in Engine::ALL {
             let restored_dir = dir.path().join(format!("restored-{target}"));
             let kms = restore_and_open(&bytes, &restored_dir, target, &clock);
-            let (_, again) = entries(&backup(&kms), &root(1));
+            let (_, again) = entries(&backup(&kms), root(1));
             assert_eq!(
                 normalize(again),
                 expected_after_restore(&image, 1),
@@ -297,7 +297,7 @@ fn sled_to_redb_to_sled_round_trip_is_equal() {
     .unwrap();
     let sealed = varied_zone(&sled);
     let first = backup(&sled);
-    let (_, image) = entries(&first, &root(1));
+    let (_, image) = entries(&first, root(1));
     drop(sled);
 
     let redb = restore_and_open(&first, &dir.path().join("b"), Engine::Redb, &clock);
@@ -306,7 +306,7 @@ fn sled_to_redb_to_sled_round_trip_is_equal() {
     let back = restore_and_open(&second, &dir.path().join("c"), Engine::Sled, &clock);
     assert_eq!(Engine::detect(&dir.path().join("b")), Some(Engine::Redb));
     assert_eq!(Engine::detect(&dir.path().join("c")), Some(Engine::Sled));
-    let (_, twice) = entries(&backup(&back), &root(1));
+    let (_, twice) = entries(&backup(&back), root(1));
     assert_eq!(normalize(twice), expected_after_restore(&image, 2));
     for (id, ciphertext) in &sealed {
         let key = back.get_key(*id).unwrap();
@@ -326,14 +326,14 @@ fn a_flipped_byte_anywhere_is_refused_and_a_refused_restore_leaves_nothing() {
     for at in 0..bytes.len() {
         let mut changed = bytes.clone();
         changed[at] ^= 1;
-        let error = Kms::inspect_backup(&mut &changed[..], &root(1)).unwrap_err();
+        let error = Kms::inspect_backup(&mut &changed[..], root(1)).unwrap_err();
         assert!(
             matches!(error, Error::Corrupt { .. } | Error::WrongRootKey),
             "byte {at}: {error}"
         );
     }
     assert_eq!(
-        Kms::inspect_backup(&mut &bytes[..bytes.len() - 1], &root(1))
+        Kms::inspect_backup(&mut &bytes[..bytes.len() - 1], root(1))
             .unwrap_err()
             .code(),
         "corrupt-record"
@@ -344,7 +344,7 @@ fn a_flipped_byte_anywhere_is_refused_and_a_refused_restore_leaves_nothing() {
         let mut changed = bytes.clone();
         changed[at] ^= 0x80;
         let target = dir.path().join(format!("at-{at}"));
-        assert!(Kms::restore(&mut &changed[..], &target, &root(1), &options).is_err());
+        assert!(Kms::restore(&mut &changed[..], &target, root(1), &options).is_err());
         assert!(!target.exists(), "byte {at}: nothing is built");
     }
     assert_eq!(
@@ -353,7 +353,7 @@ fn a_flipped_byte_anywhere_is_refused_and_a_refused_restore_leaves_nothing() {
         "no staging directory is left behind"
     );
     // The same file, unchanged, restores.
-    Kms::restore(&mut &bytes[..], dir.path().join("ok"), &root(1), &options).unwrap();
+    Kms::restore(&mut &bytes[..], dir.path().join("ok"), root(1), &options).unwrap();
 }
 
 #[test]
@@ -364,17 +364,17 @@ fn a_wrong_root_key_or_a_non_empty_target_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let options = RestoreOptions::default().clock(clock);
     let target = dir.path().join("zone");
-    let error = Kms::restore(&mut &bytes[..], &target, &root(2), &options).unwrap_err();
+    let error = Kms::restore(&mut &bytes[..], &target, root(2), &options).unwrap_err();
     assert!(matches!(error, Error::WrongRootKey), "{error}");
     assert!(matches!(
-        Kms::inspect_backup(&mut &bytes[..], &root(2)).unwrap_err(),
+        Kms::inspect_backup(&mut &bytes[..], root(2)).unwrap_err(),
         Error::WrongRootKey
     ));
     assert!(!target.exists());
 
     std::fs::create_dir(&target).unwrap();
     std::fs::write(target.join("something"), b"x").unwrap();
-    let error = Kms::restore(&mut &bytes[..], &target, &root(1), &options).unwrap_err();
+    let error = Kms::restore(&mut &bytes[..], &target, root(1), &options).unwrap_err();
     assert!(
         matches!(error, Error::BadRequest { field: "path", .. }),
         "{error}"
@@ -388,7 +388,7 @@ fn a_wrong_root_key_or_a_non_empty_target_is_refused() {
     // An empty directory is fine: the store takes its place.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    Kms::restore(&mut &bytes[..], &empty, &root(1), &options).unwrap();
+    Kms::restore(&mut &bytes[..], &empty, root(1), &options).unwrap();
     assert!(Engine::detect(&empty).is_some());
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
@@ -413,7 +413,7 @@ fn versions_made_after_the_backup_are_gone_and_pending_deletions_that_passed_are
 
     clock.advance(jiff::SignedDuration::from_hours(8 * 24));
     let options = RestoreOptions::default().clock(clock.clone());
-    let report = Kms::restore(&mut &bytes[..], dir.path().join("b"), &root(1), &options).unwrap();
+    let report = Kms::restore(&mut &bytes[..], dir.path().join("b"), root(1), &options).unwrap();
     assert_eq!(report.deleted_since_backup, vec![doomed.id]);
     assert_eq!(report.backup.keys, 2);
     assert_eq!(report.origin_keys, 2);
@@ -493,7 +493,7 @@ fn replicas_follow_a_restored_origin() {
     let report = Kms::restore(
         &mut &bytes[..],
         pair.dir.path().join("gva2"),
-        &root(1),
+        root(1),
         &options,
     )
     .unwrap();
@@ -538,7 +538,7 @@ fn a_replica_ahead_in_versions_refuses_the_restored_origin_and_the_origin_shows_
     Kms::restore(
         &mut &bytes[..],
         pair.dir.path().join("gva2"),
-        &root(1),
+        root(1),
         &options,
     )
     .unwrap();
@@ -585,5 +585,44 @@ fn a_backup_is_asked_of_the_callers_check_and_audited() {
             (Operation::Backup, "permission-denied", Some("ops")),
             (Operation::Backup, "ok", Some("ops"))
         ]
+    );
+}
+
+/// A backup stays bound to the root key it was taken under: after a rotation it restores under
+/// the old key only, and the restored store can be rotated in turn.
+#[test]
+fn a_backup_taken_before_a_root_key_rotation_restores_under_the_old_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let kms = Kms::open(dir.path().join("a"), root(1), options("z", &clock)).unwrap();
+    let sealed = varied_zone(&kms);
+    let bytes = backup(&kms);
+    drop(kms);
+    keylife::rotate_root_key(dir.path().join("a"), root(1), root(2)).unwrap();
+    let restore_options = RestoreOptions::default().clock(clock.clone());
+    let error = Kms::restore(
+        &mut &bytes[..],
+        dir.path().join("b"),
+        root(2),
+        &restore_options,
+    )
+    .unwrap_err();
+    assert!(matches!(error, Error::WrongRootKey), "{error}");
+    Kms::restore(
+        &mut &bytes[..],
+        dir.path().join("b"),
+        root(1),
+        &restore_options,
+    )
+    .unwrap();
+    keylife::rotate_root_key(dir.path().join("b"), root(1), root(2)).unwrap();
+    let kms = Kms::open(dir.path().join("b"), root(2), options("z", &clock)).unwrap();
+    let (id, ciphertext) = &sealed[0];
+    assert_eq!(
+        kms.decrypt(*id, ciphertext, Some(b"ctx"))
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"payload"
     );
 }

@@ -58,7 +58,7 @@ fn restored(server: &TestServer, backup: &[u8]) -> (tempfile::TempDir, Kms) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(ZONE_A);
     let options = RestoreOptions::default().clock(server.clock.clone());
-    Kms::restore(&mut &backup[..], &path, &root_a(), &options).unwrap();
+    Kms::restore(&mut &backup[..], &path, root_a(), &options).unwrap();
     let kms = Kms::open(
         &path,
         root_a(),
@@ -128,7 +128,7 @@ async fn a_backup_needs_a_signature_and_the_admin_grant() {
             Some("application/octet-stream")
         );
         assert_eq!(reply.headers["cache-control"], "no-store");
-        let summary = Kms::inspect_backup(&mut &reply.body[..], &root_a()).unwrap();
+        let summary = Kms::inspect_backup(&mut &reply.body[..], root_a()).unwrap();
         assert_eq!((summary.zone.as_str(), summary.keys), (ZONE_A, 1));
     }
     server.stop().await;
@@ -270,7 +270,7 @@ async fn the_signed_client_fetches_a_backup_and_reports_refusals() {
         .await
         .unwrap();
     assert_eq!(written, file.len() as u64);
-    let summary = Kms::inspect_backup(&mut &file[..], &root_a()).unwrap();
+    let summary = Kms::inspect_backup(&mut &file[..], root_a()).unwrap();
     assert_eq!(summary.keys, 1);
 
     // The same client signs API calls the server accepts.
@@ -369,9 +369,7 @@ async fn the_client_speaks_https_to_a_server_of_the_ca_it_trusts() {
         .await
         .unwrap();
     assert_eq!(
-        Kms::inspect_backup(&mut &bytes[..], &root_a())
-            .unwrap()
-            .keys,
+        Kms::inspect_backup(&mut &bytes[..], root_a()).unwrap().keys,
         1
     );
 

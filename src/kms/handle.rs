@@ -550,6 +550,13 @@ impl Kms {
             .map(|(seq, mac)| AuditHead { seq, mac }))
     }
 
+    /// Whether the recorded audit head is the last line chained under the root key before a
+    /// root-key rotation ([`rotate_root_key`](crate::rotate_root_key) marks it; the next head
+    /// recorded clears the mark): an audit log may go on from that line under the new key.
+    pub fn audit_head_rotated(&self) -> Result<bool> {
+        self.zone.shared.store().audit_head_rotated()
+    }
+
     /// Sends the event of a call that returned `result` (with the key's revision after it) to
     /// this handle's sinks, if any, and returns its answer.
     #[inline]

@@ -295,7 +295,9 @@ impl AuditLog {
     /// chain: from the file's last line if it has one (checked against the line before it),
     /// else from the head recorded in the stores (a new file after the last one was moved
     /// away), else from the start. A file that ends before the head a store recorded was cut
-    /// off, and is refused; so is one whose last line does not verify. A torn last line
+    /// off, and is refused; so is one whose last line does not verify, unless it is the head
+    /// the stores recorded (after a root-key rotation, the last line before it was chained
+    /// under the old root key: the chain goes on from it under the new one). A torn last line
     /// (written, never synced: a crash) is cut away. Returns once its first line, an
     /// `audit-open` line, is synced.
     pub fn open(
@@ -330,6 +332,10 @@ impl AuditLog {
         let (file, tail, _) = open_file(&path, &key, None)
             .map_err(|detail| open_error(format!("{}: {detail}", path.display())))?;
         let synced_len = tail.len;
+        if !tail.verified {
+            continue_across_rotation(&path, tail.last, recorded.as_ref(), &zones)
+                .map_err(open_error)?;
+        }
         let (start, new) = match (tail.last, recorded) {
             (Some(last), Some((zone, head))) if last.0 < head.seq => {
                 return Err(open_error(format!(
@@ -704,12 +710,48 @@ impl Inner {
     }
 }
 
+/// Accepts a file whose last line `last` does not verify under the chain key only when it is
+/// the head the stores `recorded` (authenticated under the root key in force) and every zone
+/// that recorded it has it marked by a root-key rotation: the file was written under the root
+/// key before the rotation, and the chain goes on from that line under the new key (`keylife
+/// audit verify` checks the lines before with the old key).
+fn continue_across_rotation(
+    path: &Path,
+    last: Option<(u64, [u8; MAC_LEN])>,
+    recorded: Option<&(String, AuditHead)>,
+    zones: &[Arc<Kms>],
+) -> Result<(), String> {
+    let marked = || {
+        zones.iter().all(|kms| match kms.audit_head() {
+            Ok(Some(head)) if Some(head.seq) == last.map(|l| l.0) => {
+                kms.audit_head_rotated().unwrap_or(false)
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        })
+    };
+    match (last, recorded) {
+        (Some(last), Some((_, head))) if last == (head.seq, head.mac) && marked() => Ok(()),
+        (last, _) => Err(format!(
+            "{}: its last line{} does not verify: the file was changed, or it belongs to \
+             another root key (keylife audit verify names the first bad line; after a \
+             root-key rotation, the file may end only at the head the stores recorded)",
+            path.display(),
+            last.map(|(seq, _)| format!(" (line {seq})"))
+                .unwrap_or_default()
+        )),
+    }
+}
+
 /// The end of a log file as [`open_file`] found it.
 struct Tail {
     /// Its length, a torn last line cut away.
     len: u64,
     /// Its last line's number and MAC.
     last: Option<(u64, [u8; MAC_LEN])>,
+    /// Whether the last line's MAC verifies under the chain key (it may be a line of the
+    /// root key before a rotation: see [`AuditLog::open`]).
+    verified: bool,
 }
 
 /// Opens `path` for appending (created with mode 0600). When it is `current` (the file being
@@ -728,7 +770,15 @@ fn open_file(
     let file = options.open(path).map_err(|error| error.to_string())?;
     let len = file.metadata().map_err(|error| error.to_string())?.len();
     if current.is_some_and(|current| same_file(current, &file)) {
-        return Ok((file, Tail { len, last: None }, true));
+        return Ok((
+            file,
+            Tail {
+                len,
+                last: None,
+                verified: true,
+            },
+            true,
+        ));
     }
     match file.try_lock() {
         Ok(()) => {}
@@ -746,7 +796,14 @@ fn open_file(
 /// Cuts a torn last line of `file` (`len` bytes) away and reads its last line, checked.
 fn read_tail(mut file: File, len: u64, key: &MacKey) -> Result<(File, Tail), String> {
     if len == 0 {
-        return Ok((file, Tail { len, last: None }));
+        return Ok((
+            file,
+            Tail {
+                len,
+                last: None,
+                verified: true,
+            },
+        ));
     }
     let start = len.saturating_sub(2 * MAX_LINE);
     let mut buffer = Vec::new();
@@ -766,7 +823,14 @@ fn read_tail(mut file: File, len: u64, key: &MacKey) -> Result<(File, Tail), Str
         file.set_len(kept).map_err(|error| error.to_string())?;
         buffer.truncate(complete);
         if kept == 0 {
-            return Ok((file, Tail { len: 0, last: None }));
+            return Ok((
+                file,
+                Tail {
+                    len: 0,
+                    last: None,
+                    verified: true,
+                },
+            ));
         }
     }
     let len = start + buffer.len() as u64;
@@ -789,18 +853,13 @@ fn read_tail(mut file: File, len: u64, key: &MacKey) -> Result<(File, Tail), Str
             return Err("its only line names no previous line (`prev`)".to_owned());
         }
     };
-    if !key.verify(&[&prev[..], &last.canonical], &last.mac) {
-        return Err(format!(
-            "its last line (line {}) does not verify: the file was changed, or it belongs to \
-             another root key (keylife audit verify names the first bad line)",
-            last.record.seq
-        ));
-    }
+    let verified = key.verify(&[&prev[..], &last.canonical], &last.mac);
     Ok((
         file,
         Tail {
             len,
             last: Some((last.record.seq, last.mac)),
+            verified,
         },
     ))
 }
@@ -944,6 +1003,10 @@ pub struct Verified {
     pub lines: u64,
     /// Each store's recorded head checked: its zone and line.
     pub heads: Vec<(String, u64)>,
+    /// Where the chain moved to a later root key (after a root-key rotation), in order: the
+    /// line (`seq`) from which it was in force, and its position among the keys given to
+    /// [`verify_across`] (from 0). Empty when one key made the whole log.
+    pub key_changes: Vec<(u64, usize)>,
 }
 
 /// Checks the audit log `files` (in order: a rotated file before the one that continues it)
@@ -957,7 +1020,26 @@ pub fn verify(
     files: &[PathBuf],
     heads: &[(String, AuditHead)],
 ) -> Result<Verified, VerifyError> {
-    let key = MacKey::derive(root, Purpose::AuditChain);
+    verify_across(std::slice::from_ref(root), files, heads)
+}
+
+/// [`verify`] of a log that spans root-key rotations, with the root keys it was written under,
+/// oldest first. Each line must verify under the key in force: the first line read under any
+/// of them, every later line under the same key as the line before, or under a later key
+/// (never an earlier one) at an `audit-open` line, the first line a server writes when it
+/// starts, as it does under its new key after a rotation. [`Verified::key_changes`] says
+/// where the chain moved to a later key.
+pub fn verify_across(
+    roots: &[RootKey],
+    files: &[PathBuf],
+    heads: &[(String, AuditHead)],
+) -> Result<Verified, VerifyError> {
+    let keys: Vec<MacKey> = roots
+        .iter()
+        .map(|root| MacKey::derive(root, Purpose::AuditChain))
+        .collect();
+    let mut in_force: Option<usize> = None;
+    let mut key_changes = Vec::new();
     let mut chain: Option<(u64, [u8; MAC_LEN])> = None;
     let mut first = None;
     let mut lines = 0;
@@ -1033,11 +1115,31 @@ pub fn verify(
                     mac
                 }
             };
-            if !key.verify(&[&prev[..], &parsed.canonical], &parsed.mac) {
-                return Err(bad(
-                    Damage::Changed,
-                    format!("(line {seq} of the log) was changed: its MAC does not verify"),
-                ));
+            let from = in_force.unwrap_or(0);
+            let under = (from..keys.len())
+                .find(|&k| keys[k].verify(&[&prev[..], &parsed.canonical], &parsed.mac));
+            match (in_force, under) {
+                (_, None) => {
+                    return Err(bad(
+                        Damage::Changed,
+                        format!("(line {seq} of the log) was changed: its MAC does not verify"),
+                    ));
+                }
+                (Some(current), Some(next)) if next > current => {
+                    if parsed.record.operation != OPEN_OPERATION {
+                        return Err(bad(
+                            Damage::Changed,
+                            format!(
+                                "(line {seq} of the log) verifies only under a later root key \
+                                 but is not an {OPEN_OPERATION} line (the chain moves to a new \
+                                 root key only when the server starts): it was changed"
+                            ),
+                        ));
+                    }
+                    key_changes.push((seq, next));
+                    in_force = Some(next);
+                }
+                (_, Some(next)) => in_force = Some(next),
             }
             for (index, (_, head)) in heads.iter().enumerate() {
                 if head.seq == seq {
@@ -1083,6 +1185,7 @@ pub fn verify(
         last,
         lines,
         heads: checked,
+        key_changes,
     })
 }
 

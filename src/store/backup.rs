@@ -253,8 +253,12 @@ impl Reader<'_> {
         let seq = self.u64("commit sequence")?;
         let seconds = i64::from_be_bytes(self.array("time")?);
         let nanos = i32::from_be_bytes(self.array("time")?);
-        let taken_at =
-            Timestamp::new(seconds, nanos).map_err(|_| corrupt("its time is out of range"))?;
+        // One encoding per time: jiff normalizes some pairs (a negative time with positive
+        // nanoseconds), which would then write back otherwise.
+        let taken_at = Timestamp::new(seconds, nanos)
+            .ok()
+            .filter(|at| at.as_second() == seconds && at.subsec_nanosecond() == nanos)
+            .ok_or_else(|| corrupt("its time is out of range"))?;
         let keys = self.u64("key count")?;
         let entries = self.u64("entry count")?;
         let store_id = self.array("store id")?;

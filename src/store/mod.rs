@@ -13,6 +13,7 @@ mod group;
 mod lock;
 mod memory;
 mod redb;
+mod rotate;
 mod sled;
 mod sync;
 mod trust;
@@ -22,6 +23,7 @@ pub use self::engine::Engine;
 pub use self::lock::{DirLock, LOCK_FILE, LOCK_WAIT};
 pub use self::memory::MemoryBackend;
 pub use self::redb::{REDB_FILE, RedbBackend};
+pub use self::rotate::{RootKeyRotation, rotate_root_key, rotate_root_key_of};
 pub use self::sled::{MARKER, SledBackend};
 pub use self::sync::Syncs;
 pub(crate) use self::sync::sync_dir;
@@ -53,6 +55,8 @@ const META_ROOT_CHECK: &[u8] = b"root-check";
 const META_ORIGIN_KEYS: &[u8] = b"origin-keys";
 const META_ZONE: &[u8] = b"zone";
 const META_AUDIT_HEAD: &[u8] = b"audit-head";
+/// The byte after an audit head that a root-key rotation marked.
+const AUDIT_HEAD_ROTATED: u8 = 1;
 
 /// What a store says about itself: written once, when it is initialized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -596,11 +600,28 @@ impl Store {
         };
         let corrupt = || Error::Corrupt {
             record: "audit head".to_owned(),
-            detail: format!("expected 40 bytes, found {}", bytes.len()),
+            detail: format!(
+                "expected 40 bytes (41 marked by a rotation), found {}",
+                bytes.len()
+            ),
+        };
+        let bytes = match bytes.as_slice() {
+            [head @ .., AUDIT_HEAD_ROTATED] if bytes.len() == 41 => head,
+            head => head,
         };
         let (seq, mac) = bytes.split_at_checked(8).ok_or_else(corrupt)?;
         let seq = u64::from_be_bytes(seq.try_into().map_err(|_| corrupt())?);
         Ok(Some((seq, mac.try_into().map_err(|_| corrupt())?)))
+    }
+
+    /// Whether the recorded audit head was marked by a root-key rotation
+    /// ([`rotate_root_key`]): its line was chained under the root key before the rotation.
+    /// The next head recorded clears the mark.
+    pub fn audit_head_rotated(&self) -> Result<bool, Error> {
+        Ok(self
+            .backend
+            .get(Table::Meta, META_AUDIT_HEAD)?
+            .is_some_and(|bytes| bytes.len() == 41 && bytes[40] == AUDIT_HEAD_ROTATED))
     }
 
     /// Durably records the head of the audit chain: line `seq`, whose MAC is `mac`.

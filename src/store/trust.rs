@@ -580,6 +580,96 @@ impl AuthenticatedBackend {
     }
 }
 
+/// What [`AuthenticatedBackend::rekey`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rekeyed {
+    /// The entries written again under the new keys (the state record aside).
+    pub(crate) entries: usize,
+    /// The sequence of the commit that did it.
+    pub(crate) seq: u64,
+}
+
+impl AuthenticatedBackend {
+    /// Moves the whole store to the root key `new`, in one engine commit: every entry is read
+    /// (its tag verified under the current keys), given its new value by `value_of` (`None`:
+    /// unchanged; the root-key check value is this layer's and replaced here), tagged under the
+    /// keys derived from `new` with the same store id, and written with the state record of
+    /// the next sequence under `new`.
+    ///
+    /// Crash safety: before that commit, the witness slot of the next sequence is written
+    /// under `new`'s witness key and synced, into the slot the current sequence is not in. A
+    /// crash before the commit leaves the store as it was (its own slot still verifies under
+    /// the old key; the new slot does not and is ignored), and `new` is refused by the
+    /// root-key check; after it, `new` opens the store at the next sequence, its slot there,
+    /// and the old key is refused. After an error other than [`Error::NotDurable`] nothing was
+    /// committed. The backend is consumed: its keys are the old ones.
+    pub(crate) fn rekey(
+        self,
+        new: &RootKey,
+        mut value_of: impl FnMut(Table, &[u8], &[u8]) -> Result<Option<Vec<u8>>, Error>,
+    ) -> Result<Rekeyed, Error> {
+        let state = *self.lock_state();
+        // A view of this store under the new keys: the same id and engine, no witness of its
+        // own (its slot is written below, through a handle with the new witness key).
+        let next = AuthenticatedBackend {
+            engine: Arc::clone(&self.engine),
+            keys: Keys::derive(new),
+            store_id: self.store_id,
+            state: Mutex::new(State::default()),
+            group: CommitGroup::default(),
+            witness: None,
+        };
+        let check = RootSealer::new(new).check_value()?;
+        let mut found_check = false;
+        let mut digest = Digest::default();
+        let mut writes = Vec::new();
+        for table in Table::ALL {
+            let mut start = Vec::new();
+            loop {
+                let page = self.engine.scan(table, &start, None, 4096)?;
+                let Some((last, _)) = page.last() else { break };
+                start.clone_from(last);
+                start.push(0);
+                for (key, raw) in page {
+                    if table == Table::Meta && key == META_STATE {
+                        continue;
+                    }
+                    let value = self.verify(table, &key, &raw)?;
+                    let value = if table == Table::Meta && key == META_ROOT_CHECK {
+                        found_check = true;
+                        check.clone()
+                    } else {
+                        value_of(table, &key, value)?.unwrap_or_else(|| value.to_vec())
+                    };
+                    writes.push(next.sealed_put(table, key, &value, &mut digest));
+                }
+            }
+        }
+        if !found_check {
+            return Err(corrupt_store("its root-key check value is missing"));
+        }
+        let entries = writes.len();
+        let rotated = State {
+            seq: state.seq + 1,
+            digest,
+        };
+        writes.push(next.state_write(rotated));
+        if let Some(dir) = self.engine.directory() {
+            let witness = Witness::open(dir, next.keys.witness.clone())?;
+            witness
+                .write(&self.store_id, rotated.seq)
+                .map_err(|detail| Error::Storage {
+                    detail: format!("the witness could not be written: {detail}"),
+                })?;
+        }
+        self.engine.commit(&writes)?;
+        Ok(Rekeyed {
+            entries,
+            seq: rotated.seq,
+        })
+    }
+}
+
 /// The changes of a group so far: for each entry touched, its raw value before the group and
 /// its raw value now (`None`: absent).
 #[derive(Default, Clone)]

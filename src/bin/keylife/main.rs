@@ -43,6 +43,13 @@ enum RootKeyCommand {
     /// Store it in a file readable only by the server's user, away from the data directory:
     /// `keylife root-key generate > root.key && chmod 600 root.key`.
     Generate,
+    /// Move the stores of a data directory to a new root key.
+    ///
+    /// Every material version is sealed again and every stored value authenticated again
+    /// under the new root key, in one durable commit per zone: killed at any instant, a store
+    /// opens afterwards with exactly one of the two keys, whole. A zone already under the new
+    /// key is left as it is, so the command can be run again after an interruption.
+    Rotate(cli::root_key::RotateArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::RootKey(RootKeyCommand::Rotate(args)) => cli::root_key::rotate(&args),
         Command::Local(command) => cli::run(command),
     }
 }

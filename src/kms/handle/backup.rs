@@ -65,8 +65,9 @@ impl Kms {
     /// header and every entry's framing. A root key other than the backup's is
     /// [`Error::WrongRootKey`]; a file changed anywhere, cut short or not a backup is
     /// [`Error::Corrupt`] on record `backup file`.
-    pub fn inspect_backup(from: &mut dyn Read, root: &RootKey) -> Result<BackupSummary> {
-        let (backup, bytes) = restore::read(from, root)?;
+    /// The root key is wiped when this returns.
+    pub fn inspect_backup(from: &mut dyn Read, root: RootKey) -> Result<BackupSummary> {
+        let (backup, bytes) = restore::read(from, &root)?;
         Ok(BackupSummary::new(
             &backup.header,
             bytes,
@@ -86,13 +87,14 @@ impl Kms {
     /// non-empty `path` is [`Error::BadRequest`] on field `path`. The store is built in a new
     /// directory beside `path`, checked as a whole, then renamed to `path`: on any error
     /// nothing is left behind, and a restore killed midway leaves `path` as it was (and a
-    /// `.NAME.restoring-*` directory to remove). Open the result with [`Kms::open`].
+    /// `.NAME.restoring-*` directory to remove). Open the result with [`Kms::open`]. The root
+    /// key is wiped when this returns.
     pub fn restore(
         from: &mut dyn Read,
         path: impl AsRef<Path>,
-        root: &RootKey,
+        root: RootKey,
         options: &RestoreOptions,
     ) -> Result<RestoreReport> {
-        restore::restore(from, path.as_ref(), root, options)
+        restore::restore(from, path.as_ref(), &root, options)
     }
 }

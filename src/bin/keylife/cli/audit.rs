@@ -21,6 +21,10 @@ pub(crate) enum AuditCommand {
     /// head each zone's store recorded must be a line of the log: a log that ends before it
     /// was cut off. Give a rotated file before the file that continues it.
     ///
+    /// After a root-key rotation (`keylife root-key rotate`), give --root-key-file once per
+    /// key, oldest first: each line must verify under the key in force, which moves to the
+    /// next key (never back) only at the `audit-open` line of a server started with it.
+    ///
     /// Exit status: 0 when the log is intact; 1 naming the first bad line (or the cut), or when
     /// a file or store cannot be read; 2 for a malformed command line.
     Verify(VerifyArgs),
@@ -30,9 +34,11 @@ pub(crate) enum AuditCommand {
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
     /// File holding the root key the server ran with (base64 of 32 bytes); else the
-    /// environment variable KEYLIFE_ROOT_KEY.
+    /// environment variable KEYLIFE_ROOT_KEY. For a log spanning root-key rotations, give
+    /// each key the log was written under, oldest first (the stores of --data open with the
+    /// last).
     #[arg(long, value_name = "FILE")]
-    root_key_file: Option<PathBuf>,
+    root_key_file: Vec<PathBuf>,
     /// The server's data directory: check the log against the audit head each zone's store
     /// recorded (stop the server first: a store has one user at a time).
     #[arg(long, value_name = "DIR")]
@@ -50,7 +56,17 @@ pub(super) fn run(command: AuditCommand) -> Result<(), Failure> {
 }
 
 fn verify(args: &VerifyArgs) -> Result<(), Failure> {
-    let root = RootKeyBytes::load(args.root_key_file.as_deref())?;
+    let roots = match args.root_key_file.as_slice() {
+        [] => vec![RootKeyBytes::load(None)?],
+        files => files
+            .iter()
+            .map(|file| RootKeyBytes::load(Some(file)))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    // The stores are under the newest key.
+    let root = roots
+        .last()
+        .unwrap_or_else(|| unreachable!("one key at least"));
     let mut heads = Vec::new();
     let mut without = Vec::new();
     if let Some(data) = &args.data {
@@ -83,7 +99,8 @@ fn verify(args: &VerifyArgs) -> Result<(), Failure> {
             }
         }
     }
-    let verified = audit_log::verify(&root.root_key(), &args.files, &heads)
+    let keys: Vec<_> = roots.iter().map(RootKeyBytes::root_key).collect();
+    let verified = audit_log::verify_across(&keys, &args.files, &heads)
         .map_err(|error: VerifyError| Failure::Other(error.to_string()))?;
     let files = args
         .files
@@ -95,6 +112,12 @@ fn verify(args: &VerifyArgs) -> Result<(), Failure> {
         "{files}: lines {} to {} ({} lines), the chain verifies",
         verified.first, verified.last, verified.lines
     );
+    for (seq, key) in &verified.key_changes {
+        println!(
+            "from line {seq}: the chain goes on under root key {} of those given (a rotation)",
+            key + 1
+        );
+    }
     for (zone, seq) in &verified.heads {
         println!("zone {zone}: its store recorded line {seq} as the head: found, the same line");
     }

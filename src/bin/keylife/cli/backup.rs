@@ -143,7 +143,7 @@ pub(super) fn backup(args: BackupArgs) -> Result<(), Failure> {
 /// Runs `keylife backup inspect`.
 fn inspect(args: &InspectArgs) -> Result<(), Failure> {
     let root = RootKeyBytes::load(args.root_key_file.as_deref())?;
-    let summary = read_summary(&args.file, &root.root_key())?;
+    let summary = read_summary(&args.file, root.root_key())?;
     println!("{}: verifies; {summary}", args.file.display());
     Ok(())
 }
@@ -151,9 +151,8 @@ fn inspect(args: &InspectArgs) -> Result<(), Failure> {
 /// Runs `keylife restore`.
 pub(super) fn restore(args: &RestoreArgs) -> Result<(), Failure> {
     let root = RootKeyBytes::load(args.root_key_file.as_deref())?;
-    let root = root.root_key();
     // The zone, hence the target, comes from the file: it is read (and verified) first.
-    let summary = read_summary(&args.from, &root)?;
+    let summary = read_summary(&args.from, root.root_key())?;
     config::check_zone_name(&summary.zone)?;
     let target = config::zone_dir(&args.data, &summary.zone);
     let options = RestoreOptions {
@@ -161,7 +160,7 @@ pub(super) fn restore(args: &RestoreArgs) -> Result<(), Failure> {
         ..RestoreOptions::default()
     };
     let mut file = BufReader::new(open(&args.from)?);
-    let report = Kms::restore(&mut file, &target, &root, &options)?;
+    let report = Kms::restore(&mut file, &target, root.root_key(), &options)?;
     println!(
         "restored zone {} from {} (commit {}, taken at {}) into {} with {}: {} keys, {} of \
          them this zone's own, moved {} revisions up; {} replicas owed a delivery; {:.2} s",
@@ -190,7 +189,7 @@ pub(super) fn restore(args: &RestoreArgs) -> Result<(), Failure> {
 }
 
 /// The backup in `path`, verified under `root`.
-fn read_summary(path: &Path, root: &RootKey) -> Result<BackupSummary, Failure> {
+fn read_summary(path: &Path, root: RootKey) -> Result<BackupSummary, Failure> {
     let mut file = BufReader::new(open(path)?);
     Kms::inspect_backup(&mut file, root).map_err(|error| {
         Failure::Other(match error {

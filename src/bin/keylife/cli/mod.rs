@@ -26,6 +26,7 @@ mod format;
 mod io;
 mod key;
 mod remote;
+pub(crate) mod root_key;
 mod table;
 mod zones;
 
