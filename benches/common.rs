@@ -324,3 +324,31 @@ pub fn store_dir(engine: Engine, keys: usize) -> PathBuf {
     std::fs::create_dir_all(parent).unwrap();
     parent.join(format!("keylife-bench-v2-{engine}-{keys}"))
 }
+
+/// Copies directory `from` (a closed store) to `to`, recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The store sizes of `KEYLIFE_BENCH_SCALE` (comma-separated), else `default`.
+pub fn sizes(default: &[usize]) -> Vec<usize> {
+    std::env::var("KEYLIFE_BENCH_SCALE")
+        .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
+        .unwrap_or_else(|_| default.to_vec())
+}
+
+/// The engines of `KEYLIFE_BENCH_ENGINES` (comma-separated), else every engine.
+pub fn engines() -> Vec<Engine> {
+    std::env::var("KEYLIFE_BENCH_ENGINES")
+        .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
+        .unwrap_or_else(|_| Engine::ALL.to_vec())
+}

@@ -15,12 +15,8 @@ use keylife::{Kms, ManualClock, RestoreOptions};
 mod common;
 
 fn operations(c: &mut Criterion) {
-    let sizes: Vec<usize> = std::env::var("KEYLIFE_BENCH_SCALE")
-        .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
-        .unwrap_or_else(|_| vec![100_000]);
-    let engines: Vec<Engine> = std::env::var("KEYLIFE_BENCH_ENGINES")
-        .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
-        .unwrap_or_else(|_| Engine::ALL.to_vec());
+    let sizes = common::sizes(&[100_000]);
+    let engines = common::engines();
     let mut group = c.benchmark_group("operations");
     group.sample_size(10).sampling_mode(SamplingMode::Flat);
     for &engine in &engines {

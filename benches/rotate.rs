@@ -7,27 +7,12 @@
 //! `KEYLIFE_BENCH_ENGINES=sled,redb`. Run: `cargo bench --bench rotate` (release), or
 //! `KEYLIFE_BENCH_SCALE=10000 cargo test --bench rotate` for a debug build.
 
-use std::path::Path;
 use std::time::Instant;
 
 use keylife::RootKey;
-use keylife::store::Engine;
 
 #[path = "common.rs"]
 mod common;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 /// The process's `VmHWM` or `VmRSS` in MiB (Linux), if readable.
 fn memory(field: &str) -> Option<f64> {
@@ -38,19 +23,15 @@ fn memory(field: &str) -> Option<f64> {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::var("KEYLIFE_BENCH_SCALE")
-        .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
-        .unwrap_or_else(|_| vec![100_000]);
-    let engines: Vec<Engine> = std::env::var("KEYLIFE_BENCH_ENGINES")
-        .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
-        .unwrap_or_else(|_| Engine::ALL.to_vec());
+    let sizes = common::sizes(&[100_000]);
+    let engines = common::engines();
     for &engine in &engines {
         for &keys in &sizes {
             let built = common::store_dir(engine, keys);
             common::build_store(&built, keys, engine);
             let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
             let dir = work.path().join("store");
-            copy_dir(&built, &dir);
+            common::copy_dir(&built, &dir);
             let _ = std::fs::remove_file(dir.join(keylife::store::LOCK_FILE));
             // For comparison: an open, which reads and checks every entry too.
             let _ = std::fs::write("/proc/self/clear_refs", "5");

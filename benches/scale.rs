@@ -11,31 +11,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use keylife::ManualClock;
-use keylife::store::Engine;
 
 #[path = "common.rs"]
 mod common;
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 fn scale(c: &mut Criterion) {
-    let sizes: Vec<usize> = std::env::var("KEYLIFE_BENCH_SCALE")
-        .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
-        .unwrap_or_else(|_| vec![10_000, 100_000]);
-    let engines: Vec<Engine> = std::env::var("KEYLIFE_BENCH_ENGINES")
-        .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
-        .unwrap_or_else(|_| Engine::ALL.to_vec());
+    let sizes = common::sizes(&[10_000, 100_000]);
+    let engines = common::engines();
     let largest = *sizes.iter().max().unwrap();
     for &engine in &engines {
         for &keys in &sizes {
@@ -93,7 +75,7 @@ fn scale(c: &mut Criterion) {
     // which makes the same 1% of keys due again.
     std::thread::sleep(Duration::from_millis(100));
     let copy = tempfile::tempdir().unwrap();
-    copy_dir(&dir, copy.path());
+    common::copy_dir(&dir, copy.path());
     let clock = ManualClock::new(common::start());
     let kms = common::open(copy.path(), largest, &clock);
     group.bench_function(format!("run_due_1pct_due_{largest}"), |b| {

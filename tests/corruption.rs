@@ -696,20 +696,6 @@ fn a_material_blob_moved_to_another_key_does_not_open() {
 
 // ----- damaged engine files ---------------------------------------------------------------
 
-/// Copies directory `from` to `to` (a closed store: its files).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// A closed store on disk with keys `victim` (two versions) and `other`, and their
 /// ciphertexts.
 struct DiskFixture {
@@ -825,7 +811,7 @@ fn damaged_files_never_lose_silently(engine: Engine) {
             let len = std::fs::metadata(fx.pristine.join(file)).unwrap().len();
             for at in positions(usize::try_from(len).unwrap()) {
                 let copy = fx.dir.path().join(format!("{file}-{at}"));
-                copy_dir(&fx.pristine, &copy);
+                common::copy_dir(&fx.pristine, &copy);
                 let mut bytes = std::fs::read(copy.join(file)).unwrap();
                 bytes[at] ^= 0x55;
                 std::fs::write(copy.join(file), &bytes).unwrap();
@@ -869,7 +855,7 @@ fn a_damaged_sled_log_is_not_taken_for_a_new_store() {
     // included: the witness (which saw commits) makes the open fail, under any root key.
     let fx = disk_fixture(Engine::Sled, false);
     let copy = fx.dir.path().join("damaged-start");
-    copy_dir(&fx.pristine, &copy);
+    common::copy_dir(&fx.pristine, &copy);
     let mut bytes = std::fs::read(copy.join("db")).unwrap();
     bytes[0] ^= 0x55;
     std::fs::write(copy.join("db"), &bytes).unwrap();
@@ -892,13 +878,13 @@ fn engine_files_of_an_older_commit_are_refused() {
     for engine in [Engine::Sled, Engine::Redb] {
         let fx = disk_fixture(engine, false);
         let old = fx.dir.path().join("old");
-        copy_dir(&fx.pristine, &old);
+        common::copy_dir(&fx.pristine, &old);
         let kms = open_disk(engine, &fx.pristine, 1).unwrap();
         kms.disable_key(fx.victim, None).unwrap();
         drop(kms);
         let witness = std::fs::read(fx.pristine.join(WITNESS_FILE)).unwrap();
         std::fs::remove_dir_all(&fx.pristine).unwrap();
-        copy_dir(&old, &fx.pristine);
+        common::copy_dir(&old, &fx.pristine);
         let whole = open_disk(engine, &fx.pristine, 1).unwrap();
         assert_eq!(
             whole.get_key(fx.victim).unwrap().key.status,

@@ -285,27 +285,56 @@ fn filler() -> keylife::server::audit_log::AuditLine {
     }
 }
 
+/// A zone over a backend that can be made to fail, with an audit log at `path` and serve
+/// options that write to it.
+struct FailingZone {
+    backend: Arc<Failing>,
+    clock: ManualClock,
+    kms: Arc<Kms>,
+    log: Arc<AuditLog>,
+    options: ServeOptions,
+}
+
+impl FailingZone {
+    fn new(path: &std::path::Path) -> FailingZone {
+        let backend = Arc::new(Failing::default());
+        let clock = ManualClock::new(http_support::start_time());
+        let kms = Arc::new(
+            Kms::with_backend(
+                backend.clone(),
+                root(3),
+                KmsOptions::new(ZONE_A).clock(clock.clone()),
+            )
+            .unwrap(),
+        );
+        let log = AuditLog::open(path, &root(3), vec![Arc::clone(&kms)]).unwrap();
+        let options = ServeOptions {
+            audit: Some(Arc::clone(&log)),
+            ..options(keylife::server::DEFAULT_MAX_BODY_BYTES)
+        };
+        FailingZone {
+            backend,
+            clock,
+            kms,
+            log,
+            options,
+        }
+    }
+}
+
 /// While the log cannot be written (its head cannot be recorded: the store's disk is full),
 /// state changes are refused before they run; reads and crypto are served; a reopen ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_changes_fail_closed_while_the_log_cannot_be_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let backend = Arc::new(Failing::default());
-    let clock = ManualClock::new(http_support::start_time());
-    let kms = Arc::new(
-        Kms::with_backend(
-            backend.clone(),
-            root(3),
-            KmsOptions::new(ZONE_A).clock(clock.clone()),
-        )
-        .unwrap(),
-    );
-    let log = AuditLog::open(&path, &root(3), vec![Arc::clone(&kms)]).unwrap();
-    let options = ServeOptions {
-        audit: Some(Arc::clone(&log)),
-        ..options(keylife::server::DEFAULT_MAX_BODY_BYTES)
-    };
+    let FailingZone {
+        backend,
+        clock,
+        kms,
+        log,
+        options,
+    } = FailingZone::new(&path);
     let server = TestServer::serve_zones(vec![kms], clock, credentials(), options).await;
     let mut c: Client = server.client(0).await;
     let created = c.post("/v2/kms-key", json!({"name": "k"})).await;
@@ -344,21 +373,13 @@ async fn state_changes_fail_closed_while_the_log_cannot_be_written() {
 async fn a_backup_is_audited_and_refused_while_the_log_cannot_be_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let backend = Arc::new(Failing::default());
-    let clock = ManualClock::new(http_support::start_time());
-    let kms = Arc::new(
-        Kms::with_backend(
-            backend.clone(),
-            root(3),
-            KmsOptions::new(ZONE_A).clock(clock.clone()),
-        )
-        .unwrap(),
-    );
-    let log = AuditLog::open(&path, &root(3), vec![Arc::clone(&kms)]).unwrap();
-    let options = ServeOptions {
-        audit: Some(Arc::clone(&log)),
-        ..options(keylife::server::DEFAULT_MAX_BODY_BYTES)
-    };
+    let FailingZone {
+        backend,
+        clock,
+        kms,
+        log,
+        options,
+    } = FailingZone::new(&path);
     let admin = Credentials::parse(&format!(
         "{KEY} {} operations=all,admin",
         String::from_utf8_lossy(SECRET)

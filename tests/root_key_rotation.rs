@@ -291,20 +291,6 @@ fn a_store_of_another_backend_rotates_too() {
     );
 }
 
-/// Copies the files of directory `from` (and its subdirectories) into `to`.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// The states a crash can leave, made by hand from copies: the engine's files before the
 /// rotation's commit with the witness after its early write (a crash between the two) opens
 /// with the old key only, and goes on under it; the engine's files after the commit with the
@@ -319,13 +305,13 @@ fn the_witness_is_written_before_the_commit_and_agrees_with_either_outcome() {
         let clock = ManualClock::new(start());
         let sealed = populate(base.path(), &clock, engine);
         let before = base.path().join("before");
-        copy_dir(&dir, &before);
+        common::copy_dir(&dir, &before);
         rotate_root_key(&dir, root(1), root(2)).unwrap();
 
         let witness = keylife::store::WITNESS_FILE;
         // Killed after the witness write, before the commit.
         let early = base.path().join("early");
-        copy_dir(&before, &early);
+        common::copy_dir(&before, &early);
         std::fs::copy(dir.join(witness), early.join(witness)).unwrap();
         assert_eq!(
             open(&early, root(2), &clock).unwrap_err(),
@@ -343,7 +329,7 @@ fn the_witness_is_written_before_the_commit_and_agrees_with_either_outcome() {
 
         // The commit made, the witness as before the rotation: refused by both keys.
         let late = base.path().join("late");
-        copy_dir(&dir, &late);
+        common::copy_dir(&dir, &late);
         std::fs::copy(before.join(witness), late.join(witness)).unwrap();
         assert_eq!(
             open(&late, root(1), &clock).unwrap_err(),

@@ -176,18 +176,12 @@ pub struct ImportContext<'a> {
 /// ([`ImportKey::validate`]), the name's uniqueness and the zone's quota.
 pub fn import_key(request: &ImportKey, ctx: &ImportContext<'_>) -> Result<KeyRecord, Error> {
     request.validate(ctx.now)?;
-    if ctx.name_taken {
-        return Err(Error::NameConflict {
-            name: request.name.clone(),
-            zone: ctx.zone.to_owned(),
-        });
-    }
-    if ctx.origin_keys >= ctx.quota {
-        return Err(Error::QuotaExceeded {
-            zone: ctx.zone.to_owned(),
-            limit: ctx.quota,
-        });
-    }
+    super::transition::check_room(
+        &request.name,
+        ctx.zone,
+        ctx.name_taken,
+        (ctx.origin_keys, ctx.quota),
+    )?;
     let times = request.times(ctx.now)?;
     let mut materials = Vec::with_capacity(times.len());
     for (index, &at) in times.iter().enumerate() {

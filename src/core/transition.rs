@@ -23,6 +23,29 @@ pub fn add_days(at: Timestamp, days: u32) -> Result<Timestamp, Error> {
         })
 }
 
+/// Whether a new key named `name` fits in `zone`: its name not taken by another key, and the
+/// zone's (owned keys, quota) leaving room for one more.
+pub(crate) fn check_room(
+    name: &str,
+    zone: &str,
+    name_taken: bool,
+    (origin_keys, quota): (usize, usize),
+) -> Result<(), Error> {
+    if name_taken {
+        return Err(Error::NameConflict {
+            name: name.to_owned(),
+            zone: zone.to_owned(),
+        });
+    }
+    if origin_keys >= quota {
+        return Err(Error::QuotaExceeded {
+            zone: zone.to_owned(),
+            limit: quota,
+        });
+    }
+    Ok(())
+}
+
 /// Makes the record of a new key: status enabled, material version 1 (not automatic),
 /// automatic rotation every 365 days, revision 1, origin this zone.
 ///
@@ -30,18 +53,12 @@ pub fn add_days(at: Timestamp, days: u32) -> Result<Timestamp, Error> {
 /// (`ctx.name_taken`) and the zone's quota.
 pub fn create_key(request: &CreateKey, ctx: &CreateContext<'_>) -> Result<KeyRecord, Error> {
     request.validate()?;
-    if ctx.name_taken {
-        return Err(Error::NameConflict {
-            name: request.name.clone(),
-            zone: ctx.zone.to_owned(),
-        });
-    }
-    if ctx.origin_keys >= ctx.quota {
-        return Err(Error::QuotaExceeded {
-            zone: ctx.zone.to_owned(),
-            limit: ctx.quota,
-        });
-    }
+    check_room(
+        &request.name,
+        ctx.zone,
+        ctx.name_taken,
+        (ctx.origin_keys, ctx.quota),
+    )?;
     let now = ctx.now;
     Ok(KeyRecord {
         id: ctx.id,

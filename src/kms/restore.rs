@@ -15,7 +15,7 @@ use crate::core::restore::{RESTORE_MARGIN, deleted_since, restored};
 use crate::core::{Error, KeyId, Role};
 use crate::crypto::{MacKey, Purpose, RootKey, RootSealer, fill_from_os};
 use crate::store::backup::{Backup, BackupEntry, BackupHeader, read_backup};
-use crate::store::codec::{decode_record_sealed, encode_record_sealed, zone_key};
+use crate::store::codec::{decode_record_sealed, encode_record_sealed, keys_entry_id, zone_key};
 use crate::store::{AuthenticatedBackend, Backend, Engine, STORE_FORMAT_V2, Store, Table, Write};
 
 /// Meta entries a restore does not copy: the target store writes its own.
@@ -344,12 +344,7 @@ fn restore_entry(
             return Err(mismatch("format"));
         }
         Table::Keys => {
-            let id = <[u8; 16]>::try_from(key.as_slice())
-                .map(KeyId::from_bytes)
-                .map_err(|_| Error::Corrupt {
-                    record: "backup file".to_owned(),
-                    detail: format!("a keys entry has a key of {} bytes", key.len()),
-                })?;
+            let id = keys_entry_id(key)?;
             let (record, seal_ids) = decode_record_sealed(id, value)?;
             if deleted_since(&record, now) {
                 report.deleted_since_backup.push(id);

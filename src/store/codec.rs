@@ -473,6 +473,17 @@ pub fn zone_key(id: KeyId, zone: &str) -> Vec<u8> {
     key
 }
 
+/// The key id of an entry of the keys table, whose key is the id's 16 bytes; `Corrupt` on
+/// record `key table entry` otherwise.
+pub fn keys_entry_id(key: &[u8]) -> Result<KeyId, Error> {
+    <[u8; 16]>::try_from(key)
+        .map(KeyId::from_bytes)
+        .map_err(|_| Error::Corrupt {
+            record: "key table entry".to_owned(),
+            detail: format!("a key of {} bytes is not an id", key.len()),
+        })
+}
+
 /// The key id and zone of a [`zone_key`].
 pub fn split_zone_key(key: &[u8]) -> Option<(KeyId, String)> {
     let (id, zone) = key.split_at_checked(16)?;

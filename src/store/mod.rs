@@ -284,12 +284,7 @@ impl Store {
             .scan(Table::Keys, &start, None, limit)?
             .into_iter()
             .map(|(key, value)| {
-                let id = <[u8; 16]>::try_from(key.as_slice())
-                    .map(KeyId::from_bytes)
-                    .map_err(|_| Error::Corrupt {
-                        record: "key table entry".to_owned(),
-                        detail: format!("a key of {} bytes is not an id", key.len()),
-                    })?;
+                let id = codec::keys_entry_id(&key)?;
                 decode_record(id, &value)
             })
             .collect()

@@ -189,12 +189,7 @@ fn seal_ids(backend: &AuthenticatedBackend) -> Result<HashMap<KeyId, Vec<SealId>
         start.clone_from(last);
         start.push(0);
         for (key, value) in page {
-            let id = <[u8; 16]>::try_from(key.as_slice())
-                .map(KeyId::from_bytes)
-                .map_err(|_| Error::Corrupt {
-                    record: "key table entry".to_owned(),
-                    detail: format!("a key of {} bytes is not an id", key.len()),
-                })?;
+            let id = super::codec::keys_entry_id(&key)?;
             ids.insert(id, decode_record_sealed(id, &value)?.1);
         }
     }
