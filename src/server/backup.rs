@@ -27,9 +27,6 @@ use super::extract::{FREE_SHARE_BYTES, Signed, Zone, take_share};
 use super::problem::Problem;
 use crate::Error;
 
-/// The path of the backup route, on every zone's address.
-pub const BACKUP_PATH: &str = "/keylife/v1/backup";
-
 /// The size of each chunk of a backup's answer.
 const CHUNK_BYTES: usize = 64 * 1024;
 

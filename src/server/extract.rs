@@ -15,8 +15,8 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
+use super::BACKUP_PATH;
 use super::auth::{self, AuthError, Grants};
-use super::backup::BACKUP_PATH;
 use super::keyring::Keyring;
 use super::problem::Problem;
 use super::replay::ReplayCache;

@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use super::extract::{Answer, Json, KeyCall, Signed, Zone, answers_within_budget};
 
-use super::backup::{BACKUP_PATH, backup};
+use super::BACKUP_PATH;
+use super::backup::backup;
 use super::health::{HEALTH_PATH, Health, health};
 use super::problem::Problem;
 use crate::api::{

@@ -64,8 +64,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{DueRun, DueRunner, Kms};
 
-pub use self::backup::BACKUP_PATH;
 pub use self::health::HEALTH_PATH;
+
+/// The path of the backup route (`POST`, the `admin` grant), on every zone's address.
+pub const BACKUP_PATH: &str = "/keylife/v1/backup";
 pub use self::keyring::Keyring;
 use self::tls::WriteDeadline;
 pub use self::tls::{Tls, TlsError};

@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{BufReader, Write as _};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
@@ -11,7 +11,7 @@ use keylife::store::Engine;
 use keylife::{BackupSummary, Error, Kms, KmsOptions, RestoreOptions, RootKey};
 
 use super::Failure;
-use super::args::DEFAULT_ZONE;
+use super::io::write_atomically;
 use crate::config::{self, RootKeyBytes};
 
 /// `keylife backup ...`.
@@ -225,9 +225,8 @@ fn one_zone(data: &Path, zone: Option<&str>) -> Result<String, Failure> {
     match zones.as_slice() {
         [only] => Ok(only.clone()),
         [] => Err(Failure::Other(format!(
-            "{} holds no zone's store (a store of zone {DEFAULT_ZONE} would be {})",
-            data.display(),
-            config::zone_dir(data, DEFAULT_ZONE).display()
+            "{} holds no zone's store (DIR/ZONE)",
+            data.display()
         ))),
         several => Err(Failure::Other(format!(
             "{} holds the stores of several zones ({}): choose one with --zone",
@@ -250,31 +249,4 @@ fn open_failure(zone: &str, dir: &Path, error: Error) -> Failure {
             error.code()
         )),
     }
-}
-
-/// Writes `path` through `write` into a new file beside it (mode 0600), synced, then renamed
-/// over `path`: a failed or interrupted backup never leaves a partial file under its name.
-pub(super) fn write_atomically<T>(
-    path: &Path,
-    write: impl FnOnce(&mut File) -> Result<T, Failure>,
-) -> Result<T, Failure> {
-    let failed =
-        |error: std::io::Error| Failure::Other(format!("cannot write {}: {error}", path.display()));
-    let dir = path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    // tempfile creates its files with mode 0600.
-    let mut file = tempfile::Builder::new()
-        .prefix(".keylife-backup-")
-        .tempfile_in(dir)
-        .map_err(failed)?;
-    let value = write(file.as_file_mut())?;
-    file.as_file_mut().flush().map_err(failed)?;
-    file.as_file().sync_all().map_err(failed)?;
-    file.persist(path).map_err(|error| failed(error.error))?;
-    File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(failed)?;
-    Ok(value)
 }

@@ -1,5 +1,6 @@
 //! Reading a command's input and writing its output.
 
+use std::fs::File;
 use std::io::{self, Read as _, Write as _};
 use std::path::Path;
 
@@ -110,4 +111,31 @@ pub(super) fn output<T: Serialize>(
 ) -> Result<(), Failure> {
     let text = if json { json_text(value)? } else { human() };
     write_output(None, text.as_bytes(), false)
+}
+
+/// Writes `path` through `write` into a new file beside it (mode 0600), synced, then renamed
+/// over `path`: a failed or interrupted backup never leaves a partial file under its name.
+pub(super) fn write_atomically<T>(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let failed =
+        |error: std::io::Error| Failure::Other(format!("cannot write {}: {error}", path.display()));
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // tempfile creates its files with mode 0600.
+    let mut file = tempfile::Builder::new()
+        .prefix(".keylife-backup-")
+        .tempfile_in(dir)
+        .map_err(failed)?;
+    let value = write(file.as_file_mut())?;
+    file.as_file_mut().flush().map_err(failed)?;
+    file.as_file().sync_all().map_err(failed)?;
+    file.persist(path).map_err(|error| failed(error.error))?;
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(failed)?;
+    Ok(value)
 }

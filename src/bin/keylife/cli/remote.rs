@@ -10,7 +10,7 @@ use keylife::server::client::{ApiCredential, Client, ClientOptions};
 use keylife::store::backup::read_header;
 
 use super::Failure;
-use super::backup::write_atomically;
+use super::io::write_atomically;
 
 /// The variable holding the API key.
 const KEY_ENV: &str = "EXOSCALE_API_KEY";
