@@ -626,3 +626,113 @@ fn a_backup_taken_before_a_root_key_rotation_restores_under_the_old_key() {
         b"payload"
     );
 }
+
+/// A backend whose scan of the materials table, once armed, stops until the test lets it go:
+/// a backup held in the middle of copying the entries.
+struct Paused {
+    inner: MemoryBackend,
+    armed: AtomicBool,
+    entered: Mutex<std::sync::mpsc::Sender<()>>,
+    release: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Backend for Paused {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, Error> {
+        if table == Table::Materials && self.armed.swap(false, Ordering::SeqCst) {
+            self.entered.lock().unwrap().send(()).unwrap();
+            self.release.lock().unwrap().recv().unwrap();
+        }
+        self.inner.scan(table, start, end, limit)
+    }
+
+    fn commit(&self, batch: &[Write]) -> Result<(), Error> {
+        self.inner.commit(batch)
+    }
+}
+
+/// While a backup copies the entries, reads and crypto are answered (they take no lock) and a
+/// change waits: the image does not hold it, the store does once the copy is done.
+#[test]
+fn reads_and_crypto_go_on_while_a_backup_copies_and_a_change_waits_for_it() {
+    use std::sync::mpsc::channel;
+    let (entered_tx, entered) = channel();
+    let (release, release_rx) = channel();
+    let backend = Arc::new(Paused {
+        inner: MemoryBackend::new(),
+        armed: AtomicBool::new(false),
+        entered: Mutex::new(entered_tx),
+        release: Mutex::new(release_rx),
+    });
+    let clock = ManualClock::new(start());
+    let kms = Arc::new(Kms::with_backend(backend.clone(), root(1), options("z", &clock)).unwrap());
+    let key = kms.create_key(&CreateKey::new("k")).unwrap();
+    let sealed = kms.encrypt(key.id, b"x", None).unwrap().ciphertext;
+
+    backend.armed.store(true, Ordering::SeqCst);
+    let backing_up = {
+        let kms = kms.clone();
+        std::thread::spawn(move || backup(&kms))
+    };
+    entered.recv_timeout(Duration::from_secs(30)).unwrap();
+    // The backup is inside its copy. Reads and crypto run on another thread, so that a lock
+    // they should not take fails the test instead of hanging it.
+    let (done_tx, done) = channel();
+    {
+        let kms = kms.clone();
+        let sealed = sealed.clone();
+        std::thread::spawn(move || {
+            kms.get_key(key.id).unwrap();
+            kms.list_key_rotations(key.id).unwrap();
+            let again = kms.encrypt(key.id, b"y", None).unwrap().ciphertext;
+            assert_eq!(
+                kms.decrypt(key.id, &sealed, None)
+                    .unwrap()
+                    .plaintext
+                    .as_bytes(),
+                b"x"
+            );
+            assert_eq!(
+                kms.decrypt(key.id, &again, None)
+                    .unwrap()
+                    .plaintext
+                    .as_bytes(),
+                b"y"
+            );
+            done_tx.send(()).unwrap();
+        });
+    }
+    done.recv_timeout(Duration::from_secs(30))
+        .expect("reads and crypto are answered while the backup copies");
+    let rotating = {
+        let kms = kms.clone();
+        std::thread::spawn(move || kms.rotate_key(key.id, None).unwrap())
+    };
+    // Time for the rotation to reach its commit (were it not held, it would commit now and its
+    // material would be in the copy, which reads the materials table after this).
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!rotating.is_finished(), "the rotation waits for the copy");
+    release.send(()).unwrap();
+    let bytes = backing_up.join().unwrap();
+    rotating.join().unwrap();
+
+    let (_, image) = entries(&bytes, root(1));
+    let versions = image
+        .iter()
+        .filter(|(table, _, _)| *table == Table::Materials)
+        .count();
+    assert_eq!(
+        versions, 1,
+        "the rotation waited for the copy: it is not in the image"
+    );
+    assert_eq!(kms.get_key(key.id).unwrap().key.material.version, 2);
+}
