@@ -456,12 +456,14 @@ async fn a_client_that_goes_away_does_not_lose_the_line_of_its_change() {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             server.kms[0].list_keys().unwrap().kms_keys.len()
         };
-        if created == again {
+        // Under load the first creates can take longer than these two looks: zero is not
+        // settled yet.
+        if created == again && created > 0 {
             break created;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the creates never settled"
+            "the creates never settled, or none reached the store ({created})"
         );
     };
     log.synced(log.append(filler()).unwrap()).await.unwrap();
@@ -470,6 +472,5 @@ async fn a_client_that_goes_away_does_not_lose_the_line_of_its_change() {
         .iter()
         .filter(|line| line["operation"] == "create-kms-key" && line["outcome"] == "ok")
         .count();
-    assert!(created > 0, "no create reached the store");
     assert_eq!(create_lines, created, "every key made has its line");
 }
