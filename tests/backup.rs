@@ -41,7 +41,7 @@ fn backup(kms: &Kms) -> Vec<u8> {
 
 /// The entries of backup file `bytes`, authenticated under `root`.
 fn entries(bytes: &[u8], root: RootKey) -> (u64, Vec<BackupEntry>) {
-    let backup = read_backup(bytes, |_| Ok(MacKey::derive(&root, Purpose::BackupMac))).unwrap();
+    let backup = read_backup(bytes, &MacKey::derive(&root, Purpose::BackupMac)).unwrap();
     (backup.header.seq, backup.entries)
 }
 
@@ -159,17 +159,13 @@ impl Recorder {
 
 /// Restores `bytes` into `dir` with `engine` under `root(1)` and opens the result.
 fn restore_and_open(bytes: &[u8], dir: &Path, engine: Engine, clock: &ManualClock) -> Kms {
-    let options = RestoreOptions::default()
+    let restoring = RestoreOptions::default()
         .engine(engine)
         .clock(clock.clone());
-    let report = Kms::restore(&mut &bytes[..], dir, root(1), &options).unwrap();
+    let report = Kms::restore(&mut &bytes[..], dir, root(1), &restoring).unwrap();
     assert_eq!(report.engine, engine);
     assert_eq!(report.revision_margin, RESTORE_MARGIN);
-    Kms::open(dir, root(1), options_for(&report.backup.zone, clock)).unwrap()
-}
-
-fn options_for(zone: &str, clock: &ManualClock) -> KmsOptions {
-    options(zone, clock)
+    Kms::open(dir, root(1), options(&report.backup.zone, clock)).unwrap()
 }
 
 #[test]
@@ -412,12 +408,12 @@ fn versions_made_after_the_backup_are_gone_and_pending_deletions_that_passed_are
     drop(kms);
 
     clock.advance(jiff::SignedDuration::from_hours(8 * 24));
-    let options = RestoreOptions::default().clock(clock.clone());
-    let report = Kms::restore(&mut &bytes[..], dir.path().join("b"), root(1), &options).unwrap();
+    let restoring = RestoreOptions::default().clock(clock.clone());
+    let report = Kms::restore(&mut &bytes[..], dir.path().join("b"), root(1), &restoring).unwrap();
     assert_eq!(report.deleted_since_backup, vec![doomed.id]);
     assert_eq!(report.backup.keys, 2);
     assert_eq!(report.origin_keys, 2);
-    let kms = Kms::open(dir.path().join("b"), root(1), options_for("z", &clock)).unwrap();
+    let kms = Kms::open(dir.path().join("b"), root(1), options("z", &clock)).unwrap();
     assert_eq!(
         kms.decrypt(kept.id, &before, None)
             .unwrap()

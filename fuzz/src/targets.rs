@@ -947,14 +947,14 @@ pub fn backup(data: &[u8]) {
     use keylife::store::backup::{read_backup, write_backup};
 
     let key = MacKey::derive(&RootKey::from_bytes(&mut [7; 32]), Purpose::BackupMac);
-    if let Err(error) = read_backup(data, |_| Ok(key.clone())) {
+    if let Err(error) = read_backup(data, &key) {
         assert_eq!(error.code(), "corrupt-record", "{error}");
     }
     let mut file = data.to_vec();
     let mut mac = key.stream();
     mac.update(data);
     file.extend_from_slice(&mac.finish());
-    match read_backup(&file, |_| Ok(key.clone())) {
+    match read_backup(&file, &key) {
         Ok(backup) => {
             let mut again = Vec::new();
             write_backup(&mut again, &backup.header, &backup.entries, &key)

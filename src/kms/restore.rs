@@ -14,7 +14,7 @@ use super::clock::{Clock, SystemClock};
 use crate::core::restore::{RESTORE_MARGIN, deleted_since, restored};
 use crate::core::{Error, KeyId, Role};
 use crate::crypto::{MacKey, Purpose, RootKey, RootSealer, fill_from_os};
-use crate::store::backup::{Backup, BackupEntry, BackupHeader, read_backup};
+use crate::store::backup::{Backup, BackupEntry, BackupHeader, read_backup, read_header};
 use crate::store::codec::{decode_record_sealed, encode_record_sealed, keys_entry_id, zone_key};
 use crate::store::{AuthenticatedBackend, Backend, Engine, STORE_FORMAT_V2, Store, Table, Write};
 
@@ -152,26 +152,14 @@ pub(super) fn read(from: &mut dyn Read, root: &RootKey) -> Result<(Backup, u64),
         .map_err(|error| Error::Storage {
             detail: format!("cannot read the backup: {error}"),
         })?;
-    let sealer = RootSealer::new(root);
-    let backup = read_backup(&bytes, |header| {
-        if sealer.verify_check_value(&header.root_check) {
-            Ok(MacKey::derive(root, Purpose::BackupMac))
-        } else {
-            // Under the backup's own root key a changed check value fails the MAC instead.
-            let key = MacKey::derive(root, Purpose::BackupMac);
-            let mut mac = key.stream();
-            let split = bytes.len().saturating_sub(crate::crypto::derive::TAG_LEN);
-            mac.update(&bytes[..split]);
-            if mac.verify(&bytes[split..]) {
-                Err(Error::Corrupt {
-                    record: "backup file".to_owned(),
-                    detail: "its root-key check value does not open".to_owned(),
-                })
-            } else {
-                Err(Error::WrongRootKey)
-            }
-        }
-    })?;
+    // The check value tells another root key from a damaged file: under the backup's own key
+    // it opens, and a damaged file fails its MAC.
+    let check_opens = read_header(&bytes)
+        .is_ok_and(|header| RootSealer::new(root).verify_check_value(&header.root_check));
+    let backup = match read_backup(&bytes, &MacKey::derive(root, Purpose::BackupMac)) {
+        Err(_) if !check_opens => return Err(Error::WrongRootKey),
+        read => read?,
+    };
     if backup.header.store_format != STORE_FORMAT_V2 {
         return Err(Error::Corrupt {
             record: "backup file".to_owned(),
@@ -196,7 +184,16 @@ pub(super) fn restore(
     let (backup, bytes) = read(from, root)?;
     let engine = options.engine.unwrap_or_default();
     let staging = staging_dir(path)?;
-    let built = build(&staging, &backup, root, engine, options.clock.now()).and_then(|report| {
+    let summary = BackupSummary::new(&backup.header, bytes, Duration::ZERO);
+    let built = build(
+        &staging,
+        &backup,
+        summary,
+        root,
+        engine,
+        options.clock.now(),
+    )
+    .and_then(|report| {
         crate::store::sync_dir(&staging).map_err(|error| io_error("sync", &staging, &error))?;
         Ok(report)
     });
@@ -211,8 +208,6 @@ pub(super) fn restore(
         }
     };
     Ok(RestoreReport {
-        backup: BackupSummary::new(&backup.header, bytes, Duration::ZERO),
-        engine,
         elapsed: started.elapsed(),
         ..report
     })
@@ -285,12 +280,13 @@ fn io_error(what: &str, path: &Path, error: &std::io::Error) -> Error {
 fn build(
     dir: &Path,
     backup: &Backup,
+    summary: BackupSummary,
     root: &RootKey,
     engine: Engine,
     now: Timestamp,
 ) -> Result<RestoreReport, Error> {
     let mut report = RestoreReport {
-        backup: BackupSummary::new(&backup.header, 0, Duration::ZERO),
+        backup: summary,
         engine,
         origin_keys: 0,
         replicas_owed: 0,

@@ -131,17 +131,12 @@ pub struct Backup {
     pub entries: Vec<BackupEntry>,
 }
 
-/// Reads the backup file `bytes`. `key_for` sees the header (read before anything is trusted)
-/// and gives the MAC key, or refuses it (a wrong root key). The MAC over the whole file is
-/// checked before any entry is read: a file changed anywhere is [`Error::Corrupt`] on record
-/// `backup file`.
-pub fn read_backup(
-    bytes: &[u8],
-    key_for: impl FnOnce(&BackupHeader) -> Result<MacKey, Error>,
-) -> Result<Backup, Error> {
+/// Reads the backup file `bytes` under MAC key `key`. The MAC over the whole file is checked
+/// before any entry is read: a file changed anywhere (or under another key) is
+/// [`Error::Corrupt`] on record `backup file`.
+pub fn read_backup(bytes: &[u8], key: &MacKey) -> Result<Backup, Error> {
     let mut reader = Reader { bytes, at: 0 };
     let header = reader.header()?;
-    let key = key_for(&header)?;
     let body_len = bytes
         .len()
         .checked_sub(TAG_LEN)
@@ -355,7 +350,7 @@ mod tests {
     #[test]
     fn a_backup_reads_back_as_written() {
         let bytes = write(&key(1));
-        let backup = read_backup(&bytes, |_| Ok(key(1))).unwrap();
+        let backup = read_backup(&bytes, &key(1)).unwrap();
         let (header, entries) = sample();
         assert_eq!(backup.header, header);
         assert_eq!(backup.entries, entries);
@@ -369,24 +364,21 @@ mod tests {
             let mut changed = bytes.clone();
             changed[at] ^= 0x20;
             assert!(
-                read_backup(&changed, |_| Ok(key(1))).is_err(),
+                read_backup(&changed, &key(1)).is_err(),
                 "byte {at} of {} flipped",
                 bytes.len()
             );
-            assert!(
-                read_backup(&bytes[..at], |_| Ok(key(1))).is_err(),
-                "cut at {at}"
-            );
+            assert!(read_backup(&bytes[..at], &key(1)).is_err(), "cut at {at}");
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(read_backup(&longer, |_| Ok(key(1))).is_err());
+        assert!(read_backup(&longer, &key(1)).is_err());
     }
 
     #[test]
     fn another_key_does_not_verify() {
         let bytes = write(&key(1));
-        let error = read_backup(&bytes, |_| Ok(key(2))).unwrap_err();
+        let error = read_backup(&bytes, &key(2)).unwrap_err();
         assert!(error.to_string().contains("MAC does not verify"), "{error}");
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use keylife::store::Engine;
+use keylife::store::backup::read_header;
 use keylife::{BackupSummary, Error, Kms, KmsOptions, RestoreOptions, RootKey};
 
 use super::Failure;
@@ -151,16 +152,19 @@ fn inspect(args: &InspectArgs) -> Result<(), Failure> {
 /// Runs `keylife restore`.
 pub(super) fn restore(args: &RestoreArgs) -> Result<(), Failure> {
     let root = RootKeyBytes::load(args.root_key_file.as_deref())?;
-    // The zone, hence the target, comes from the file: it is read (and verified) first.
-    let summary = read_summary(&args.from, root.root_key())?;
-    config::check_zone_name(&summary.zone)?;
-    let target = config::zone_dir(&args.data, &summary.zone);
+    let bytes = std::fs::read(&args.from)
+        .map_err(|error| Failure::Other(format!("cannot read {}: {error}", args.from.display())))?;
+    // The zone, hence the target, comes from the header; the restore authenticates the whole
+    // file before it writes anything.
+    let zone = read_header(&bytes)?.zone;
+    config::check_zone_name(&zone)?;
+    let target = config::zone_dir(&args.data, &zone);
     let options = RestoreOptions {
         engine: args.engine,
         ..RestoreOptions::default()
     };
-    let mut file = BufReader::new(open(&args.from)?);
-    let report = Kms::restore(&mut file, &target, root.root_key(), &options)?;
+    let report = Kms::restore(&mut bytes.as_slice(), &target, root.root_key(), &options)?;
+    let summary = &report.backup;
     println!(
         "restored zone {} from {} (commit {}, taken at {}) into {} with {}: {} keys, {} of \
          them this zone's own, moved {} revisions up; {} replicas owed a delivery; {:.2} s",
