@@ -62,7 +62,7 @@ pub use crate::kms::{
     Access, AuditEvent, AuditHead, AuditSink, BackupSummary, Caller, Clock, DueReport, DueRun,
     DueRunner, ImportOutcome, Imported, KeyImport, Kms, KmsOptions, Limits, Link, LocalLink,
     ManualClock, OUTCOME_OK, Operation, RESERVATION_BLOCK, ReplicaUpdate, RestoreOptions,
-    RestoreReport, SyncReport, SystemClock, Target,
+    RestoreReport, SyncReport, SystemClock, Target, wire,
 };
 pub use crate::seed::{Seed, SeedApplied, SeedReport};
 pub use crate::store::{RootKeyRotation, rotate_root_key};

@@ -8,12 +8,14 @@
 pub(crate) mod aead;
 pub mod derive;
 pub mod envelope;
+pub mod link;
 mod seal;
 mod secret;
 
 pub use aead::BACKEND;
 pub use derive::{MacKey, MacStream, Purpose};
 pub use envelope::{FORMAT_V1, HEADER_LEN, Header, OVERHEAD, ParseError};
+pub use link::LinkKey;
 pub use seal::{MaterialKey, SEALED_MATERIAL_LEN, SEED_SALT};
 pub use secret::{KEY_LEN, RootKey, SecretBytes, fill_from_os};
 

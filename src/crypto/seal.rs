@@ -34,6 +34,11 @@ impl MaterialKey {
         Cipher::new(&self.0)
     }
 
+    /// The bytes, for wrapping in transit ([`super::link`]).
+    pub(crate) fn bytes(&self) -> &[u8; KEY_LEN] {
+        self.0.expose()
+    }
+
     /// A second wiping copy, for material in transit to a replica zone (a link may have to
     /// send it again). Nothing else copies material.
     pub(crate) fn duplicate(&self) -> MaterialKey {

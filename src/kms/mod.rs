@@ -33,7 +33,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use due::{DueRun, DueRunner};
 pub use handle::Kms;
 pub use import::{ImportOutcome, Imported, KeyImport};
-pub use link::{Link, ReplicaUpdate};
+pub use link::{Link, ReplicaUpdate, wire};
 pub use options::{KmsOptions, Limits, RESERVATION_BLOCK};
 pub use replicator::LocalLink;
 pub use report::{DueReport, SyncReport};

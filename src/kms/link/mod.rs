@@ -1,5 +1,7 @@
 //! The [`Link`] between zones and the message it carries ([`ReplicaUpdate`]).
 
+pub mod wire;
+
 use std::fmt;
 
 use crate::core::replication::Snapshot;
