@@ -103,6 +103,17 @@ pub enum Error {
         /// What the link saw.
         detail: String,
     },
+    /// A zone in another process answered a replication message with a refusal, or with an
+    /// answer that is not its authenticated answer. Recorded as a replica's `last-failure`;
+    /// the delivery is retried.
+    #[error("zone {zone} refused: {detail}")]
+    ZoneRefused {
+        /// The zone.
+        zone: String,
+        /// Its answer (status, code and detail of its problem document), or what is wrong with
+        /// the answer.
+        detail: String,
+    },
     /// A replica's newest material version used its encryption budget in this zone, and the
     /// new version it asked its origin zone for has not arrived yet. Retry shortly.
     #[error(
@@ -268,6 +279,7 @@ impl Error {
             NotDurable { .. } => ("not-durable", INTERNAL),
             RandomSource { .. } => ("random-source", INTERNAL),
             ZoneUnreachable { .. } => ("zone-unreachable", "Zone unreachable"),
+            ZoneRefused { .. } => ("zone-refused", "Zone refused"),
             RotationPending { .. } => ("rotation-pending", "Rotation pending"),
             StoreInUse { .. } => ("store-in-use", "Store in use"),
             Forbidden { .. } => ("permission-denied", "Permission denied"),
@@ -294,6 +306,7 @@ impl Error {
             | Error::NotDurable { .. }
             | Error::RandomSource { .. } => 500,
             Error::ZoneUnreachable { .. }
+            | Error::ZoneRefused { .. }
             | Error::RotationPending { .. }
             | Error::StoreInUse { .. } => 503,
             _ => 400,
@@ -368,7 +381,8 @@ impl ConflictReason {
             ConflictReason::RevisionsExhausted => "the revision counter is exhausted",
             ConflictReason::VersionsExhausted => "the material version counter is exhausted",
             ConflictReason::UpdateAtOrigin => {
-                "this zone is the key's origin: it does not follow a replica's update"
+                "this zone holds the key as an origin key (created, seeded or imported here), \
+                 not as a replica: it does not follow another zone's updates"
             }
             ConflictReason::NotAReplicaZone => {
                 "the update does not list this zone among the key's replicas"
@@ -416,7 +430,7 @@ mod examples {
     use super::*;
 
     /// How many variants [`Error`] has.
-    const VARIANTS: usize = 26;
+    const VARIANTS: usize = 27;
 
     /// The position of `error`'s variant. The match has no wildcard: a new variant does not
     /// compile until it has a position here, and [`one_of_each`] then needs an example of it.
@@ -448,6 +462,7 @@ mod examples {
             Error::Forbidden { .. } => 23,
             Error::RandomSource { .. } => 24,
             Error::InvalidSeed { .. } => 25,
+            Error::ZoneRefused { .. } => 26,
         }
     }
 
@@ -521,6 +536,10 @@ mod examples {
             Error::InvalidSeed {
                 at: text(),
                 reason: text(),
+            },
+            Error::ZoneRefused {
+                zone: text(),
+                detail: text(),
             },
         ];
         let positions: Vec<usize> = all.iter().map(index).collect();

@@ -75,6 +75,11 @@ impl ApiCredential {
     pub fn key(&self) -> &str {
         &self.key
     }
+
+    /// The secret, for deriving a link's keys from it.
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.secret
+    }
 }
 
 impl fmt::Debug for ApiCredential {
@@ -298,6 +303,20 @@ impl Client {
         path: &str,
         body: Vec<u8>,
     ) -> Result<Answer, ClientError> {
+        self.send_signed(method, path, "application/json", body)
+            .await
+            .map(|(answer, _)| answer)
+    }
+
+    /// [`Client::send`] with the body's `content_type`, returning the request's signature
+    /// too (the bytes of its `signature=`): a link's answer is authenticated over it.
+    pub async fn send_signed(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(Answer, Vec<u8>), ClientError> {
         if !path.starts_with('/') || path.contains(['?', '#']) {
             return Err(ClientError::Url {
                 url: path.to_owned(),
@@ -320,12 +339,13 @@ impl Client {
             &body,
             expires,
         );
+        let signature = auth::signature_of(&authorization).unwrap_or_default();
         let request = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, &authority)
             .header(hyper::header::AUTHORIZATION, authorization)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(body)))
             .map_err(|error| http(format!("cannot make the request: {error}")))?;
         let mut sender = self.connect().await?;
@@ -338,13 +358,14 @@ impl Client {
                 })?
                 .map_err(|error| http(format!("no answer: {error}")))?;
         let (head, body) = response.into_parts();
-        Ok(Answer {
+        let answer = Answer {
             status: head.status.as_u16(),
             headers: head.headers,
             body,
             addr: authority,
             idle_timeout: self.options.idle_timeout,
-        })
+        };
+        Ok((answer, signature))
     }
 
     /// A new HTTP/1.1 connection (over TLS for `https://`), driven by a task of its own.

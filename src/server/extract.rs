@@ -15,13 +15,14 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
-use super::BACKUP_PATH;
 use super::auth::{self, AuthError, Grants};
 use super::keyring::Keyring;
 use super::problem::Problem;
 use super::replay::ReplayCache;
 use super::request::Fields;
 use super::slot::Slot;
+use super::{BACKUP_PATH, REPLICATION_ROTATION_PATH, REPLICATION_UPDATE_PATH};
+use crate::crypto::LinkKey;
 use crate::server::audit_log::AuditLog;
 use crate::{Caller, Error, KeyId, Kms, Operation};
 
@@ -39,6 +40,8 @@ pub(crate) struct Zone {
     pub(crate) max_validity_secs: i64,
     /// The signatures already used for state-changing requests, with `--refuse-replays`.
     pub(crate) replays: Option<Arc<ReplayCache>>,
+    /// The signatures already used for replication messages: always kept.
+    pub(crate) link_replays: Arc<ReplayCache>,
     /// The audit log, if one is written.
     pub(crate) audit: Option<Arc<AuditLog>>,
     /// One permit: the backup being sent (`POST /keylife/v1/backup`), one at a time.
@@ -53,6 +56,9 @@ pub(crate) struct Signed {
     pub(crate) body: Zeroizing<Vec<u8>>,
     /// What the signer may do.
     pub(crate) grants: Grants,
+    /// For a replication message: the link keys of its signer's secret and the request's
+    /// signature (what the answer's MAC covers).
+    pub(crate) link: Option<(LinkKey, Vec<u8>)>,
     /// The body's share of the budget, given back when the request is done.
     _share: Option<OwnedSemaphorePermit>,
 }
@@ -87,8 +93,13 @@ pub(crate) const FREE_SHARE_BYTES: usize = 64 * 1024;
 /// `/v2`, or [`Operation::Backup`] for `POST /keylife/v1/backup` (`None` for a path and method
 /// that name none: the router answers those before any extractor runs).
 pub(crate) fn operation_of(method: &Method, path: &str) -> Option<Operation> {
-    if path == BACKUP_PATH {
-        return (method == Method::POST).then_some(Operation::Backup);
+    let keylife = [
+        (BACKUP_PATH, Operation::Backup),
+        (REPLICATION_UPDATE_PATH, Operation::ReceiveUpdate),
+        (REPLICATION_ROTATION_PATH, Operation::RetireVersion),
+    ];
+    if let Some((_, operation)) = keylife.iter().find(|(route, _)| *route == path) {
+        return (method == Method::POST).then_some(*operation);
     }
     let rest = path.strip_prefix("/v2/kms-key")?;
     let mut segments = rest.strip_prefix('/').map(|rest| rest.split('/'));
@@ -145,6 +156,15 @@ pub(crate) fn changes_state(operation: Operation) -> bool {
     )
 }
 
+/// Whether `operation` is a replication message from a zone in another process (the link's
+/// routes outside `/v2`).
+pub(crate) fn is_replication(operation: Operation) -> bool {
+    matches!(
+        operation,
+        Operation::ReceiveUpdate | Operation::RetireVersion
+    )
+}
+
 impl FromRequest<Arc<Zone>> for Signed {
     type Rejection = Problem;
 
@@ -198,14 +218,21 @@ impl FromRequest<Arc<Zone>> for Signed {
             )));
         };
         let grants = verified.grants;
-        if !grants.allows_operation(operation) || !grants.allows_zone(zone.kms.zone()) {
+        // A link credential's zones are the origin zones it speaks for, not zones it acts in:
+        // its handler checks them against the message.
+        let link = is_replication(operation);
+        if !grants.allows_operation(operation) || !(link || grants.allows_zone(zone.kms.zone())) {
             return Err(Problem::from(Error::Forbidden {
                 operation: operation.name(),
                 id: None,
             }));
         }
-        if let Some(replays) = &zone.replays
-            && changes_state(operation)
+        let replays = if link {
+            Some(&zone.link_replays)
+        } else {
+            zone.replays.as_ref().filter(|_| changes_state(operation))
+        };
+        if let Some(replays) = replays
             && !replays.first_use(pending.signature(), verified.expires, now)
         {
             if let Some(slot) = slot {
@@ -215,8 +242,9 @@ impl FromRequest<Arc<Zone>> for Signed {
         }
         let caller = Caller::new(verified.key);
         // A credential that may make this operation on every key in every zone needs no
-        // check per call; any other has the library check its grants too.
-        let caller = if grants.is_unrestricted() && grants.allows_operation(operation) {
+        // check per call, nor does a link's message (its handler checks the zones it names);
+        // any other has the library check its grants too.
+        let caller = if link || (grants.is_unrestricted() && grants.allows_operation(operation)) {
             caller
         } else {
             let grants = grants.clone();
@@ -230,6 +258,10 @@ impl FromRequest<Arc<Zone>> for Signed {
             },
             body,
             grants: grants.clone(),
+            link: link
+                .then(|| credentials.link_key(verified.key))
+                .flatten()
+                .map(|key| (key, pending.signature().to_vec())),
             _share: share,
         })
     }
@@ -561,6 +593,16 @@ mod tests {
                 Operation::GenerateDataKey,
             ),
             (Method::POST, BACKUP_PATH.to_owned(), Operation::Backup),
+            (
+                Method::POST,
+                REPLICATION_UPDATE_PATH.to_owned(),
+                Operation::ReceiveUpdate,
+            ),
+            (
+                Method::POST,
+                REPLICATION_ROTATION_PATH.to_owned(),
+                Operation::RetireVersion,
+            ),
         ];
         for (method, path, operation) in &cases {
             assert_eq!(
@@ -574,7 +616,7 @@ mod tests {
             .filter(|(_, _, operation)| changes_state(*operation))
             .map(|(_, _, operation)| operation.name())
             .collect();
-        assert_eq!(state_changes.len(), 9, "{state_changes:?}");
+        assert_eq!(state_changes.len(), 11, "{state_changes:?}");
         assert!(cases.iter().all(|(method, _, operation)| {
             !changes_state(*operation) || *method == Method::POST
         }));
@@ -586,6 +628,8 @@ mod tests {
             (Method::GET, BACKUP_PATH.to_owned()),
             (Method::HEAD, BACKUP_PATH.to_owned()),
             (Method::POST, format!("{BACKUP_PATH}/x")),
+            (Method::GET, REPLICATION_UPDATE_PATH.to_owned()),
+            (Method::POST, "/keylife/v1/replication".to_owned()),
         ] {
             assert_eq!(operation_of(&method, &path), None, "{method} {path}");
         }

@@ -1,5 +1,5 @@
-//! The routes: the 16 operations of Exoscale's KMS API under `/v2`, and keylife's health check
-//! and backup under `/keylife/v1`. Each handler gets a signed request ([`Signed`], or
+//! The routes: the 16 operations of Exoscale's KMS API under `/v2`, and keylife's health check,
+//! backup and replication between processes under `/keylife/v1`. Each handler gets a signed request ([`Signed`], or
 //! [`KeyCall`] with the path's key id), checks the body field by field, and answers the spec's
 //! JSON or a problem document.
 
@@ -12,10 +12,11 @@ use serde::Serialize;
 
 use super::extract::{Answer, Json, KeyCall, Signed, Zone, answers_within_budget};
 
-use super::BACKUP_PATH;
 use super::backup::backup;
 use super::health::{HEALTH_PATH, Health, health};
 use super::problem::Problem;
+use super::replication::{receive_update, retire_version};
+use super::{BACKUP_PATH, REPLICATION_ROTATION_PATH, REPLICATION_UPDATE_PATH};
 use crate::api::{
     Ciphertext, CreatedKey, DataKey, DeletionScheduled, KeyDetails, KeyList, Plaintext,
     RotationList, RotationResponse, SuccessResponse,
@@ -46,7 +47,9 @@ pub(crate) fn router(zone: Arc<Zone>, zones: Arc<Health>) -> Router {
         .route("/v2/kms-key", get(list_keys).post(create_key))
         .route("/v2/kms-key/{id}", get(get_key))
         .route(HEALTH_PATH, get(health).with_state(zones))
-        .route(BACKUP_PATH, post(backup));
+        .route(BACKUP_PATH, post(backup))
+        .route(REPLICATION_UPDATE_PATH, post(receive_update))
+        .route(REPLICATION_ROTATION_PATH, post(retire_version));
     key_routes
         .into_iter()
         .fold(router, |router, (operation, handler)| {

@@ -44,8 +44,10 @@ mod extract;
 mod health;
 mod http;
 mod keyring;
+pub mod peer;
 pub mod problem;
 mod replay;
+mod replication;
 mod request;
 mod slot;
 mod tls;
@@ -68,6 +70,14 @@ pub use self::health::HEALTH_PATH;
 
 /// The path of the backup route (`POST`, the `admin` grant), on every zone's address.
 pub const BACKUP_PATH: &str = "/keylife/v1/backup";
+
+/// The path where a zone receives replication updates from origin zones in other processes
+/// (`POST`, a link credential: the `replicate` grant), on every zone's address.
+pub const REPLICATION_UPDATE_PATH: &str = "/keylife/v1/replication/update";
+
+/// The path where an origin zone receives a replica's request for a new version (`POST`, a
+/// link credential), on every zone's address.
+pub const REPLICATION_ROTATION_PATH: &str = "/keylife/v1/replication/rotation";
 pub use self::keyring::Keyring;
 use self::tls::WriteDeadline;
 pub use self::tls::{Tls, TlsError};
@@ -275,6 +285,9 @@ pub async fn serve(
     let replays = options
         .refuse_replays
         .then(|| Arc::new(replay::ReplayCache::default()));
+    // Replication messages are refused when replayed whatever `refuse_replays` says: every
+    // message of a link is unique (its body holds random bytes of its own).
+    let link_replays = Arc::new(replay::ReplayCache::default());
     let max_validity_secs =
         i64::try_from(options.max_signature_validity.as_secs()).unwrap_or(i64::MAX);
     let reporter = |kms: &Kms| {
@@ -331,6 +344,7 @@ pub async fn serve(
             budget_timeout: options.budget_timeout,
             max_validity_secs,
             replays: replays.clone(),
+            link_replays: link_replays.clone(),
             audit: options.audit.clone(),
             backups: Arc::new(Semaphore::new(1)),
         });

@@ -14,6 +14,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use zeroize::Zeroizing;
 
 use keylife::server::auth::Credentials;
+use keylife::server::client::ApiCredential;
+use keylife::server::peer::{Peer, PeerLink, PeerOptions};
 use keylife::store::Engine;
 use keylife::{Error, Kms, KmsOptions, LocalLink, RootKey};
 
@@ -156,6 +158,110 @@ pub(crate) fn load_credentials(file: Option<&Path>) -> Result<Credentials, Confi
     Credentials::parse(&text).map_err(|error| ConfigError::Invalid(format!("{origin}: {error}")))
 }
 
+/// The peers of `keylife serve --peer ZONE=URL ...`, each with its link credential from the
+/// peer credentials file (`ZONE KEY SECRET` lines, `#` comments): every peer needs one line,
+/// and a line naming no peer is an error (a zone misspelt on either side).
+pub(crate) fn load_peers(
+    peers: &[(String, String)],
+    credentials_file: Option<&Path>,
+    ca_file: Option<&Path>,
+    timeout: std::time::Duration,
+) -> Result<Option<(Vec<Peer>, PeerOptions)>, ConfigError> {
+    if peers.is_empty() {
+        if credentials_file.is_some() || ca_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "--peer-credentials-file and --peer-ca-file need at least one --peer".to_owned(),
+            ));
+        }
+        return Ok(None);
+    }
+    let Some(path) = credentials_file else {
+        return Err(ConfigError::Invalid(
+            "--peer needs --peer-credentials-file FILE: the link credential (`ZONE KEY SECRET`) \
+             this process signs its messages to each peer zone with"
+                .to_owned(),
+        ));
+    };
+    warn_if_readable_by_others(path, "peer credentials");
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
+        ConfigError::Invalid(format!(
+            "cannot read the peer credentials file {}: {error}",
+            path.display()
+        ))
+    })?);
+    let invalid = |line: usize, what: String| {
+        ConfigError::Invalid(format!(
+            "the peer credentials file {}, line {line}: {what}",
+            path.display()
+        ))
+    };
+    let mut credentials: Vec<(String, ApiCredential)> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .take_while(|word| !word.starts_with('#'))
+            .collect();
+        let [zone, key, secret] = words.as_slice() else {
+            if words.is_empty() {
+                continue;
+            }
+            // The words are not echoed: one may be a secret.
+            return Err(invalid(
+                index + 1,
+                format!("expected `ZONE KEY SECRET`, got {} words", words.len()),
+            ));
+        };
+        if !peers.iter().any(|(peer, _)| peer == zone) {
+            return Err(invalid(
+                index + 1,
+                format!("zone {zone} is not named by any --peer"),
+            ));
+        }
+        if credentials.iter().any(|(seen, _)| seen == zone) {
+            return Err(invalid(index + 1, format!("zone {zone} is given twice")));
+        }
+        credentials.push((
+            (*zone).to_owned(),
+            ApiCredential::new(*key, secret.as_bytes()),
+        ));
+    }
+    let ca_pem = ca_file
+        .map(|path| {
+            std::fs::read(path).map_err(|error| {
+                ConfigError::Invalid(format!(
+                    "cannot read the peer CA file {}: {error}",
+                    path.display()
+                ))
+            })
+        })
+        .transpose()?;
+    let mut resolved = Vec::with_capacity(peers.len());
+    for (zone, url) in peers {
+        if resolved.iter().any(|peer: &Peer| &peer.zone == zone) {
+            return Err(ConfigError::Invalid(format!(
+                "zone {zone} is named by --peer twice"
+            )));
+        }
+        let index = credentials
+            .iter()
+            .position(|(seen, _)| seen == zone)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "the peer credentials file {} has no line for zone {zone} (`{zone} KEY \
+                     SECRET`)",
+                    path.display()
+                ))
+            })?;
+        let (_, credential) = credentials.swap_remove(index);
+        resolved.push(Peer {
+            zone: zone.clone(),
+            url: url.clone(),
+            credential,
+        });
+    }
+    Ok(Some((resolved, PeerOptions { ca_pem, timeout })))
+}
+
 /// Warns on stderr when the secrets file `path` may be read by other users than its owner
 /// (Unix permissions); serving goes on.
 pub(crate) fn warn_if_readable_by_others(path: &Path, what: &str) {
@@ -209,7 +315,33 @@ pub(crate) fn open_zones(
     root_key: &RootKeyBytes,
     engine: Option<Engine>,
 ) -> Result<Vec<Arc<Kms>>, ConfigError> {
-    let link = LocalLink::new();
+    open_zones_with_peers(data, zones, root_key, engine, None)
+}
+
+/// [`open_zones`], the zones also reaching `peers` (zones of other processes) over HTTP(S).
+/// A zone both opened here and named as a peer is a configuration error.
+pub(crate) fn open_zones_with_peers(
+    data: &Path,
+    zones: &[String],
+    root_key: &RootKeyBytes,
+    engine: Option<Engine>,
+    peers: Option<(Vec<Peer>, PeerOptions)>,
+) -> Result<Vec<Arc<Kms>>, ConfigError> {
+    let local = LocalLink::new();
+    let link: Arc<dyn keylife::Link> = match peers {
+        None => local.clone(),
+        Some((peers, options)) => {
+            if let Some(peer) = peers.iter().find(|peer| zones.contains(&peer.zone)) {
+                return Err(ConfigError::Invalid(format!(
+                    "zone {} is both served here (--zone) and named as a peer (--peer): a \
+                     zone is served by one process",
+                    peer.zone
+                )));
+            }
+            PeerLink::new(local.clone(), peers, options)
+                .map_err(|error| ConfigError::Invalid(format!("--peer: {error}")))?
+        }
+    };
     let mut opened = Vec::with_capacity(zones.len());
     for zone in zones {
         check_zone_name(zone)?;
@@ -220,7 +352,7 @@ pub(crate) fn open_zones(
         std::fs::create_dir_all(&dir).map_err(|error| {
             ConfigError::Invalid(format!("cannot create {}: {error}", dir.display()))
         })?;
-        let mut options = KmsOptions::new(zone.clone()).link(link.clone());
+        let mut options = KmsOptions::new(zone.clone()).link(Arc::clone(&link));
         options.engine = engine;
         let kms =
             Kms::open(&dir, root_key.root_key(), options).map_err(|error| ConfigError::Store {
@@ -229,7 +361,7 @@ pub(crate) fn open_zones(
                 error,
             })?;
         let kms = Arc::new(kms);
-        link.attach(&kms);
+        local.attach(&kms);
         opened.push(kms);
     }
     Ok(opened)

@@ -93,6 +93,36 @@ pub(crate) struct ServeArgs {
     /// several zones, every key names its `zone`.
     #[arg(long, value_name = "FILE")]
     seed: Option<PathBuf>,
+    /// A zone served by another `keylife serve` process, `NAME=URL`, URL being that zone's
+    /// API URL as its process prints it (`http://ADDR/v2`, `https://ADDR/v2`); repeat for
+    /// several. Keys of the zones served here replicate to it, and its keys to them, over an
+    /// authenticated link (docs/design.md, "Replication between processes"). A zone may not be
+    /// both served here and a peer.
+    #[arg(long = "peer", value_name = "NAME=URL", value_parser = parse_peer)]
+    peers: Vec<(String, String)>,
+    /// File of the link credentials, one per peer zone: `ZONE KEY SECRET` lines (`#` starts a
+    /// comment). This process signs its messages to ZONE with KEY and SECRET, and ZONE's
+    /// process holds the same pair as `KEY SECRET operations=replicate zones=ZONES_SERVED_HERE`.
+    /// Required with --peer.
+    #[arg(long, value_name = "FILE")]
+    peer_credentials_file: Option<PathBuf>,
+    /// PEM file of the CA certificates an `https://` peer's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    peer_ca_file: Option<PathBuf>,
+    /// Seconds one replication message may wait for its peer's answer (the delivery is then
+    /// recorded as failed and retried).
+    #[arg(long, value_name = "SECS", default_value_t = keylife::server::peer::DEFAULT_PEER_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    peer_timeout: u64,
+}
+
+fn parse_peer(text: &str) -> Result<(String, String), String> {
+    let (name, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=URL, got {text:?}"))?;
+    config::check_zone_name(name).map_err(|error| error.to_string())?;
+    keylife::server::client::ApiUrl::parse(url).map_err(|error| format!("peer {name}: {error}"))?;
+    Ok((name.to_owned(), url.to_owned()))
 }
 
 fn parse_max_connections(text: &str) -> Result<usize, String> {
@@ -184,7 +214,13 @@ async fn serve(args: ServeArgs) -> Result<(), ConfigError> {
     )?));
     let seed = args.seed.as_deref().map(config::load_seed).transpose()?;
     let names: Vec<String> = args.zones.iter().map(|(name, _)| name.clone()).collect();
-    let zones = config::open_zones(&args.data, &names, &root_key, args.engine)?;
+    let peers = config::load_peers(
+        &args.peers,
+        args.peer_credentials_file.as_deref(),
+        args.peer_ca_file.as_deref(),
+        std::time::Duration::from_secs(args.peer_timeout),
+    )?;
+    let zones = config::open_zones_with_peers(&args.data, &names, &root_key, args.engine, peers)?;
     if let (Some(seed), Some(path)) = (&seed, &args.seed) {
         let handles: Vec<keylife::Kms> = zones.iter().map(|kms| keylife::Kms::clone(kms)).collect();
         let report = seed.apply(&handles).map_err(|error| {

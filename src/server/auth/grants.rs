@@ -7,12 +7,16 @@
 //!   outside `/v2`, which no group implies: `admin` and `replicate`.
 //! - `names`: globs over key names. create checks the requested name, list shows only the
 //!   matching keys, every other call needs the key's name to match (re-encrypt: both keys).
-//! - `zones`: globs over zone names.
+//! - `zones`: globs over zone names: the zones the credential acts in, or, for `replicate`, the
+//!   origin zones whose updates it may deliver (and whose replicas it may speak for when it asks
+//!   an origin for a new version).
 //!
 //! A list is comma-separated; a glob has `*` (any run of characters) and `?` (one character);
 //! `\` makes the next character literal, so `\ `, `\,`, `\*`, `\?` and `\\` stand for
 //! themselves. An absent attribute allows everything of its kind, except that `admin` and
-//! `replicate` are granted only by name.
+//! `replicate` are granted only by name. `replicate` is granted alone (`operations=replicate`,
+//! no `names=`), and with `zones=` (required): a link credential can do nothing else, and its
+//! zones are never read as the zones it may act in.
 
 use std::fmt;
 
@@ -146,15 +150,39 @@ impl Grants {
                 _ => grants.zones = Some(entries.iter().map(|e| Glob::new(e)).collect()),
             }
         }
+        if grants.may_replicate() {
+            if grants.operations != REPLICATE {
+                return Err("operations: replicate is granted alone (a link credential \
+                            may do nothing else)"
+                    .to_owned());
+            }
+            if names {
+                return Err(
+                    "names: not for a replicate credential, which speaks for whole \
+                            zones"
+                        .to_owned(),
+                );
+            }
+            if !zones {
+                return Err(
+                    "zones: required with replicate: the origin zones whose updates \
+                            this credential may deliver"
+                        .to_owned(),
+                );
+            }
+        }
         Ok(grants)
     }
 
     /// Whether the credential may call `operation` at all, in some zone and on some key: an
-    /// API operation it was granted, or [`Operation::Backup`] with the `admin` grant.
+    /// API operation it was granted, [`Operation::Backup`] with the `admin` grant, or the
+    /// receiving side of a link ([`Operation::ReceiveUpdate`], [`Operation::RetireVersion`])
+    /// with the `replicate` grant.
     #[must_use]
     pub fn allows_operation(&self, operation: Operation) -> bool {
         match operation {
             Operation::Backup => self.is_admin(),
+            Operation::ReceiveUpdate | Operation::RetireVersion => self.may_replicate(),
             operation => bit(operation).is_some_and(|bit| self.operations & bit != 0),
         }
     }
@@ -175,6 +203,14 @@ impl Grants {
     #[must_use]
     pub fn allows_zone(&self, zone: &str) -> bool {
         matches_any(self.zones.as_deref(), zone)
+    }
+
+    /// Whether the credential is a link credential that may speak for zone `zone`: deliver
+    /// the updates of keys whose origin is `zone`, or ask for a new version on behalf of a
+    /// replica in `zone`.
+    #[must_use]
+    pub fn speaks_for(&self, zone: &str) -> bool {
+        self.may_replicate() && self.zones.is_some() && self.allows_zone(zone)
     }
 
     /// Whether the credential may use a key named `name`; `None` (a key the zone does not
@@ -431,13 +467,24 @@ mod tests {
         assert!(!Grants::everything().is_admin());
         let admin = grants("operations=all,admin");
         assert!(admin.is_admin() && !admin.may_replicate());
-        let replicate = grants("operations=replicate zones=ch-gva-2");
+        let replicate = grants("operations=replicate zones=ch-gva-2,at-*");
         assert!(replicate.may_replicate());
         assert!(
             !API_OPERATIONS
                 .iter()
                 .any(|&o| replicate.allows_operation(o))
         );
+        assert!(replicate.allows_operation(Operation::ReceiveUpdate));
+        assert!(replicate.allows_operation(Operation::RetireVersion));
+        assert!(!replicate.allows_operation(Operation::Backup));
+        assert!(replicate.speaks_for("ch-gva-2") && replicate.speaks_for("at-vie-1"));
+        assert!(!replicate.speaks_for("de-fra-1"));
+        // Only a link credential speaks for a zone; no other receives updates.
+        for other in [&all, &admin, &Grants::everything()] {
+            assert!(!other.speaks_for("ch-gva-2"));
+            assert!(!other.allows_operation(Operation::ReceiveUpdate));
+            assert!(!other.allows_operation(Operation::RetireVersion));
+        }
         let one = grants("operations=encrypt,rotate-kms-key");
         assert!(one.allows_operation(Operation::Encrypt));
         assert!(one.allows_operation(Operation::RotateKey));
@@ -452,6 +499,13 @@ mod tests {
             ("operations=fly", "unknown operation"),
             ("names=", "empty"),
             ("zones", "NAME=LIST"),
+            ("operations=replicate", "zones: required with replicate"),
+            ("operations=replicate,read zones=a", "granted alone"),
+            ("operations=all,replicate zones=a", "granted alone"),
+            (
+                "operations=replicate zones=a names=x",
+                "names: not for a replicate",
+            ),
         ] {
             let error = Grants::parse(&words(line)).unwrap_err();
             assert!(error.contains(says), "{line}: {error}");

@@ -200,6 +200,17 @@ impl Credentials {
         self.entries.is_empty()
     }
 
+    /// The link keys derived from the secret of credential `key`, if it is one of these and
+    /// a link credential (the `replicate` grant).
+    #[must_use]
+    pub fn link_key(&self, key: &str) -> Option<crate::crypto::LinkKey> {
+        let entry = self.entries.get(key)?;
+        entry
+            .grants
+            .may_replicate()
+            .then(|| crate::crypto::LinkKey::derive(&entry.secret))
+    }
+
     /// What the credential `key` may do, if it is one of these.
     #[must_use]
     pub fn grants(&self, key: &str) -> Option<&Grants> {
@@ -537,6 +548,15 @@ pub fn sign(
     expires: i64,
 ) -> String {
     sign_with_query(key, secret, method, path, &[], body, expires)
+}
+
+/// The signature's bytes of an `Authorization` header value (its `signature=`, decoded): what
+/// the server's replay cache keys on, and what a link's answer is authenticated over. `None`
+/// for a header that is not a well-formed authorization.
+#[must_use]
+pub fn signature_of(authorization: &str) -> Option<Vec<u8>> {
+    let parsed = Authorization::parse(authorization).ok()?;
+    BASE64.decode(parsed.signature).ok()
 }
 
 /// Like [`sign`], with query arguments: `query` is the pairs in the order the URL has them;
