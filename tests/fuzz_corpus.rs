@@ -13,7 +13,14 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 /// Every fuzz target, as cargo-fuzz and `fuzz/corpus/` name them.
-const TARGETS: [&str; 5] = ["decrypt", "envelope", "record", "lifecycle", "backup"];
+const TARGETS: [&str; 6] = [
+    "decrypt",
+    "envelope",
+    "record",
+    "lifecycle",
+    "backup",
+    "link",
+];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -69,6 +76,11 @@ fn lifecycle_corpus() {
 #[test]
 fn backup_corpus() {
     replay("backup", targets::backup);
+}
+
+#[test]
+fn link_corpus() {
+    replay("link", targets::link);
 }
 
 /// Every fuzz binary and every corpus is one of [`TARGETS`], each replayed by a test above.

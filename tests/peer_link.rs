@@ -1,0 +1,251 @@
+//! The sending side of the link between processes ([`PeerLink`]), in one test process: an
+//! origin `Kms` delivers over real loopback HTTP to a replica zone served by
+//! `keylife::server::serve`, and to a fake peer that answers what an attacker on the path
+//! could: an acknowledgement under another secret, one made for another request (a replayed
+//! answer), garbage, a refusal. Only the answer MAC'd under the link key over this request's
+//! signature clears the outbox. The same flows between two `keylife serve` processes are in
+//! `tests/replication_binary.rs`.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+
+use keylife::crypto::LinkKey;
+use keylife::server::auth::{Credentials, signature_of};
+use keylife::server::client::ApiCredential;
+use keylife::server::peer::{Peer, PeerLink, PeerOptions};
+use keylife::server::{Keyring, ServeOptions};
+use keylife::{Ack, CreateKey, KeyId, Kms, KmsOptions, LocalLink, RootKey, wire};
+
+const ORIGIN: &str = "ch-gva-2";
+const REPLICA: &str = "de-fra-1";
+const LINK_KEY: &str = "EXOlink";
+const LINK_SECRET: &str = "link-secret";
+
+/// An origin zone in memory whose link reaches `REPLICA` at `url`, signing with the link
+/// credential.
+fn origin(url: &str) -> Kms {
+    let local = LocalLink::new();
+    let link = PeerLink::new(
+        Arc::clone(&local),
+        vec![Peer {
+            zone: REPLICA.to_owned(),
+            url: url.to_owned(),
+            credential: ApiCredential::new(LINK_KEY, LINK_SECRET),
+        }],
+        PeerOptions::default(),
+    )
+    .unwrap();
+    let kms = Kms::open_in_memory(
+        RootKey::generate().unwrap(),
+        KmsOptions::new(ORIGIN).link(link),
+    )
+    .unwrap();
+    local.attach(&kms);
+    kms
+}
+
+/// A replicated key of `kms`, its first delivery attempted (in the background) and done.
+fn replicated_key(kms: &Kms) -> KeyId {
+    let key = kms
+        .create_key(&CreateKey::new("orders").multi_zone(true))
+        .unwrap();
+    kms.replicate_key(key.id, REPLICA, None).unwrap();
+    kms.wait_for_deliveries();
+    key.id
+}
+
+/// The replica's state at the origin: (confirmed watermark, last failure's error).
+fn replica_state(kms: &Kms, id: KeyId) -> (u64, Option<String>) {
+    let details = kms.get_key(id).unwrap();
+    let state = &details.replicas_status[0];
+    (
+        state.last_applied_watermark,
+        state.last_failure.as_ref().map(|f| f.error.clone()),
+    )
+}
+
+#[test]
+fn an_origin_delivers_to_a_served_replica_and_ciphertexts_cross() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let replica = Arc::new(
+        Kms::open_in_memory(RootKey::generate().unwrap(), KmsOptions::new(REPLICA)).unwrap(),
+    );
+    let credentials = Credentials::parse(&format!(
+        "{LINK_KEY} {LINK_SECRET} operations=replicate zones={ORIGIN}"
+    ))
+    .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = runtime.spawn(keylife::server::serve(
+        vec![(Arc::clone(&replica), listener)],
+        Arc::new(Keyring::new(credentials)),
+        ServeOptions::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let kms = origin(&format!("http://{addr}/v2"));
+    let id = replicated_key(&kms);
+    kms.rotate_key(id, None).unwrap();
+    kms.sync().unwrap();
+    let seq = kms.get_key(id).unwrap().key.revision.seq;
+    assert_eq!(replica_state(&kms, id), (seq, None));
+    let held = replica.get_key(id).unwrap();
+    assert_eq!(held.key.origin_zone, ORIGIN);
+    assert_eq!(held.key.material.version, 2);
+    let sealed = kms.encrypt(id, b"from the origin", None).unwrap();
+    assert_eq!(
+        replica
+            .decrypt(id, &sealed.ciphertext, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"from the origin"
+    );
+    let sealed = replica.encrypt(id, b"from the replica", None).unwrap();
+    assert_eq!(
+        kms.decrypt(id, &sealed.ciphertext, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"from the replica"
+    );
+    drop(kms);
+    let _ = stop.send(());
+    runtime.block_on(served).unwrap().unwrap();
+}
+
+/// What the fake peer answers a delivery.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// The right answer: the ack, MAC'd under the link key over the request's signature.
+    Genuine,
+    /// An ack MAC'd under another secret.
+    OtherSecret,
+    /// An ack MAC'd over another request's signature: a recorded answer replayed.
+    OtherRequest,
+    /// 200 with bytes that are no answer.
+    Garbage,
+    /// 200 with the ack and no MAC.
+    Unauthenticated,
+}
+
+/// A peer on loopback that reads each request and answers it as `answer` says, claiming to
+/// hold revision `claim` of the key. Returns its address.
+fn fake_peer(answer: Arc<Mutex<Answer>>, claim: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = BufReader::new(stream);
+            let (mut length, mut signature) = (0usize, Vec::new());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                let (name, value) = line.split_once(':').unwrap_or((line, ""));
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap(),
+                    "authorization" => signature = signature_of(value.trim()).unwrap(),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let key = LinkKey::derive(LINK_SECRET.as_bytes());
+            let ack = Ack {
+                applied_seq: claim,
+                versions: 1,
+            };
+            let bytes = match *answer.lock().unwrap() {
+                Answer::Genuine => wire::encode_ack(&ack, &signature, &key),
+                Answer::OtherSecret => {
+                    wire::encode_ack(&ack, &signature, &LinkKey::derive(b"another secret"))
+                }
+                Answer::OtherRequest => wire::encode_ack(&ack, b"an earlier request", &key),
+                Answer::Garbage => b"{\"status\":\"ok\"}".to_vec(),
+                Answer::Unauthenticated => {
+                    wire::encode_ack(&ack, &signature, &key)[..wire::ACK_LEN - 32].to_vec()
+                }
+            };
+            let mut stream = reader.into_inner();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n",
+                bytes.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&bytes);
+        }
+    });
+    addr
+}
+
+#[test]
+fn only_the_peers_authenticated_answer_to_this_request_clears_the_outbox() {
+    let answer = Arc::new(Mutex::new(Answer::OtherSecret));
+    // The fake peer claims revision 2: replicate-key's revision, what the key is at.
+    let addr = fake_peer(Arc::clone(&answer), 2);
+    let kms = origin(&format!("http://{addr}/v2"));
+    let id = replicated_key(&kms);
+    assert_eq!(kms.get_key(id).unwrap().key.revision.seq, 2);
+    for forged in [
+        Answer::OtherSecret,
+        Answer::OtherRequest,
+        Answer::Garbage,
+        Answer::Unauthenticated,
+    ] {
+        *answer.lock().unwrap() = forged;
+        let report = kms.sync().unwrap();
+        assert_eq!(report.failed.len(), 1, "{forged:?}: {report:?}");
+        assert_eq!(report.failed[0].2.code(), "zone-refused", "{forged:?}");
+        let (watermark, failure) = replica_state(&kms, id);
+        assert_eq!(watermark, 0, "{forged:?} moved the watermark");
+        let failure = failure.unwrap_or_else(|| panic!("{forged:?}: no failure recorded"));
+        assert!(
+            failure.contains(&format!("zone {REPLICA} refused")) && failure.contains("answer"),
+            "{forged:?}: {failure}"
+        );
+    }
+    // The genuine answer, the one control that differs: it is accepted.
+    *answer.lock().unwrap() = Answer::Genuine;
+    let report = kms.sync().unwrap();
+    assert_eq!(report.delivered.len(), 1, "{report:?}");
+    assert_eq!(replica_state(&kms, id), (2, None));
+    assert!(
+        kms.sync().unwrap().delivered.is_empty(),
+        "nothing owed any more"
+    );
+}
+
+#[test]
+fn a_refusal_and_an_unreachable_peer_are_recorded_and_retried() {
+    // A port nothing listens on.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let kms = origin(&format!("http://{addr}/v2"));
+    let id = replicated_key(&kms);
+    let (watermark, failure) = replica_state(&kms, id);
+    assert_eq!(watermark, 0);
+    let failure = failure.unwrap();
+    assert!(
+        failure.starts_with(&format!("zone {REPLICA} is unreachable:")),
+        "{failure}"
+    );
+    // The link knows the peer zone (replicate-key accepted it) and no other.
+    assert_eq!(
+        kms.replicate_key(id, "at-vie-1", None).unwrap_err().code(),
+        "invalid-argument"
+    );
+}
