@@ -8,7 +8,7 @@
 //! in its credentials file), so they derive the same keys, and no one without the secret can
 //! unwrap the material or forge an answer. A wrapped version is
 //! `nonce (12) | ciphertext (32) | tag (16)`; its associated data names the key, the version
-//! and both zones ([`wrap_aad`]), so a wrapped blob moved to another key, version or pair of
+//! and both zones, so a wrapped blob moved to another key, version or pair of
 //! zones does not open.
 
 use hkdf::Hkdf;

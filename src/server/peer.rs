@@ -4,7 +4,7 @@
 //! peer (`keylife serve --peer ZONE=URL`) is reached at its API address with the signed client
 //! of [`super::client`]: an update is `POST`ed to [`REPLICATION_UPDATE_PATH`] and a rotation
 //! request to [`REPLICATION_ROTATION_PATH`], signed by the link credential this process holds
-//! for that zone, their bodies in the [`wire`](crate::wire) format with material wrapped under
+//! for that zone, their bodies in the [`wire`] format with material wrapped under
 //! the keys derived from that credential's secret. An answer counts only if its MAC verifies
 //! under the same keys over the request's signature: a forged or replayed acknowledgement
 //! cannot clear the outbox.

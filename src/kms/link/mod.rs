@@ -1,4 +1,5 @@
-//! The [`Link`] between zones and the message it carries ([`ReplicaUpdate`]).
+//! The [`Link`] between zones, the message it carries ([`ReplicaUpdate`]), and that message's
+//! encoding between processes ([`wire`]).
 
 pub mod wire;
 
@@ -12,11 +13,12 @@ use crate::crypto::MaterialKey;
 /// Carries replication updates from one zone to the others.
 ///
 /// keylife ships [`LocalLink`](crate::LocalLink), which connects `Kms` instances of one
-/// process. Another link implements the same three methods: [`Link::deliver`] ends in
-/// [`Kms::receive`](crate::Kms::receive) on the other side and [`Link::request_rotation`] in
-/// [`Kms::retire_version`](crate::Kms::retire_version). A link outside this crate can carry
-/// updates only between `Kms` instances of one process for now: a [`ReplicaUpdate`] has no
-/// wire encoding and no public constructor yet.
+/// process, and (feature `server`) `server::peer::PeerLink`, which reaches zones served by
+/// other processes over HTTP(S) in the [`wire`] format. Another link implements the same three
+/// methods: [`Link::deliver`] ends in [`Kms::receive`](crate::Kms::receive) on the other side
+/// and [`Link::request_rotation`] in [`Kms::retire_version`](crate::Kms::retire_version); a
+/// [`ReplicaUpdate`] crosses processes as [`wire::encode_update`] /
+/// [`wire::decode_update`], its material wrapped under the link's key.
 pub trait Link: Send + Sync + fmt::Debug {
     /// Whether `zone` is a zone this link can carry updates to (reachable or not right now):
     /// replicate-key accepts only such zones.
