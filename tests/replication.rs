@@ -501,6 +501,52 @@ fn failed_deliveries_back_off_in_run_due_but_not_in_sync() {
 }
 
 #[test]
+fn a_zone_out_of_reach_is_tried_once_per_due_run_and_other_zones_go_on() {
+    let (zones, faulty) = Zones::faulty(&["ch-gva-2", "de-fra-1", "at-vie-1"]);
+    let a = zones.zone(A);
+    faulty.cut("de-fra-1");
+    let ids: Vec<_> = (0..5)
+        .map(|i| {
+            let id = a
+                .create_key(&CreateKey::new(format!("k{i}")).multi_zone(true))
+                .unwrap()
+                .id;
+            a.replicate_key(id, "de-fra-1", None).unwrap();
+            a.replicate_key(id, "at-vie-1", None).unwrap();
+            id
+        })
+        .collect();
+    a.wait_for_deliveries();
+    let before = faulty.counts().cut_off;
+    // Every retry is due; the pass tries the cut zone once and defers the rest of its keys,
+    // while the reachable zone gets all of its deliveries.
+    zones.clock.advance(jiff::SignedDuration::from_secs(1));
+    let report = a.run_due().unwrap();
+    assert_eq!(faulty.counts().cut_off, before + 1, "{report:?}");
+    assert_eq!(report.replication.failed.len(), 1, "{report:?}");
+    assert_eq!(report.replication.deferred.len(), 4, "{report:?}");
+    assert!(
+        report
+            .replication
+            .delivered
+            .iter()
+            .all(|(_, z)| z == "at-vie-1")
+    );
+    for &id in &ids {
+        assert!(zones.zone(C).get_key(id).is_ok());
+    }
+    // The deferred keys stay owed: sync (forced) tries each of them.
+    let report = a.sync().unwrap();
+    assert_eq!(report.failed.len(), 5, "{report:?}");
+    assert_eq!(faulty.counts().cut_off, before + 6);
+    faulty.heal("de-fra-1");
+    assert_eq!(a.sync().unwrap().delivered.len(), 5);
+    for &id in &ids {
+        assert!(zones.zone(B).get_key(id).is_ok());
+    }
+}
+
+#[test]
 fn replica_status_serializes_with_the_spec_field_names() {
     let (zones, faulty) = Zones::faulty(&["ch-gva-2", "de-fra-1"]);
     let a = zones.zone(A);

@@ -86,10 +86,24 @@ impl Replicator {
             unreadable: outbox.unreadable,
             ..SyncReport::default()
         };
+        // A zone found out of reach in this pass is not tried again in it (unless forced): with
+        // a link that waits its timeout for each message, one dead zone would otherwise hold
+        // the pass (and the zone's next due run) for as many timeouts as keys are owed to it.
+        // The entries stay in the outbox for the next pass.
+        let mut out_of_reach: Vec<String> = Vec::new();
         for (id, zone) in outbox.entries {
+            if !force && out_of_reach.contains(&zone) {
+                report.deferred.push((id, zone));
+                continue;
+            }
             match self.sender.deliver_until_current(id, &zone, force) {
                 Ok(Attempt::Delivered) => report.delivered.push((id, zone)),
-                Ok(Attempt::Failed(error)) | Err(error) => report.failed.push((id, zone, error)),
+                Ok(Attempt::Failed(error)) | Err(error) => {
+                    if matches!(error, Error::ZoneUnreachable { .. }) {
+                        out_of_reach.push(zone.clone());
+                    }
+                    report.failed.push((id, zone, error));
+                }
                 Ok(Attempt::Deferred | Attempt::Behind) => report.deferred.push((id, zone)),
                 Ok(Attempt::Nothing) => {}
             }
