@@ -249,3 +249,164 @@ fn a_refusal_and_an_unreachable_peer_are_recorded_and_retried() {
         "invalid-argument"
     );
 }
+
+/// Two zones, each served on loopback by `keylife::server::serve` (in this process) and each
+/// reaching the other through a `PeerLink` to its URL, with `limits`. The origin's server also
+/// accepts `EXOlinkXX`, a link credential that speaks for `at-vie-1` only.
+struct Pair {
+    runtime: tokio::runtime::Runtime,
+    origin: Arc<Kms>,
+    replica: Arc<Kms>,
+    origin_url: String,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    served: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Pair {
+    fn start(limits: keylife::Limits) -> Pair {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let bind = || {
+            runtime
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap()
+        };
+        let (origin_listener, replica_listener) = (bind(), bind());
+        let url = |listener: &tokio::net::TcpListener| {
+            format!("http://{}/v2", listener.local_addr().unwrap())
+        };
+        let (origin_url, replica_url) = (url(&origin_listener), url(&replica_listener));
+        let zone = |name: &str, peer: &str, peer_url: &str, sign_as: &str| {
+            let local = LocalLink::new();
+            let link = PeerLink::new(
+                Arc::clone(&local),
+                vec![Peer {
+                    zone: peer.to_owned(),
+                    url: peer_url.to_owned(),
+                    credential: ApiCredential::new(sign_as, format!("{sign_as}-secret")),
+                }],
+                PeerOptions::default(),
+            )
+            .unwrap();
+            let mut options = KmsOptions::new(name).link(link);
+            options.limits = limits;
+            let kms = Arc::new(Kms::open_in_memory(RootKey::generate().unwrap(), options).unwrap());
+            local.attach(&kms);
+            kms
+        };
+        let origin = zone(ORIGIN, REPLICA, &replica_url, "EXOlinkAB");
+        let replica = zone(REPLICA, ORIGIN, &origin_url, "EXOlinkBA");
+        let mut pair = Pair {
+            runtime,
+            origin: Arc::clone(&origin),
+            replica: Arc::clone(&replica),
+            origin_url,
+            stops: Vec::new(),
+            served: Vec::new(),
+        };
+        for (kms, listener, credentials) in [
+            (
+                origin,
+                origin_listener,
+                format!(
+                    "EXOlinkBA EXOlinkBA-secret operations=replicate zones={REPLICA}\n\
+                     EXOlinkXX EXOlinkXX-secret operations=replicate zones=at-vie-1"
+                ),
+            ),
+            (
+                replica,
+                replica_listener,
+                format!("EXOlinkAB EXOlinkAB-secret operations=replicate zones={ORIGIN}"),
+            ),
+        ] {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            pair.stops.push(stop);
+            pair.served.push(pair.runtime.spawn(keylife::server::serve(
+                vec![(kms, listener)],
+                Arc::new(Keyring::new(Credentials::parse(&credentials).unwrap())),
+                ServeOptions::default(),
+                async {
+                    let _ = stopped.await;
+                },
+            )));
+        }
+        pair
+    }
+
+    fn stop(mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for served in self.served.drain(..) {
+            self.runtime.block_on(served).unwrap().unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_replica_that_spends_its_budget_asks_its_origin_across_the_link() {
+    let pair = Pair::start(keylife::Limits {
+        max_encryptions_per_version: 2,
+        ..keylife::Limits::default()
+    });
+    let (origin, replica) = (&pair.origin, &pair.replica);
+    let id = replicated_key(origin);
+    assert_eq!(replica.get_key(id).unwrap().key.material.version, 1);
+    let version = |ciphertext: &[u8]| {
+        keylife::crypto::Header::parse(ciphertext)
+            .unwrap()
+            .0
+            .version
+    };
+    // The third encryption at the replica spent version 1's budget there: the replica asked
+    // its origin (POST /keylife/v1/replication/rotation), which made version 2 and delivered
+    // it before answering.
+    let sealed: Vec<_> = (0..3u8)
+        .map(|i| replica.encrypt(id, &[i], None).unwrap().ciphertext)
+        .collect();
+    assert_eq!(
+        sealed.iter().map(|c| version(c)).collect::<Vec<_>>(),
+        [1, 1, 2]
+    );
+    let at_origin = origin.get_key(id).unwrap();
+    assert_eq!(at_origin.key.material.version, 2);
+    assert!(at_origin.key.material.automatic);
+    for (i, ciphertext) in sealed.iter().enumerate() {
+        assert_eq!(
+            origin
+                .decrypt(id, ciphertext, None)
+                .unwrap()
+                .plaintext
+                .as_bytes(),
+            [i as u8]
+        );
+    }
+
+    // A link credential that speaks for no replica zone of the key may not ask.
+    let client = keylife::server::client::Client::new(
+        &pair.origin_url,
+        ApiCredential::new("EXOlinkXX", "EXOlinkXX-secret"),
+        keylife::server::client::ClientOptions::default(),
+    )
+    .unwrap();
+    let body = wire::encode_rotation(&wire::RotationRequest {
+        origin: ORIGIN.to_owned(),
+        id,
+        version: 2,
+    })
+    .unwrap();
+    let refused = pair.runtime.block_on(async {
+        let (answer, _) = client
+            .send_signed(
+                "POST",
+                keylife::server::REPLICATION_ROTATION_PATH,
+                "application/octet-stream",
+                body,
+            )
+            .await
+            .unwrap();
+        answer.success().await.unwrap_err().to_string()
+    });
+    assert!(refused.contains("403"), "{refused}");
+    assert_eq!(origin.get_key(id).unwrap().key.material.version, 2);
+    pair.stop();
+}
