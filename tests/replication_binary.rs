@@ -197,6 +197,64 @@ fn follows(origin: &Value, replica: &Value) {
     assert_ne!(replica["origin-zone"], Value::Null);
 }
 
+// ----- 0. The proxy the other tests rely on ----------------------------------------------------
+
+#[test]
+fn the_proxy_forwards_and_records_refuses_and_holds() {
+    let files = ServeFiles::new();
+    let zone = format!("{ZONE_A}=127.0.0.1:0");
+    let served = http_support::ServeProcess::start(files.command(&[&zone], &[]), 1);
+    let proxy = proxy::Proxy::start(Mode::Forward);
+    runtime().block_on(async {
+        // No target yet: closed at once.
+        let mut client = Client::new(proxy.addr);
+        assert!(client.try_signed("GET", "/v2/kms-key", b"").await.is_err());
+        proxy.set_target(served.addr(0));
+        let mut client = Client::new(proxy.addr);
+        let created = client
+            .post("/v2/kms-key", json!({ "name": "through the proxy" }))
+            .await;
+        let id = ok(&created)["id"].as_str().unwrap().to_owned();
+        let recorded = proxy.recorded();
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(recorded[0].path(), "/v2/kms-key");
+        assert_eq!(
+            serde_json::from_slice::<Value>(recorded[0].body()).unwrap(),
+            json!({ "name": "through the proxy" })
+        );
+        // What was recorded, sent again as it is, is the same request.
+        let again = proxy::send_raw(served.addr(0), &recorded[0].bytes);
+        refused_raw(&again, 409, "name-conflict");
+        let resigned = proxy::send_raw(served.addr(0), &resigned(&recorded[0], KEY, SECRET));
+        refused_raw(&resigned, 409, "name-conflict");
+
+        proxy.set_mode(Mode::Refuse);
+        let mut refused = Client::new(proxy.addr);
+        assert!(refused.try_signed("GET", "/v2/kms-key", b"").await.is_err());
+        assert_eq!(proxy.refused_count(), 1);
+
+        proxy.set_mode(Mode::Hold);
+        let mut held = Client::new(proxy.addr);
+        let path = key_path(&id, "");
+        let waiting = held.try_signed("GET", &path, b"");
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut waiting)
+                .await
+                .is_err(),
+            "a held connection was answered"
+        );
+        assert_eq!(proxy.held_count(), 1);
+        // Leaving hold closes it: the request ends without an answer.
+        proxy.set_mode(Mode::Forward);
+        assert!(waiting.await.is_err());
+        assert_eq!(proxy.recorded().len(), 1, "a held request was forwarded");
+        let mut client = Client::new(proxy.addr);
+        ok(&client.get(&path).await);
+    });
+    served.stop();
+}
+
 // ----- 1. The lifecycle across two processes ------------------------------------------------
 
 #[test]
