@@ -64,20 +64,17 @@ async fn get_key(client: &mut Client, id: &str) -> Value {
     ok(&client.get(&key_path(id, "")).await).clone()
 }
 
-/// The `status` of a success-response to `operation` on key `id`.
-async fn change(client: &mut Client, id: &str, operation: &str, body: Option<Value>) -> String {
+/// The answer (200, JSON) to `operation` on key `id`.
+async fn change(client: &mut Client, id: &str, operation: &str, body: Option<Value>) -> Value {
     let reply = client
         .call("POST", &key_path(id, operation), body.as_ref())
         .await;
-    ok(&reply)["status"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{operation}: no status: {reply}"))
-        .to_owned()
+    ok(&reply).clone()
 }
 
 async fn replicate(client: &mut Client, id: &str) {
-    let status = change(client, id, "replicate", Some(json!({ "zone": ZONE_B }))).await;
-    assert_eq!(status, "target-registered");
+    let answer = change(client, id, "replicate", Some(json!({ "zone": ZONE_B }))).await;
+    assert_eq!(answer, json!({ "status": "target-registered" }));
 }
 
 async fn encrypt(client: &mut Client, id: &str, plaintext: &[u8], context: &[u8]) -> String {
@@ -296,7 +293,10 @@ fn a_key_replicated_to_another_process_follows_its_origin_and_shares_ciphertexts
         assert_eq!(ok(&reply)["plaintext"], data_key["plaintext"]);
 
         // Rotation and its settings follow the origin; a replica refuses them itself.
-        assert_eq!(change(&mut a, &id, "rotate", None).await, "success");
+        assert_eq!(
+            change(&mut a, &id, "rotate", None).await["rotation"]["manual-count"],
+            1
+        );
         change(&mut a, &id, "disable-key-rotation", None).await;
         let (origin, replica) = converged(&mut a, &mut b, &id).await;
         follows(&origin, &replica);
@@ -317,11 +317,20 @@ fn a_key_replicated_to_another_process_follows_its_origin_and_shares_ciphertexts
 
         // Enable and disable are each zone's own; the origin's advance the watermark only.
         let origin = get_key(&mut a, &id).await;
-        assert_eq!(change(&mut b, &id, "disable", None).await, "success");
+        assert_eq!(
+            change(&mut b, &id, "disable", None).await["status"],
+            "success"
+        );
         assert_eq!(get_key(&mut b, &id).await["status"], "disabled");
         assert_eq!(get_key(&mut a, &id).await, origin, "B's disable changed A");
-        assert_eq!(change(&mut b, &id, "enable", None).await, "success");
-        assert_eq!(change(&mut a, &id, "disable", None).await, "success");
+        assert_eq!(
+            change(&mut b, &id, "enable", None).await["status"],
+            "success"
+        );
+        assert_eq!(
+            change(&mut a, &id, "disable", None).await["status"],
+            "success"
+        );
         let (origin, replica) = converged(&mut a, &mut b, &id).await;
         assert_eq!(origin["status"], "disabled");
         assert_eq!(replica["status"], "enabled", "A's disable travelled");
@@ -365,8 +374,8 @@ fn a_key_replicated_to_another_process_follows_its_origin_and_shares_ciphertexts
 
         // The other direction: a key of zone B replicated to zone A.
         let other = create_multi_zone(&mut b, "invoices").await;
-        let status = change(&mut b, &other, "replicate", Some(json!({ "zone": ZONE_A }))).await;
-        assert_eq!(status, "target-registered");
+        let answer = change(&mut b, &other, "replicate", Some(json!({ "zone": ZONE_A }))).await;
+        assert_eq!(answer["status"], "target-registered");
         let in_a = until("B's key reaches A", async || {
             let origin = get_key(&mut b, &other).await;
             let entry = origin["replicas-status"][0].clone();
@@ -508,15 +517,24 @@ fn refused_raw(answer: &proxy::RawAnswer, status: u16, code: &str) {
     assert_eq!(answer.json()["code"], code, "{answer:?}");
 }
 
-/// `request` signed afresh by `key` and `secret`.
+/// `request` signed afresh by `key` and `secret`, with an `expires` other than its own (the
+/// link signs for 300 s: the same key, body and `expires` would be the same signature).
 fn resigned(request: &Recorded, key: &str, secret: &[u8]) -> Vec<u8> {
+    let original: Option<i64> = request.header("authorization").and_then(|value| {
+        let (_, rest) = value.split_once("expires=")?;
+        rest.split(',').next()?.trim().parse().ok()
+    });
+    let mut expires = unix_now() + 120;
+    if Some(expires) == original {
+        expires += 1;
+    }
     let authorization = auth::sign(
         key,
         secret,
         request.method(),
         request.path(),
         request.body(),
-        unix_now() + 300,
+        expires,
     );
     proxy::with_authorization(request, &authorization)
 }
@@ -546,6 +564,9 @@ fn deliveries_not_from_the_link_are_refused_and_change_nothing() {
         replicate(&mut a, id).await;
         converged(&mut a, &mut b, id).await;
         change(&mut a, id, "rotate", None).await;
+        converged(&mut a, &mut b, id).await;
+        // A change without new material: its delivery carries no wrapped version.
+        change(&mut a, id, "disable-key-rotation", None).await;
         converged(&mut a, &mut b, id).await;
 
         let deliveries: Vec<Recorded> = pair
@@ -605,12 +626,20 @@ fn deliveries_not_from_the_link_are_refused_and_change_nothing() {
             "permission-denied",
         );
         assert_eq!(zone_state(&mut b).await, before);
-        // With `replicate`, but not for the update's origin zone.
+        // With `replicate`, but not for the update's origin zone: refused. The newest
+        // delivery carries no material, so it decodes under any link key and meets the
+        // zone check (403); the first one carries material wrapped under the link's key,
+        // which does not unwrap under another credential's (the server decodes before it
+        // checks the zone: 400).
+        let other = ("EXOlinkOther", b"other-link-secret".as_slice());
         refused_raw(
-            &proxy::send_raw(b_addr, &resigned(old, "EXOlinkOther", b"other-link-secret")),
+            &proxy::send_raw(b_addr, &resigned(newest, other.0, other.1)),
             403,
             "permission-denied",
         );
+        assert_eq!(zone_state(&mut b).await, before);
+        let answer = proxy::send_raw(b_addr, &resigned(old, other.0, other.1));
+        assert!(matches!(answer.status, 400 | 403), "{answer:?}");
         assert_eq!(zone_state(&mut b).await, before);
         // One body byte flipped, sent with its original signature.
         let mut tampered = newest.bytes.clone();
@@ -823,20 +852,23 @@ fn refused_start(files: &ServeFiles, args: &[&str]) -> (Option<i32>, String) {
 #[test]
 fn peers_that_contradict_the_zones_served_or_lack_a_credential_stop_the_start() {
     let files = ServeFiles::new();
-    let peer_credentials = files.dir.path().join("peer-credentials");
-    std::fs::write(
-        &peer_credentials,
-        format!("{ZONE_B} {} {}\n", LINK_AB.0, LINK_AB.1),
-    )
-    .unwrap();
-    let credentials = peer_credentials.to_str().unwrap();
+    let write = |name: &str, zone: &str| {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = files.dir.path().join(name);
+        std::fs::write(&path, format!("{zone} {} {}\n", LINK_AB.0, LINK_AB.1)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.display().to_string()
+    };
+    let credentials = write("peer-credentials", ZONE_B);
+    let credentials = credentials.as_str();
     let b_peer = format!("{ZONE_B}=http://127.0.0.1:9/v2");
 
-    // A zone served here and named as a peer.
+    // A zone served here and named as a peer (its credential given: the zone is the error).
     let a_peer = format!("{ZONE_A}=http://127.0.0.1:9/v2");
+    let own = write("own-zone-credentials", ZONE_A);
     let (code, stderr) = refused_start(
         &files,
-        &["--peer", &a_peer, "--peer-credentials-file", credentials],
+        &["--peer", &a_peer, "--peer-credentials-file", &own],
     );
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains(ZONE_A), "{stderr}");
