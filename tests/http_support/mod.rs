@@ -1071,3 +1071,162 @@ impl ServeFiles {
         command
     }
 }
+
+// ---- Two `keylife serve` processes linked by `--peer` (tests/replication_binary.rs) ----
+
+pub mod proxy;
+
+/// The credential zone A's process signs its deliveries to zone B's with (in A's peer
+/// credentials file), which B's credentials file grants `replicate` for zone A.
+pub const LINK_AB: (&str, &str) = ("EXOlinkAB", "link-secret-a-to-b");
+/// The credential of the other direction, B to A.
+pub const LINK_BA: (&str, &str) = ("EXOlinkBA", "link-secret-b-to-a");
+
+/// One `keylife serve` process of one zone, with its own data directory and root key, behind
+/// a [`proxy::Proxy`] that the other process's `--peer` names (so the URL holds across
+/// restarts on new ports).
+pub struct PeerProcess {
+    /// The zone it serves.
+    pub zone: &'static str,
+    /// Its root key, credentials file and data directory.
+    pub files: ServeFiles,
+    /// The proxy in front of it: what the other process delivers to.
+    pub proxy: proxy::Proxy,
+    /// Its peer credentials file (`ZONE KEY SECRET`).
+    pub peer_credentials: std::path::PathBuf,
+    /// The arguments of `keylife serve` after `--zone` (the `--peer` flags included).
+    pub args: Vec<String>,
+    process: Option<ServeProcess>,
+}
+
+impl PeerProcess {
+    /// Files for zone `zone`, whose peer `peer_zone` is reached at `peer_url` and signed for
+    /// with `link` (in the peer credentials file); `accepts` is the credential it accepts
+    /// deliveries from, with `replicate` for `peer_zone`. Not started.
+    fn new(
+        zone: &'static str,
+        peer_zone: &str,
+        peer_url: &str,
+        link: (&str, &str),
+        accepts: (&str, &str),
+    ) -> PeerProcess {
+        let files = ServeFiles::new();
+        let secret = String::from_utf8_lossy(SECRET);
+        std::fs::write(
+            &files.credentials,
+            format!(
+                "{KEY} {secret}\n{} {} operations=replicate zones={peer_zone}\n",
+                accepts.0, accepts.1
+            ),
+        )
+        .unwrap();
+        let peer_credentials = files.dir.path().join("peer-credentials");
+        std::fs::write(
+            &peer_credentials,
+            format!(
+                "# the credential of each peer zone\n{peer_zone} {} {}\n",
+                link.0, link.1
+            ),
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&peer_credentials, std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+        let args = vec![
+            "--peer".to_owned(),
+            format!("{peer_zone}={peer_url}"),
+            "--peer-credentials-file".to_owned(),
+            peer_credentials.display().to_string(),
+        ];
+        PeerProcess {
+            zone,
+            files,
+            proxy: proxy::Proxy::start(proxy::Mode::Forward),
+            peer_credentials,
+            args,
+            process: None,
+        }
+    }
+
+    /// Adds `line` to its credentials file (read at the next start).
+    pub fn add_credential(&self, line: &str) {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.files.credentials)
+            .unwrap();
+        writeln!(file, "{line}").unwrap();
+    }
+
+    /// Starts `keylife serve` (on a free port) and points its proxy at it.
+    pub fn start(&mut self) {
+        assert!(self.process.is_none(), "{} is already running", self.zone);
+        let zone = format!("{}=127.0.0.1:0", self.zone);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let process = ServeProcess::start(self.files.command(&[&zone], &args), 1);
+        self.proxy.set_target(process.addr(0));
+        self.process = Some(process);
+    }
+
+    /// The running process.
+    pub fn process(&mut self) -> &mut ServeProcess {
+        self.process.as_mut().expect("the process is running")
+    }
+
+    /// Its address (not the proxy's).
+    pub fn addr(&self) -> SocketAddr {
+        self.process
+            .as_ref()
+            .expect("the process is running")
+            .addr(0)
+    }
+
+    /// A client of it, signing with [`KEY`].
+    pub fn client(&self) -> Client {
+        Client::new(self.addr())
+    }
+
+    /// SIGKILL, and waits for the end.
+    pub fn kill(&mut self) {
+        let process = self.process.take().expect("the process is running");
+        process.signal("KILL");
+        drop(process);
+    }
+
+    /// SIGTERM; checks that it exits 0 within 10 s; returns its last standard error lines.
+    pub fn stop(&mut self) -> Vec<String> {
+        self.process.take().expect("the process is running").stop()
+    }
+}
+
+/// Zone A ([`ZONE_A`]) and zone B ([`ZONE_B`]) in two `keylife serve` processes, each naming
+/// the other with `--peer` (through the other's proxy), with the link credentials
+/// [`LINK_AB`] and [`LINK_BA`].
+pub struct PeerPair {
+    /// The process of zone A.
+    pub a: PeerProcess,
+    /// The process of zone B.
+    pub b: PeerProcess,
+}
+
+impl PeerPair {
+    /// The files and proxies of both, not started (add arguments or credentials first).
+    pub fn new() -> PeerPair {
+        let mut a = PeerProcess::new(ZONE_A, ZONE_B, "", LINK_AB, LINK_BA);
+        let mut b = PeerProcess::new(ZONE_B, ZONE_A, &a.proxy.url(), LINK_BA, LINK_AB);
+        a.args[1] = format!("{ZONE_B}={}", b.proxy.url());
+        b.args[1] = format!("{ZONE_A}={}", a.proxy.url());
+        PeerPair { a, b }
+    }
+
+    /// Both started, with no other argument.
+    pub fn start() -> PeerPair {
+        let mut pair = PeerPair::new();
+        pair.a.start();
+        pair.b.start();
+        pair
+    }
+}
