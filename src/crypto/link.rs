@@ -137,26 +137,30 @@ impl LinkKey {
     /// preceded by its length (u32, big-endian).
     #[must_use]
     pub fn answer_mac(&self, signature: &[u8], answer: &[u8]) -> [u8; ANSWER_MAC_LEN] {
-        let mut mac = self.answer.clone();
-        for part in [signature, answer] {
-            let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
-            mac.update(&len.to_be_bytes());
-            mac.update(part);
-        }
-        mac.finalize().into_bytes().into()
+        self.answer_state(signature, answer)
+            .finalize()
+            .into_bytes()
+            .into()
     }
 
     /// Whether `mac` is the MAC of `answer` to the request signed `signature`, compared in
     /// constant time.
     #[must_use]
     pub fn verify_answer(&self, signature: &[u8], answer: &[u8], mac: &[u8]) -> bool {
-        let mut check = self.answer.clone();
+        self.answer_state(signature, answer)
+            .verify_slice(mac)
+            .is_ok()
+    }
+
+    /// The answer key's HMAC over the length-prefixed signature and answer.
+    fn answer_state(&self, signature: &[u8], answer: &[u8]) -> HmacSha256 {
+        let mut mac = self.answer.clone();
         for part in [signature, answer] {
             let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
-            check.update(&len.to_be_bytes());
-            check.update(part);
+            mac.update(&len.to_be_bytes());
+            mac.update(part);
         }
-        check.verify_slice(mac).is_ok()
+        mac
     }
 }
 
@@ -168,7 +172,8 @@ fn wrap_aad(id: KeyId, version: u32, origin: &str, target: &str) -> Vec<u8> {
     aad.extend_from_slice(id.as_bytes());
     aad.extend_from_slice(&version.to_be_bytes());
     for zone in [origin, target] {
-        // Zone names are at most 64 bytes (the wire format refuses longer ones first).
+        // Zone names are at most 255 bytes: the wire format refuses longer ones before it
+        // wraps anything.
         aad.push(u8::try_from(zone.len()).unwrap_or(u8::MAX));
         aad.extend_from_slice(zone.as_bytes());
     }

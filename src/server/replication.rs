@@ -27,14 +27,16 @@ use crate::{Error, wire};
 pub(crate) async fn receive_update(State(_zone): State<Arc<Zone>>, call: Signed) -> Response {
     answer(move || {
         let (key, signature) = link_of(&call)?;
-        let update = wire::decode_update(&call.body, call.kms.zone(), key)?;
-        let snapshot = update.snapshot();
+        // Who sent it is looked at before any material is unwrapped.
+        let sealed = wire::read_update(&call.body, call.kms.zone())?;
+        let snapshot = sealed.snapshot();
         if !call.grants.speaks_for(&snapshot.origin_zone) {
             return Err(Error::Forbidden {
                 operation: crate::Operation::ReceiveUpdate.name(),
                 id: Some(snapshot.id),
             });
         }
+        let update = sealed.open(key)?;
         let ack = call.kms.receive(&update)?;
         Ok(wire::encode_ack(&ack, signature, key))
     })

@@ -18,6 +18,8 @@
 //! and every wrapped version must unwrap. Every refusal is [`Error::BadRequest`] on
 //! [`FIELD`], saying what is wrong and never echoing a secret.
 
+use std::fmt;
+
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -196,8 +198,66 @@ pub fn encode_update(
     Ok(bytes)
 }
 
-/// Decodes an update sent to zone `zone`, unwrapping its material under `key`.
+/// Decodes an update sent to zone `zone`, unwrapping its material under `key`: the same as
+/// [`read_update`] then [`SealedUpdate::open`].
 pub fn decode_update(bytes: &[u8], zone: &str, key: &LinkKey) -> Result<ReplicaUpdate, Error> {
+    read_update(bytes, zone)?.open(key)
+}
+
+/// An update whose bytes were checked ([`read_update`]), its material still wrapped: the
+/// receiver can look at who sent it before it unwraps anything ([`SealedUpdate::open`]).
+pub struct SealedUpdate {
+    snapshot: Snapshot,
+    target: String,
+    wrapped: Vec<WrappedV1>,
+}
+
+impl fmt::Debug for SealedUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedUpdate")
+            .field("snapshot", &self.snapshot)
+            .field("target", &self.target)
+            .field("wrapped_versions", &self.wrapped.len())
+            .finish()
+    }
+}
+
+impl SealedUpdate {
+    /// The snapshot it carries (its origin zone, key and revision).
+    #[must_use]
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The update, its material unwrapped under `key`; refused if a version does not unwrap
+    /// (another secret, key, version or pair of zones, or altered bytes).
+    pub fn open(self, key: &LinkKey) -> Result<ReplicaUpdate, Error> {
+        let id = self.snapshot.id;
+        let mut materials = Vec::with_capacity(self.wrapped.len());
+        for wrapped in &self.wrapped {
+            let version = wrapped.version;
+            let material = key
+                .unwrap(
+                    &join_wrapped(wrapped),
+                    id,
+                    version,
+                    &self.snapshot.origin_zone,
+                    &self.target,
+                )
+                .ok_or_else(|| {
+                    refused(format!(
+                        "material version {version} does not unwrap under the link key for \
+                         this key and these zones"
+                    ))
+                })?;
+            materials.push((version, material));
+        }
+        Ok(ReplicaUpdate::new(self.snapshot, materials))
+    }
+}
+
+/// Checks and decodes an update sent to zone `zone`, leaving its material wrapped.
+pub fn read_update(bytes: &[u8], zone: &str) -> Result<SealedUpdate, Error> {
     if bytes.len() > MAX_UPDATE_BYTES {
         return Err(refused(format!(
             "is {} bytes, over the limit of {MAX_UPDATE_BYTES}",
@@ -220,7 +280,6 @@ pub fn decode_update(bytes: &[u8], zone: &str, key: &LinkKey) -> Result<ReplicaU
     if layout.seq == 0 {
         return Err(refused("revision 0 is no revision of a key"));
     }
-    let id = KeyId::from_bytes(layout.id);
     let (body, versions) = match layout.body {
         Some(live) => {
             let live = live_key(live)?;
@@ -229,9 +288,8 @@ pub fn decode_update(bytes: &[u8], zone: &str, key: &LinkKey) -> Result<ReplicaU
         }
         None => (SnapshotBody::Deleted, 0),
     };
-    let mut materials = Vec::with_capacity(layout.materials.len());
     let mut last = 0u32;
-    for wrapped in layout.materials {
+    for wrapped in &layout.materials {
         let version = wrapped.version;
         if version <= last || version > versions {
             return Err(refused(format!(
@@ -240,26 +298,17 @@ pub fn decode_update(bytes: &[u8], zone: &str, key: &LinkKey) -> Result<ReplicaU
             )));
         }
         last = version;
-        let joined = join_wrapped(&wrapped);
-        let material = key
-            .unwrap(&joined, id, version, &layout.origin, &layout.target)
-            .ok_or_else(|| {
-                refused(format!(
-                    "material version {version} does not unwrap under the link key for this \
-                     key and these zones"
-                ))
-            })?;
-        materials.push((version, material));
     }
-    Ok(ReplicaUpdate::new(
-        Snapshot {
-            id,
+    Ok(SealedUpdate {
+        snapshot: Snapshot {
+            id: KeyId::from_bytes(layout.id),
             origin_zone: layout.origin,
             seq: layout.seq,
             body,
         },
-        materials,
-    ))
+        target: layout.target,
+        wrapped: layout.materials,
+    })
 }
 
 /// The answer to an update signed `signature`: `ack`, authenticated under `key`.
