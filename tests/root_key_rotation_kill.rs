@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -150,18 +150,36 @@ fn killed_at_many_instants(engine: Engine) {
     assert_eq!(current, 1, "the rotation completed");
 
     let mut rotated = 0;
-    for point in 0..KILLS {
-        let at = full.mul_f64(1.25 * point as f64 / (KILLS - 1) as f64);
-        let mut child = start_rotation(&store, current);
+    let kill_at = |at: Duration, current: &mut usize| {
+        let mut child = start_rotation(&store, *current);
         std::thread::sleep(at);
         let _ = child.kill();
         let status = child.wait().unwrap();
         let context = format!("{engine}, killed at {at:?} of {full:?} ({status})");
         let now = holder(&store, &context);
-        if now != current {
-            rotated += 1;
+        let completed = now != *current;
+        *current = now;
+        completed
+    };
+    for point in 0..KILLS {
+        let at = full.mul_f64(1.25 * point as f64 / (KILLS - 1) as f64);
+        rotated += usize::from(kill_at(at, &mut current));
+    }
+    // On a loaded machine the runs after the first may all be slower than it: kill later
+    // until one completes (a few times at most), so that the kills land on both sides. (A
+    // loaded CI run once failed here with every kill early.)
+    let mut later = 2.0;
+    while rotated == 0 && later <= 16.0 {
+        rotated += usize::from(kill_at(full.mul_f64(later), &mut current));
+        later *= 2.0;
+    }
+    // And the other way (the first run was the slow one): kill at once until one does not.
+    let mut tries = 0;
+    while rotated == KILLS && tries < 4 {
+        if !kill_at(Duration::ZERO, &mut current) {
+            rotated -= 1;
         }
-        current = now;
+        tries += 1;
     }
     // The kills landed on both sides of the commit.
     assert!(rotated > 0, "{engine}: no killed run completed ({full:?})");
