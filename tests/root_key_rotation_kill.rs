@@ -167,7 +167,7 @@ fn killed_at_many_instants(engine: Engine) {
     }
     // On a loaded machine the runs after the first may all be slower than it: kill later
     // until one completes (a few times at most), so that the kills land on both sides. (A
-    // loaded CI run once failed here with every kill early.)
+    // run of the whole suite, with other builds on the machine, failed this test once.)
     let mut later = 2.0;
     while rotated == 0 && later <= 16.0 {
         rotated += usize::from(kill_at(full.mul_f64(later), &mut current));
