@@ -6,6 +6,8 @@
 //! signature clears the outbox. The same flows between two `keylife serve` processes are in
 //! `tests/replication_binary.rs`.
 
+mod http_support;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -264,6 +266,12 @@ struct Pair {
 
 impl Pair {
     fn start(limits: keylife::Limits) -> Pair {
+        Pair::start_with(limits, None)
+    }
+
+    /// With `tls`, each zone serves HTTPS with the CA's server certificate and each link
+    /// trusts that CA.
+    fn start_with(limits: keylife::Limits, tls: Option<&http_support::TestCa>) -> Pair {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let bind = || {
             runtime
@@ -271,8 +279,9 @@ impl Pair {
                 .unwrap()
         };
         let (origin_listener, replica_listener) = (bind(), bind());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let url = |listener: &tokio::net::TcpListener| {
-            format!("http://{}/v2", listener.local_addr().unwrap())
+            format!("{scheme}://{}/v2", listener.local_addr().unwrap())
         };
         let (origin_url, replica_url) = (url(&origin_listener), url(&replica_listener));
         let zone = |name: &str, peer: &str, peer_url: &str, sign_as: &str| {
@@ -284,7 +293,10 @@ impl Pair {
                     url: peer_url.to_owned(),
                     credential: ApiCredential::new(sign_as, format!("{sign_as}-secret")),
                 }],
-                PeerOptions::default(),
+                PeerOptions {
+                    ca_pem: tls.map(|ca| ca.ca_pem.clone().into_bytes()),
+                    ..PeerOptions::default()
+                },
             )
             .unwrap();
             let mut options = KmsOptions::new(name).link(link);
@@ -323,7 +335,10 @@ impl Pair {
             pair.served.push(pair.runtime.spawn(keylife::server::serve(
                 vec![(kms, listener)],
                 Arc::new(Keyring::new(Credentials::parse(&credentials).unwrap())),
-                ServeOptions::default(),
+                ServeOptions {
+                    tls: tls.map(http_support::TestCa::tls),
+                    ..ServeOptions::default()
+                },
                 async {
                     let _ = stopped.await;
                 },
@@ -408,5 +423,58 @@ fn a_replica_that_spends_its_budget_asks_its_origin_across_the_link() {
     });
     assert!(refused.contains("403"), "{refused}");
     assert_eq!(origin.get_key(id).unwrap().key.material.version, 2);
+    pair.stop();
+}
+
+#[test]
+fn the_link_runs_over_https_trusting_the_peer_ca_only() {
+    let ca = http_support::TestCa::new();
+    let pair = Pair::start_with(keylife::Limits::default(), Some(&ca));
+    assert!(pair.origin_url.starts_with("https://"));
+    let (origin, replica) = (&pair.origin, &pair.replica);
+    let id = replicated_key(origin);
+    assert_eq!(replica_state(origin, id), (2, None));
+    let sealed = replica.encrypt(id, b"over TLS", None).unwrap();
+    assert_eq!(
+        origin
+            .decrypt(id, &sealed.ciphertext, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"over TLS"
+    );
+    // A link without the CA is refused when it is made; one trusting another CA cannot reach
+    // the peer (the handshake fails) and says so.
+    let peer = || Peer {
+        zone: REPLICA.to_owned(),
+        url: pair.origin_url.clone(),
+        credential: ApiCredential::new(LINK_KEY, LINK_SECRET),
+    };
+    let error = PeerLink::new(LocalLink::new(), vec![peer()], PeerOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("CA"), "{error}");
+    let other = http_support::TestCa::new();
+    let stranger = PeerLink::new(
+        LocalLink::new(),
+        vec![peer()],
+        PeerOptions {
+            ca_pem: Some(other.ca_pem.into_bytes()),
+            ..PeerOptions::default()
+        },
+    )
+    .unwrap();
+    let kms = Kms::open_in_memory(
+        RootKey::generate().unwrap(),
+        KmsOptions::new(ORIGIN).link(stranger),
+    )
+    .unwrap();
+    let id = replicated_key(&kms);
+    let (_, failure) = replica_state(&kms, id);
+    let failure = failure.unwrap();
+    assert!(
+        failure.contains("is unreachable") && failure.contains("TLS"),
+        "{failure}"
+    );
     pair.stop();
 }
