@@ -16,23 +16,25 @@
 //!   answer to the answer of the first poll that shows the change: an upper bound, too high by
 //!   at most one poll round trip (reported as `poll_p50_us`). The poller shares the two CPUs
 //!   with both servers.
-//! - **(b) convergence.** `REPL_PENDING` more multi-zone keys (default 1,000) are created and
-//!   replicated (8 clients at once), the replica process is killed with SIGKILL, every one of
-//!   those keys is rotated on the origin (1,000 changes, each leaving an update owed to the
-//!   replica: new material), the replica stays down `REPL_OUTAGE_SECS` more (default 0), then
-//!   is started again on the same data directory and port. The time is from the replica's
-//!   "serving" line to the moment its list-kms-keys shows every one of those keys at the new
-//!   version (polled every 20 ms), and then until the origin's replicas-status shows every
-//!   replica's watermark at the key's revision (the acknowledgements, read once the replica
-//!   holds everything). The origin retries each replica 1 s after its first failure, doubling
-//!   to 5 minutes (`keylife serve` runs due work every second): the outage sets how long the
-//!   last retry waits, which is what `REPL_OUTAGE_SECS` varies.
+//! - **(b) convergence.** New multi-zone keys are created and replicated (8 clients at once),
+//!   as many as bring the origin zone to `REPL_PENDING` keys (default 1,000, which is also a
+//!   zone's key quota): 950 by default. Then the replica process is killed with SIGKILL and,
+//!   from 8 clients at once, each new key is rotated (an update with new material) and each key
+//!   of (a) gets its rotation disabled (its 10 manual rotations are spent): 1,000 changes, each
+//!   leaving an update owed to the replica. The replica stays down `REPL_OUTAGE_SECS` more
+//!   (default 0), then is started again on the same data directory and port. The times are
+//!   from the replica's "serving" line until its list-kms-keys (polled every 20 ms) shows the
+//!   first change, a quarter, half, three quarters and all of them, and then until the
+//!   origin's replicas-status shows every replica's watermark at the key's revision (the
+//!   acknowledgements). The origin retries each replica 1 s after its first failure, doubling
+//!   to 5 minutes (`keylife serve` runs due work every second): `REPL_OUTAGE_SECS` shows what
+//!   a longer outage adds.
 //!
-//! Afterwards, a ciphertext made in each zone under every key of (a) decrypts in the other.
+//! After (a), a ciphertext made in each zone under every key of (a) must decrypt in the other.
 //!
 //! Run: `cargo bench --bench replication_link` (the lines starting `replication_latency:` and
 //! `replication_convergence:` are the summary). `cargo test --bench replication_link` is a
-//! smoke run on the debug binary (3 keys, 60 changes, 20 pending keys).
+//! smoke run on the debug binary (3 keys, 60 changes; 17 new keys, 20 pending changes).
 
 use std::io::{BufRead, BufReader, Read as _};
 use std::net::{SocketAddr, TcpListener};
@@ -379,7 +381,11 @@ impl Expect {
 }
 
 /// (a): 20 changes of each key, one at a time, each followed until the replica shows it.
-async fn latency(origin_address: SocketAddr, replica_address: SocketAddr, keys: usize) {
+async fn latency(
+    origin_address: SocketAddr,
+    replica_address: SocketAddr,
+    keys: usize,
+) -> Vec<String> {
     let mut origin = Client::connect(origin_address).await;
     let mut replica = Client::connect(replica_address).await;
     let ids = make_keys(origin_address, "latency", keys, 4).await;
@@ -454,6 +460,7 @@ async fn latency(origin_address: SocketAddr, replica_address: SocketAddr, keys: 
         micros(percentile(&polls, 0.50)),
         micros(percentile(&answers, 0.50)),
     );
+    ids
 }
 
 /// Encrypts under every key in each zone and decrypts in the other; the number that did.
@@ -488,34 +495,48 @@ async fn cross_decrypt(origin: &mut Client, replica: &mut Client, ids: &[String]
     crossed
 }
 
-/// (b): `pending` keys rotated while the replica is down, then the replica started again.
+/// (b): with the replica process killed, `fresh` new keys are rotated and the keys of (a),
+/// `earlier`, get their rotation disabled; then the replica is started again.
 async fn convergence(
     origin_process: &ZoneProcess,
     replica_process: &mut ZoneProcess,
-    pending: usize,
+    earlier: &[String],
+    fresh: usize,
     outage: Duration,
 ) {
     let origin_address = origin_process.address();
-    let ids = make_keys(origin_address, "pending", pending, 8).await;
+    let made = make_keys(origin_address, "pending", fresh, 8).await;
     let mut origin = Client::connect(origin_address).await;
-    wait_acknowledged(&mut origin, &ids).await;
+    wait_acknowledged(&mut origin, &made).await;
+    // The keys of (a) have made their 10 manual rotations (the limit): they change their
+    // rotation setting instead (automatic after (a)).
+    let changes: Vec<(String, &'static str, Expect)> = made
+        .iter()
+        .map(|id| (id.clone(), "rotate", Expect::Version(2)))
+        .chain(
+            earlier
+                .iter()
+                .map(|id| (id.clone(), "disable-key-rotation", Expect::Automatic(false))),
+        )
+        .collect();
+    let ids: Vec<String> = changes.iter().map(|(id, _, _)| id.clone()).collect();
 
     replica_process.kill();
     let down = Instant::now();
     let mut tasks = Vec::new();
     let clients = 8;
     for client_index in 0..clients {
-        let ids: Vec<String> = ids
+        let mine: Vec<(String, &'static str)> = changes
             .iter()
             .skip(client_index)
             .step_by(clients)
-            .cloned()
+            .map(|(id, operation, _)| (id.clone(), *operation))
             .collect();
         tasks.push(tokio::spawn(async move {
             let mut client = Client::connect(origin_address).await;
-            for id in &ids {
+            for (id, operation) in &mine {
                 client
-                    .ok("POST", &format!("/v2/kms-key/{id}/rotate"), None)
+                    .ok("POST", &format!("/v2/kms-key/{id}/{operation}"), None)
                     .await;
             }
         }));
@@ -526,61 +547,80 @@ async fn convergence(
     let changed = down.elapsed();
     // Every one of them is owed: none acknowledged at the new revision.
     let mut owed = 0;
-    let mut unreachable = 0;
     for id in &ids {
-        let got = origin.get(id).await;
-        owed += usize::from(!acknowledged(&got));
-        let failure = got["replicas-status"][0]["last-failure"]["error"]
-            .as_str()
-            .unwrap_or_default();
-        unreachable += usize::from(failure.starts_with(&format!("zone {REPLICA} is unreachable:")));
+        owed += usize::from(!acknowledged(&origin.get(id).await));
     }
     assert_eq!(owed, ids.len(), "updates owed to the stopped replica");
     tokio::time::sleep(outage).await;
+    // The server closes a connection idle for long: a new one for after the outage.
+    let mut origin = Client::connect(origin_address).await;
 
     let restart = Instant::now();
     replica_process.start();
     let serving = Instant::now();
     let down_for = serving - down;
     let mut replica = Client::connect(replica_process.address()).await;
-    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let wanted: std::collections::HashMap<&str, &Expect> = changes
+        .iter()
+        .map(|(id, _, expect)| (id.as_str(), expect))
+        .collect();
     let mut first_seen = None;
+    // (time since the serving line, changes the replica shows), at each poll.
+    let mut progress = Vec::new();
     let held = loop {
         let listed = replica.ok("GET", "/v2/kms-key", None).await;
-        let at_version = listed["kms-keys"]
+        let applied = listed["kms-keys"]
             .as_array()
             .expect("kms-keys")
             .iter()
             .filter(|entry| {
-                entry["id"].as_str().is_some_and(|id| wanted.contains(id))
-                    && entry["material"]["version"] == 2
+                entry["id"]
+                    .as_str()
+                    .and_then(|id| wanted.get(id))
+                    .is_some_and(|expect| expect.seen(entry))
             })
             .count();
-        if at_version > 0 && first_seen.is_none() {
+        if applied > 0 && first_seen.is_none() {
             first_seen = Some(serving.elapsed());
         }
-        if at_version == ids.len() {
+        progress.push((serving.elapsed(), applied));
+        if applied == ids.len() {
             break serving.elapsed();
         }
         assert!(
             serving.elapsed() < DEADLINE,
-            "the replica holds {at_version} of {} keys at their new version",
+            "the replica shows {applied} of the {} changes",
             ids.len()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     wait_acknowledged(&mut origin, &ids).await;
     let acknowledged_all = serving.elapsed();
+    // When a quarter, half, three quarters of the changes were at the replica: a steady
+    // climb is the delivery rate, a wait then a jump is the retry schedule.
+    let quarters: Vec<String> = [1, 2, 3]
+        .iter()
+        .map(|quarter| {
+            let reached = progress
+                .iter()
+                .find(|(_, applied)| *applied * 4 >= ids.len() * quarter)
+                .map_or(held, |(at, _)| *at);
+            format!("{:.2} s", reached.as_secs_f64())
+        })
+        .collect();
     println!(
-        "convergence: {} keys rotated on the origin in {:.2} s while the replica was down \
-         ({unreachable} showing `zone {REPLICA} is unreachable`); replica down {:.2} s in all, \
-         started in {:.2} s; from its serving line: first key at the new version after {:.2} s, \
-         all {} after {:.2} s, all acknowledged at the origin after {:.2} s",
+        "convergence: {} changes on the origin ({} rotations of new keys, {} rotation settings \
+         of the keys of (a)) in {:.2} s while the replica was down; replica down {:.2} s in all, \
+         started in {:.2} s; from its serving line: first change at the replica after {:.2} s, \
+         25/50/75% after {}, all {} after {:.2} s, all acknowledged at the origin after {:.2} s",
         ids.len(),
+        made.len(),
+        earlier.len(),
         changed.as_secs_f64(),
         down_for.as_secs_f64(),
         (serving - restart).as_secs_f64(),
         first_seen.unwrap_or(held).as_secs_f64(),
+        quarters.join(" / "),
         ids.len(),
         held.as_secs_f64(),
         acknowledged_all.as_secs_f64(),
@@ -601,7 +641,9 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --bench replication_link` is a smoke run.
     let smoke = !std::env::args().any(|arg| arg == "--bench");
     let keys = env_usize("REPL_KEYS", if smoke { 3 } else { 50 });
-    let pending = env_usize("REPL_PENDING", if smoke { 20 } else { 1000 });
+    // A zone holds at most 1,000 keys (its quota): (b) makes as many new keys as (a) leaves
+    // room for, and changes the keys of (a) too, 1,000 changes in all by default.
+    let fresh = env_usize("REPL_PENDING", if smoke { 20 } else { 1000 }).saturating_sub(keys);
     let outage = Duration::from_secs(env_usize("REPL_OUTAGE_SECS", 0) as u64);
     let dir = tempfile::tempdir().expect("temp dir");
     let (origin_port, replica_port) = (free_port(), free_port());
@@ -626,6 +668,6 @@ fn main() {
         .enable_all()
         .build()
         .expect("client runtime");
-    runtime.block_on(latency(origin.address(), replica.address(), keys));
-    runtime.block_on(convergence(&origin, &mut replica, pending, outage));
+    let earlier = runtime.block_on(latency(origin.address(), replica.address(), keys));
+    runtime.block_on(convergence(&origin, &mut replica, &earlier, fresh, outage));
 }
