@@ -17,6 +17,18 @@ Two phases, run by scripts/conformance/run.sh against one data directory:
 - `after-restart`: after the server was stopped with SIGTERM and started again, every key and
   its state are as they were, every old ciphertext still decrypts, replication still works.
 
+With `--separate-processes` (each zone served by its own `keylife serve`, linked by `--peer`),
+the same two phases (the health check then expects one zone per process), and two more after
+them, around a crash of the replica zone's process:
+
+- `target-down`: the replica zone's process was killed (SIGKILL); the origin answers
+  replicate-key, rotation, rotation settings, a deletion scheduled and cancelled, and crypto,
+  and its replicas-status shows `last-failure` with `zone ... is unreachable`;
+- `target-back`: the replica process was started again: every replica converges to its
+  origin's latest revision, follows it (a new replica, versions, rotation settings, the missed
+  scheduled-and-cancelled deletion), every ciphertext decrypts in both zones, and a deletion
+  scheduled and cancelled now reaches the replica.
+
 Exit status 0 when every check passed, 1 otherwise; the failures are listed with the request,
 what was expected and what came back.
 """
@@ -391,18 +403,58 @@ def check_problem(t, v, response, status, code, field, mentions, what):
     return problem
 
 
+class Following:
+    """What the phases that check replication share: waiting for a replica (needs `t`, `a`,
+    the origin zone, and `b`, the replica zone)."""
+
+    def poll(self, what, probe, timeout=REPLICATION_TIMEOUT):
+        """Calls `probe` until it returns a true value (then returned) or `timeout` passes."""
+        deadline = time.time() + timeout
+        last = None
+        while True:
+            try:
+                last = probe()
+            except ExoscaleAPIException as error:
+                last = error
+            if last and not isinstance(last, Exception):
+                return last
+            if time.time() > deadline:
+                self.t.require(False, f"{what} within {timeout} s", "true", last)
+            time.sleep(0.1)
+
+    def converged(self, key_id, timeout=REPLICATION_TIMEOUT):
+        """Waits until the origin's replicas-status says the replica applied its revision."""
+        a = self.a
+
+        def probe():
+            got = a.get(key_id)
+            states = {s["zone"]: s for s in got.get("replicas-status") or []}
+            state = states.get(self.b.name)
+            return got if state and state["last-applied-watermark"] == got["revision"]["seq"] else None
+
+        return self.poll(f"the replica of {key_id} applies the origin's revision", probe, timeout)
+
+    def _exists(self, zone, key_id):
+        try:
+            zone.client.get_kms_key(id=key_id)
+            return True
+        except ExoscaleAPIClientException:
+            return False
+
+
 # ---------------------------------------------------------------------------------------------
 # Phase one
 
 
-class FirstPhase:
-    def __init__(self, t, v, zones, key, secret, state_path):
+class FirstPhase(Following):
+    def __init__(self, t, v, zones, key, secret, state_path, separate=False):
         self.t = t
         self.v = v
         self.a, self.b = zones
         self.key = key
         self.secret = secret
         self.state_path = state_path
+        self.separate = separate
         self.suffix = uuid.uuid4().hex[:8]
         self.keys = Needs()  # label -> id
         self.made = Needs()  # what one section leaves for another
@@ -872,33 +924,6 @@ class FirstPhase:
 
     # -- replication ---------------------------------------------------------------------------
 
-    def poll(self, what, probe, timeout=REPLICATION_TIMEOUT):
-        """Calls `probe` until it returns a true value (then returned) or `timeout` passes."""
-        deadline = time.time() + timeout
-        last = None
-        while True:
-            try:
-                last = probe()
-            except ExoscaleAPIException as error:
-                last = error
-            if last and not isinstance(last, Exception):
-                return last
-            if time.time() > deadline:
-                self.t.require(False, f"{what} within {timeout} s", "true", last)
-            time.sleep(0.1)
-
-    def converged(self, key_id):
-        """Waits until the origin's replicas-status says the replica applied its revision."""
-        a = self.a
-
-        def probe():
-            got = a.get(key_id)
-            states = {s["zone"]: s for s in got.get("replicas-status") or []}
-            state = states.get(self.b.name)
-            return got if state and state["last-applied-watermark"] == got["revision"]["seq"] else None
-
-        return self.poll(f"the replica of {key_id} applies the origin's revision", probe)
-
     def replication(self):
         t, a, b = self.t, self.a, self.b
         key_id = a.ok("create-kms-key", name=self.name("multi"), multi_zone=True)["id"]
@@ -1032,23 +1057,17 @@ class FirstPhase:
         a.refused("decrypt", 400, "key-disabled", id=other, ciphertext=ciphertext)
         self.remember([b], other, ciphertext, None, plaintext)
 
-    def _exists(self, zone, key_id):
-        try:
-            zone.client.get_kms_key(id=key_id)
-            return True
-        except ExoscaleAPIClientException:
-            return False
-
     # -- authentication ------------------------------------------------------------------------
 
     def authentication(self):
-        t, v, a = self.t, self.v, self.a
+        t, v, a, b = self.t, self.v, self.a, self.b
         wrong = Zone(t, v, a.name, a.url, self.key, self.secret + "x")
         wrong.refused("list-kms-keys", 403, "forbidden")
         wrong.refused("get-kms-key", 403, "forbidden", id=self.keys["a"])
         stranger = Zone(t, v, a.name, a.url, "EXOnobody", self.secret)
         stranger.refused("encrypt", 403, "forbidden", id=self.keys["a"], plaintext=b64(b"x"))
-        auth_checks(t, v, a.url, self.key, self.secret, self.keys["a"])
+        served = [a.name] if self.separate else [a.name, b.name]
+        auth_checks(t, v, a.url, self.key, self.secret, self.keys["a"], served)
 
     # -- snapshot ------------------------------------------------------------------------------
 
@@ -1074,9 +1093,9 @@ class FirstPhase:
         Path(self.state_path).write_text(json.dumps(state, indent=1))
 
 
-def auth_checks(t, v, url, key, secret, key_id):
+def auth_checks(t, v, url, key, secret, key_id, served):
     """The refusals Exoscale's client cannot produce, sent with `requests`, and the unsigned
-    health check."""
+    health check (which lists the zones `served` by the process at `url`)."""
     session = requests.Session()
     # Session.send does not read the environment as Exoscale's client (Session.request) does:
     # over HTTPS, trust the test CA that run.sh names in REQUESTS_CA_BUNDLE here too.
@@ -1119,13 +1138,14 @@ def auth_checks(t, v, url, key, secret, key_id):
                   "unknown path")
     check_problem(t, v, send(expires=now + 600, method="DELETE"), 405, "method-not-allowed", None, (),
                   "a method the path does not have")
-    # The health check: unsigned, the zones of the process and nothing else.
+    # The health check: unsigned, the zones of the process and nothing else (not the zones
+    # it names as peers).
     health = send(address=url.rsplit("/v2", 1)[0] + "/keylife/v1/health")
     body = health.json() if health.headers.get("Content-Type") == "application/json" else None
     t.check(health.status_code == 200 and isinstance(body, dict) and body.get("status") == "ok"
-            and sorted(body) == ["status", "zones"] and len(body.get("zones", [])) == 2,
-            "unsigned GET /keylife/v1/health: 200, status ok and the two zones", 200,
-            f"{health.status_code} {health.text}", describe(health))
+            and sorted(body) == ["status", "zones"] and body.get("zones") == served,
+            f"unsigned GET /keylife/v1/health: 200, status ok and the zones served {served}",
+            {"status": "ok", "zones": served}, f"{health.status_code} {health.text}", describe(health))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1133,7 +1153,7 @@ def auth_checks(t, v, url, key, secret, key_id):
 
 
 class AfterRestart:
-    def __init__(self, t, v, zones, key, secret, state_path):
+    def __init__(self, t, v, zones, key, secret, state_path, separate=False):
         self.t = t
         self.v = v
         self.zones = {z.name: z for z in zones}
@@ -1222,11 +1242,232 @@ class AfterRestart:
 
 
 # ---------------------------------------------------------------------------------------------
+# Zones in separate processes: the replica zone's process crashes and comes back
+
+
+# How long a replica may take to converge once its process is back: the origin retries a
+# failed delivery after 1 s, doubling (at most 5 minutes), so an outage of a few seconds is
+# made up within a few more.
+CONVERGENCE_TIMEOUT = 60.0
+
+
+class TargetDown(Following):
+    """Run while the replica zone's process is killed: the origin answers every change and
+    records the failed deliveries. Adds what it made to the state file, for `target-back`."""
+
+    def __init__(self, t, v, zones, key, secret, state_path, separate=False):
+        self.t = t
+        self.v = v
+        self.a, self.b = zones
+        self.state_path = state_path
+        self.state = json.loads(Path(state_path).read_text())
+        self.made = Needs()
+
+    def sections(self):
+        return [
+            ("changes while the replica zone is down", self.changes),
+            ("the origin records the failed deliveries", self.failures),
+            ("state for target-back", self.save),
+        ]
+
+    def changes(self):
+        t, a, b = self.t, self.a, self.b
+        keys = self.state["keys"]
+        suffix = self.state["suffix"]
+        # A new multi-zone key, replicated to the zone that cannot be reached.
+        fresh = a.ok("create-kms-key", name=f"conformance-while-down-{suffix}", multi_zone=True)["id"]
+        self.made["fresh"] = fresh
+        plaintext = b"made while the replica zone was down"
+        ciphertext = a.ok("encrypt", id=fresh, plaintext=b64(plaintext))["ciphertext"]
+        answer = a.ok("replicate-kms-key", id=fresh, zone=b.name)
+        t.check(answer["status"] == "target-registered",
+                "replicate to a zone whose process is down: target-registered",
+                "target-registered", answer["status"])
+        t.check(a.get(fresh).get("replicas") == [b.name], "origin: the new key lists the replica zone",
+                [b.name], a.get(fresh).get("replicas"))
+        made = [{"key": fresh, "ciphertext": ciphertext, "plaintext": b64(plaintext)}]
+
+        # An existing replica's origin: a new version and new rotation settings.
+        multi = keys["multi"]
+        before = a.get(multi)
+        a.ok("rotate-kms-key", id=multi)
+        a.ok("enable-kms-key-rotation", id=multi, rotation_period=90)
+        after = a.get(multi)
+        t.check(after["material"]["version"] == before["material"]["version"] + 1,
+                "origin: rotate while the replica zone is down: a new version",
+                before["material"]["version"] + 1, after["material"]["version"])
+        plaintext = b"version made while the replica zone was down"
+        ciphertext = a.ok("encrypt", id=multi, plaintext=b64(plaintext))["ciphertext"]
+        made.append({"key": multi, "ciphertext": ciphertext, "plaintext": b64(plaintext)})
+
+        # A deletion scheduled and cancelled that the replica never sees: it must end disabled
+        # (design.md, "State, not events": `last_cancel_seq`).
+        other = keys["multi-2"]
+        a.ok("schedule-kms-key-deletion", id=other, delay_days=7)
+        a.ok("cancel-kms-key-deletion", id=other)
+        t.check(a.get(other)["status"] == "disabled", "origin: disabled after the cancellation",
+                "disabled", a.get(other)["status"])
+        self.made["ciphertexts"] = made
+
+    def failures(self):
+        t, a, b = self.t, self.a, self.b
+        keys = self.state["keys"]
+        for key_id in (self.made["fresh"], keys["multi"], keys["multi-2"]):
+            def probe():
+                got = a.get(key_id)
+                states = {s["zone"]: s for s in got.get("replicas-status") or []}
+                failure = (states.get(b.name) or {}).get("last-failure")
+                return (got, states[b.name]) if failure else None
+
+            got, state = self.poll(f"origin: replicas-status of {key_id} shows the failed delivery", probe)
+            failure = state["last-failure"]
+            t.check(str(failure.get("error", "")).startswith(f"zone {b.name} is unreachable:"),
+                    "last-failure.error: the replica zone is unreachable",
+                    f"zone {b.name} is unreachable: ...", failure.get("error"))
+            # A change made while a retry is not yet due waits for it: the revision attempted
+            # may be older than the latest, but is newer than the one applied.
+            attempted = failure.get("attempted-watermark")
+            applied = state.get("last-applied-watermark", -1)
+            t.check(isinstance(attempted, int) and applied < attempted <= got["revision"]["seq"],
+                    "last-failure.attempted-watermark: a revision the replica has not applied",
+                    f"in ({applied}, {got['revision']['seq']}]", attempted)
+            t.close(failure.get("failed-at"), time.time(), 60, "last-failure.failed-at: just now")
+            t.check(state.get("last-applied-watermark", -1) < got["revision"]["seq"],
+                    "replicas-status: the origin's latest revision is not applied",
+                    f"< {got['revision']['seq']}", state.get("last-applied-watermark"))
+
+    def save(self):
+        self.state["outage"] = {"fresh": self.made["fresh"], "ciphertexts": self.made["ciphertexts"]}
+        Path(self.state_path).write_text(json.dumps(self.state, indent=1))
+
+
+class TargetBack(Following):
+    """Run once the replica zone's process is started again after `target-down`."""
+
+    def __init__(self, t, v, zones, key, secret, state_path, separate=False):
+        self.t = t
+        self.v = v
+        self.a, self.b = zones
+        self.zones = {z.name: z for z in zones}
+        self.state = json.loads(Path(state_path).read_text())
+
+    def sections(self):
+        return [
+            ("the replicas converge", self.converge),
+            ("the replicas follow their origins", self.follow),
+            ("ciphertexts decrypt in both zones", self.crypto),
+            ("deletion scheduled and cancelled across processes", self.deletion),
+        ]
+
+    def converge(self):
+        keys, outage = self.state["keys"], self.state["outage"]
+        for key_id in (outage["fresh"], keys["multi"], keys["multi-2"]):
+            origin = self.converged(key_id, CONVERGENCE_TIMEOUT)
+            state = {s["zone"]: s for s in origin["replicas-status"]}[self.b.name]
+            self.t.check("last-failure" not in state or state["last-failure"] is None,
+                         "replicas-status: the last failure is cleared by the delivery", None,
+                         state.get("last-failure"))
+
+    def follow(self):
+        t, a, b = self.t, self.a, self.b
+        keys, outage = self.state["keys"], self.state["outage"]
+        fresh = outage["fresh"]
+        origin, replica = a.get(fresh), b.get(fresh)
+        for field in ("id", "name", "usage", "source", "multi-zone", "origin-zone", "created-at",
+                      "material", "rotation", "replicas"):
+            t.check(replica.get(field) == origin.get(field),
+                    f"the replica made after the outage: {field} as the origin's",
+                    origin.get(field), replica.get(field))
+        t.check(replica["origin-zone"] == a.name, "the new replica's origin-zone is the origin zone",
+                a.name, replica["origin-zone"])
+        t.check(replica["status"] == "enabled", "the new replica is enabled", "enabled", replica["status"])
+        t.check(any(e["id"] == fresh for e in b.ok("list-kms-keys")["kms-keys"]),
+                "the replica zone lists the new replica")
+        b.refused("rotate-kms-key", 400, "not-on-replica", id=fresh)
+
+        origin, replica = a.get(keys["multi"]), b.get(keys["multi"])
+        t.check(replica["material"] == origin["material"],
+                "the replica holds the version made while it was down", origin["material"], replica["material"])
+        t.check(replica["rotation"] == origin["rotation"] and replica["rotation"]["rotation-period"] == 90,
+                "the replica follows the rotation settings changed while it was down",
+                origin["rotation"], replica["rotation"])
+        rotations = [r["version"] for r in b.ok("list-kms-key-rotations", id=keys["multi"])["rotations"]]
+        expected = [r["version"] for r in a.ok("list-kms-key-rotations", id=keys["multi"])["rotations"]]
+        t.check(rotations == expected, "list-kms-key-rotations: the replica's versions are the origin's",
+                expected, rotations)
+
+        replica = b.get(keys["multi-2"])
+        t.check(replica["status"] == "disabled",
+                "a deletion scheduled and cancelled while the replica was down leaves it disabled",
+                "disabled", replica["status"])
+        t.check("delete-at" not in replica, "and without delete-at", "absent", replica.get("delete-at"))
+
+    def crypto(self):
+        t, a, b = self.t, self.a, self.b
+        outage = self.state["outage"]
+        for item in outage["ciphertexts"]:
+            got = b.ok("decrypt", id=item["key"], ciphertext=item["ciphertext"])
+            t.check(got["plaintext"] == item["plaintext"],
+                    "a ciphertext the origin made while the replica was down decrypts in the replica zone",
+                    item["plaintext"], got["plaintext"])
+        # Every ciphertext the earlier phases made under a replicated key, in both zones.
+        for item in self.state["ciphertexts"]:
+            if len(item["zones"]) < 2:
+                continue
+            for zone in (a, b):
+                kwargs = {"id": item["key"], "ciphertext": item["ciphertext"]}
+                if item["context"] is not None:
+                    kwargs["encryption_context"] = item["context"]
+                got = zone.ok("decrypt", **kwargs)
+                t.check(got["plaintext"] == item["plaintext"],
+                        f"{zone.name}: a ciphertext of before the outage decrypts",
+                        item["plaintext"], got["plaintext"])
+        # Both ways, under the new replica.
+        fresh = outage["fresh"]
+        for source, target in ((a, b), (b, a)):
+            plaintext = f"made in {source.name}".encode()
+            made = source.ok("encrypt", id=fresh, plaintext=b64(plaintext), encryption_context=b64(b"outage"))
+            got = target.ok("decrypt", id=fresh, ciphertext=made["ciphertext"], encryption_context=b64(b"outage"))
+            t.check(unb64(got["plaintext"]) == plaintext,
+                    f"a ciphertext made in {source.name} decrypts in {target.name}")
+            data_key = source.ok("generate-data-key", id=fresh, bytes_count=32)
+            got = target.ok("decrypt", id=fresh, ciphertext=data_key["ciphertext"])
+            t.check(got["plaintext"] == data_key["plaintext"],
+                    f"a data key made in {source.name} decrypts in {target.name}")
+
+    def deletion(self):
+        t, a, b = self.t, self.a, self.b
+        fresh = self.state["outage"]["fresh"]
+        ciphertext = a.ok("encrypt", id=fresh, plaintext=b64(b"pending"))["ciphertext"]
+        scheduled = a.ok("schedule-kms-key-deletion", id=fresh, delay_days=7)
+        replica = self.poll("the replica follows the origin's scheduled deletion",
+                            lambda: (lambda r: r if r["status"] == "pending-deletion" else None)(b.get(fresh)))
+        t.check(replica.get("delete-at") is not None
+                and parse_ts(replica["delete-at"]) == parse_ts(scheduled["delete-at"]),
+                "replica: delete-at as the origin's", scheduled["delete-at"], replica.get("delete-at"))
+        b.refused("decrypt", 400, "key-pending-deletion", id=fresh, ciphertext=ciphertext)
+        b.refused("cancel-kms-key-deletion", 400, "not-on-replica", id=fresh)
+        a.ok("cancel-kms-key-deletion", id=fresh)
+        replica = self.poll("the replica follows the origin's cancellation",
+                            lambda: (lambda r: r if r["status"] != "pending-deletion" else None)(b.get(fresh)))
+        t.check(replica["status"] == "disabled", "replica: disabled after the origin's cancellation",
+                "disabled", replica["status"])
+        self.converged(fresh)
+        for zone in (a, b):
+            zone.ok("enable-kms-key", id=fresh)
+            got = zone.ok("decrypt", id=fresh, ciphertext=ciphertext)
+            t.check(unb64(got["plaintext"]) == b"pending", f"{zone.name}: decrypts once enabled again")
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phase", choices=["first", "after-restart"], required=True)
+    parser.add_argument("--phase", choices=["first", "after-restart", "target-down", "target-back"],
+                        required=True)
+    parser.add_argument("--separate-processes", action="store_true",
+                        help="each zone is served by its own process (needed by target-down and target-back)")
     parser.add_argument("--credentials-file", required=True, help="the server's: `KEY SECRET` on its first line")
     parser.add_argument("--state", required=True, help="JSON file written by `first`, read by `after-restart`")
     parser.add_argument("--spec", help="OpenAPI spec (default: the one in the exoscale package)")
@@ -1249,8 +1490,12 @@ def main():
         name, url = text.split("=", 1)
         zones.append(Zone(checks, validator, name, url.rstrip("/"), key, secret))
 
-    phase_class = FirstPhase if args.phase == "first" else AfterRestart
-    phase = phase_class(checks, validator, zones, key, secret, args.state)
+    if args.phase.startswith("target-") and not args.separate_processes:
+        sys.exit(f"conformance: phase {args.phase} needs --separate-processes")
+    phase_class = {"first": FirstPhase, "after-restart": AfterRestart,
+                   "target-down": TargetDown, "target-back": TargetBack}[args.phase]
+    phase = phase_class(checks, validator, zones, key, secret, args.state,
+                        separate=args.separate_processes)
     started = time.time()
     for title, section in phase.sections():
         checks.section = title

@@ -11,7 +11,13 @@
 # acknowledged before is still there. Then the first pass again over HTTPS, on a new data
 # directory: a CA and a server certificate for 127.0.0.1/localhost made with openssl, the server
 # started with --tls-cert/--tls-key, the client trusting the CA through REQUESTS_CA_BUNDLE (and
-# a client without it refused). Needs Python 3 with venv/pip, PyPI and openssl.
+# a client without it refused). Last, the zones in separate processes: ch-gva-2 served by one
+# `keylife serve`, de-fra-1 by another (own data directory, root key and credentials file each),
+# linked with --peer and a link credential each way; the first phase and, after both are
+# stopped with SIGTERM and started again, the second; then the replica zone's process is
+# killed with SIGKILL while the origin changes keys (phase target-down) and started again: its
+# replicas converge and every ciphertext decrypts in both zones (phase target-back).
+# Needs Python 3 with venv/pip, PyPI and openssl.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -53,12 +59,17 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/keylife-conformance.XXXXXX")
 server_pid=""
 run=0
 
+# The processes of the cross-process pass, by number (1: ch-gva-2, 2: de-fra-1).
+zone_pid=("" "" "")
+
 cleanup() {
   local status=$?
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  for pid in "$server_pid" "${zone_pid[@]}"; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
   if [ "$status" -ne 0 ]; then
     for log in "$work"/server-*.stderr; do
       [ -f "$log" ] || continue
@@ -139,12 +150,14 @@ stop_server() {
 }
 
 passed=0
-# Runs the phase $1 with the state file $2 against url1 and url2.
+# Runs the phase $1 with the state file $2 against url1 and url2; further arguments go to
+# conformance.py.
 phase() {
   local name=$1 state=$2 failed=0
+  shift 2
   local summary=$work/summary-$name-$run
   "$python" -u "$here/conformance.py" --phase "$name" --credentials-file "$work/creds" \
-    --state "$state" --summary-file "$summary" \
+    --state "$state" --summary-file "$summary" "$@" \
     "$zone1=$url1" "$zone2=$url2" || failed=1
   if [ -f "$summary" ]; then
     passed=$((passed + $(cut -d' ' -f1 "$summary")))
@@ -205,5 +218,105 @@ passed=$((passed + 1))
 REQUESTS_CA_BUNDLE=$work/tls/ca.crt phase first "$work/state-tls.json"
 stop_server
 passed=$((passed + 1)) # the graceful stop
+
+# The zones in separate processes. Each process needs the other's URL when it starts: two free
+# ports are picked first (bound to port 0 and released; the processes bind them right after).
+split=$work/split
+mkdir "$split"
+read -r port1 port2 < <(python3 -c '
+import socket
+sockets = [socket.socket() for _ in range(2)]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in sockets))')
+secret() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
+link12=$(secret) # ch-gva-2 signs its deliveries to de-fra-1 with EXOlink12
+link21=$(secret) # de-fra-1 signs its rotation requests (and deliveries) to ch-gva-2 with EXOlink21
+(
+  umask 077
+  "$binary" root-key generate >"$split/root1.key"
+  "$binary" root-key generate >"$split/root2.key"
+  # The API credential of the other passes (conformance.py signs with the first line), and the
+  # link credential the other process signs with, allowed to speak for its zone only.
+  { head -n 1 "$work/creds"; printf 'EXOlink21 %s operations=replicate zones=%s\n' "$link21" "$zone2"; } \
+    >"$split/creds1"
+  { head -n 1 "$work/creds"; printf 'EXOlink12 %s operations=replicate zones=%s\n' "$link12" "$zone1"; } \
+    >"$split/creds2"
+  printf '%s EXOlink12 %s\n' "$zone2" "$link12" >"$split/peers1"
+  printf '%s EXOlink21 %s\n' "$zone1" "$link21" >"$split/peers2"
+)
+url1=http://127.0.0.1:$port1/v2
+url2=http://127.0.0.1:$port2/v2
+
+# Starts process $1 (1: zone1 on port1, naming zone2 as its peer; 2: the reverse) on its data
+# directory and waits for its serving line.
+start_zone() {
+  local n=$1 zone peer port peer_port
+  if [ "$n" -eq 1 ]; then
+    zone=$zone1 peer=$zone2 port=$port1 peer_port=$port2
+  else
+    zone=$zone2 peer=$zone1 port=$port2 peer_port=$port1
+  fi
+  run=$((run + 1))
+  local out=$work/server-$run.stdout
+  "$binary" serve --data "$split/data$n" --zone "$zone=127.0.0.1:$port" \
+    --peer "$peer=http://127.0.0.1:$peer_port/v2" --peer-credentials-file "$split/peers$n" \
+    --root-key-file "$split/root$n.key" --credentials-file "$split/creds$n" \
+    >"$out" 2>"$work/server-$run.stderr" &
+  zone_pid[n]=$!
+  local deadline=$((SECONDS + 30))
+  until grep -qxF "keylife: zone $zone serving http://127.0.0.1:$port/v2" "$out"; do
+    if ! kill -0 "${zone_pid[n]}" 2>/dev/null; then
+      echo "conformance: the process of zone $zone exited before serving" >&2
+      exit 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "conformance: zone $zone was not served within 30 s: $(cat "$out")" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "conformance: server $run (pid ${zone_pid[n]}): $zone at http://127.0.0.1:$port/v2, peer $peer"
+}
+
+# Stops process $1 with SIGTERM (it must exit 0 within 10 s), or with SIGKILL if $2 is KILL.
+stop_zone() {
+  local n=$1 signal=${2:-TERM} pid=${zone_pid[$1]} status=0
+  kill "-$signal" "$pid"
+  local deadline=$((SECONDS + 10))
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "conformance: process $n did not exit within 10 s of SIG$signal" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  wait "$pid" || status=$?
+  zone_pid[n]=""
+  if [ "$signal" = TERM ]; then
+    if [ "$status" -ne 0 ]; then
+      echo "conformance: process $n exited with status $status after SIGTERM (expected 0)" >&2
+      exit 1
+    fi
+    passed=$((passed + 1))
+  fi
+  echo "conformance: process $n stopped by SIG$signal"
+}
+
+start_zone 1
+start_zone 2
+phase first "$work/state-split.json" --separate-processes
+stop_zone 1
+stop_zone 2
+start_zone 1
+start_zone 2
+phase after-restart "$work/state-split.json" --separate-processes
+# The replica zone's process crashes while the origin goes on changing keys.
+stop_zone 2 KILL
+phase target-down "$work/state-split.json" --separate-processes
+start_zone 2
+phase target-back "$work/state-split.json" --separate-processes
+stop_zone 2
+stop_zone 1
 
 echo "conformance: $passed checks passed"
