@@ -547,6 +547,39 @@ fn a_zone_out_of_reach_is_tried_once_per_due_run_and_other_zones_go_on() {
 }
 
 #[test]
+fn a_zone_that_answers_again_gets_everything_it_is_owed_in_that_pass() {
+    let (zones, faulty) = Zones::faulty(&["ch-gva-2", "de-fra-1"]);
+    let a = zones.zone(A);
+    faulty.cut("de-fra-1");
+    let replicated = |name: &str| {
+        let id = a
+            .create_key(&CreateKey::new(name).multi_zone(true))
+            .unwrap()
+            .id;
+        a.replicate_key(id, "de-fra-1", None).unwrap();
+        id
+    };
+    let early: Vec<_> = (0..4).map(|i| replicated(&format!("early{i}"))).collect();
+    // Failed attempts in a row grow the early keys' backoff to 8 s.
+    for _ in 0..3 {
+        assert_eq!(a.sync().unwrap().failed.len(), 4);
+    }
+    // A later key, failed once: its retry is due after 1 s, the early keys' are not.
+    let late = replicated("late");
+    a.wait_for_deliveries();
+    faulty.heal("de-fra-1");
+    zones.clock.advance(jiff::SignedDuration::from_secs(1));
+    let report = a.run_due().unwrap();
+    // The late key's retry finds the zone back: the early keys go in the same pass.
+    assert_eq!(report.replication.delivered.len(), 5, "{report:?}");
+    assert!(report.replication.deferred.is_empty(), "{report:?}");
+    for id in early.into_iter().chain([late]) {
+        assert!(zones.zone(B).get_key(id).is_ok());
+        assert_eq!(a.get_key(id).unwrap().replicas_status[0].last_failure, None);
+    }
+}
+
+#[test]
 fn replica_status_serializes_with_the_spec_field_names() {
     let (zones, faulty) = Zones::faulty(&["ch-gva-2", "de-fra-1"]);
     let a = zones.zone(A);

@@ -89,21 +89,44 @@ impl Replicator {
         // A zone found out of reach in this pass is not tried again in it (unless forced): with
         // a link that waits its timeout for each message, one dead zone would otherwise hold
         // the pass (and the zone's next due run) for as many timeouts as keys are owed to it.
-        // The entries stay in the outbox for the next pass.
+        // The entries stay in the outbox for the next pass. The other way round, a zone that
+        // was out of reach and answers again is back: what it is owed goes in this pass, backoff
+        // or not (the backoff grew while the zone was away, not because of these keys).
+        let was_away = self.sender.away();
         let mut out_of_reach: Vec<String> = Vec::new();
+        let mut back: Vec<String> = self.sender.take_returned();
+        let mut waiting = Vec::new();
         for (id, zone) in outbox.entries {
             if !force && out_of_reach.contains(&zone) {
                 report.deferred.push((id, zone));
                 continue;
             }
-            match self.sender.deliver_until_current(id, &zone, force) {
-                Ok(Attempt::Delivered) => report.delivered.push((id, zone)),
+            let zone_force = force || back.contains(&zone);
+            match self.sender.deliver_until_current(id, &zone, zone_force) {
+                Ok(Attempt::Delivered) => {
+                    if was_away.contains(&zone) && !back.contains(&zone) {
+                        back.push(zone.clone());
+                    }
+                    report.delivered.push((id, zone));
+                }
                 Ok(Attempt::Failed(error)) | Err(error) => {
                     if matches!(error, Error::ZoneUnreachable { .. }) {
                         out_of_reach.push(zone.clone());
                     }
                     report.failed.push((id, zone, error));
                 }
+                Ok(Attempt::Deferred | Attempt::Behind) => waiting.push((id, zone)),
+                Ok(Attempt::Nothing) => {}
+            }
+        }
+        for (id, zone) in waiting {
+            if !back.contains(&zone) {
+                report.deferred.push((id, zone));
+                continue;
+            }
+            match self.sender.deliver_until_current(id, &zone, true) {
+                Ok(Attempt::Delivered) => report.delivered.push((id, zone)),
+                Ok(Attempt::Failed(error)) | Err(error) => report.failed.push((id, zone, error)),
                 Ok(Attempt::Deferred | Attempt::Behind) => report.deferred.push((id, zone)),
                 Ok(Attempt::Nothing) => {}
             }

@@ -1,7 +1,7 @@
 //! One delivery attempt to one replica: load (under the key's lock) → send (no lock held) →
 //! the core's decision ([`delivery::settle`]) → settle (under the key's lock, one commit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, ThreadId};
 
@@ -44,6 +44,9 @@ pub(crate) struct Sender {
     /// (a link that makes the origin change and deliver before it carries a message).
     busy: Mutex<HashMap<(KeyId, String), ThreadId>>,
     freed: Condvar,
+    /// The zones whose last message, for any key, found them out of reach (`true`), and
+    /// those that answered again since (`false`) until [`Sender::take_returned`] takes them.
+    reach: Mutex<HashMap<String, bool>>,
 }
 
 impl Sender {
@@ -53,7 +56,29 @@ impl Sender {
             link,
             busy: Mutex::default(),
             freed: Condvar::new(),
+            reach: Mutex::default(),
         }
+    }
+
+    /// The zones whose last message found them out of reach.
+    pub(super) fn away(&self) -> HashSet<String> {
+        lock(&self.reach)
+            .iter()
+            .filter(|(_, away)| **away)
+            .map(|(zone, _)| zone.clone())
+            .collect()
+    }
+
+    /// The zones that answered again after being out of reach, since the last call.
+    pub(super) fn take_returned(&self) -> Vec<String> {
+        let mut reach = lock(&self.reach);
+        let returned = reach
+            .iter()
+            .filter(|(_, away)| !**away)
+            .map(|(zone, _)| zone.clone())
+            .collect();
+        reach.retain(|_, away| *away);
+        returned
     }
 
     /// The link, if this zone has one.
@@ -98,6 +123,14 @@ impl Sender {
         };
         let answer = link.deliver(zone, &update);
         drop(update);
+        {
+            let mut reach = lock(&self.reach);
+            if matches!(answer, Err(Error::ZoneUnreachable { .. })) {
+                reach.insert(zone.to_owned(), true);
+            } else if let Some(away) = reach.get_mut(zone) {
+                *away = false;
+            }
+        }
         self.settle(id, zone, sent, answer)
     }
 
