@@ -195,10 +195,9 @@ impl Link for PeerLink {
             return self.local.deliver(zone, update);
         };
         let body = wire::encode_update(update, zone, &peer.keys)?;
-        let bytes = self.runtime.run(zone, async {
+        let (answer, signature) = self.runtime.run(zone, async {
             exchange(peer, zone, REPLICATION_UPDATE_PATH, body).await
         })?;
-        let (answer, signature) = bytes;
         wire::decode_ack(&answer, &signature, &peer.keys).map_err(|error| Error::ZoneRefused {
             zone: zone.to_owned(),
             detail: error.to_string(),

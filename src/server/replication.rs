@@ -24,7 +24,7 @@ use super::problem::Problem;
 use crate::{Error, wire};
 
 /// `POST /keylife/v1/replication/update`.
-pub(crate) async fn receive_update(State(_zone): State<Arc<Zone>>, call: Signed) -> Response {
+pub(crate) async fn receive_update(call: Signed) -> Response {
     answer(move || {
         let (key, signature) = link_of(&call)?;
         // Who sent it is looked at before any material is unwrapped.
