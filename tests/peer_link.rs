@@ -254,12 +254,14 @@ fn a_refusal_and_an_unreachable_peer_are_recorded_and_retried() {
 
 /// Two zones, each served on loopback by `keylife::server::serve` (in this process) and each
 /// reaching the other through a `PeerLink` to its URL, with `limits`. The origin's server also
-/// accepts `EXOlinkXX`, a link credential that speaks for `at-vie-1` only.
+/// accepts `EXOlinkXX`, a link credential that speaks for `at-vie-1` only, and the replica's
+/// `EXOlinkZZ`, one that speaks for the zones `zz-*`.
 struct Pair {
     runtime: tokio::runtime::Runtime,
     origin: Arc<Kms>,
     replica: Arc<Kms>,
     origin_url: String,
+    replica_url: String,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     served: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -312,6 +314,7 @@ impl Pair {
             origin: Arc::clone(&origin),
             replica: Arc::clone(&replica),
             origin_url,
+            replica_url,
             stops: Vec::new(),
             served: Vec::new(),
         };
@@ -327,7 +330,10 @@ impl Pair {
             (
                 replica,
                 replica_listener,
-                format!("EXOlinkAB EXOlinkAB-secret operations=replicate zones={ORIGIN}"),
+                format!(
+                    "EXOlinkAB EXOlinkAB-secret operations=replicate zones={ORIGIN}\n\
+                     EXOlinkZZ EXOlinkZZ-secret operations=replicate zones=zz-*"
+                ),
             ),
         ] {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -477,4 +483,113 @@ fn the_link_runs_over_https_trusting_the_peer_ca_only() {
         "{failure}"
     );
     pair.stop();
+}
+
+#[test]
+fn a_peer_cannot_take_over_a_replica_of_another_origins_key() {
+    let pair = Pair::start(keylife::Limits::default());
+    let id = replicated_key(&pair.origin);
+    let before = pair.replica.get_key(id).unwrap();
+    assert_eq!(before.key.origin_zone, ORIGIN);
+    // zz-evil-1, which EXOlinkZZ may speak for, holds a key with the same id (imported with a
+    // fixed id, material of its choosing) and replicates it to the replica's zone.
+    let local = LocalLink::new();
+    let link = PeerLink::new(
+        Arc::clone(&local),
+        vec![Peer {
+            zone: REPLICA.to_owned(),
+            url: pair.replica_url.clone(),
+            credential: ApiCredential::new("EXOlinkZZ", "EXOlinkZZ-secret"),
+        }],
+        PeerOptions::default(),
+    )
+    .unwrap();
+    let evil = Kms::open_in_memory(
+        RootKey::generate().unwrap(),
+        KmsOptions::new("zz-evil-1").link(link),
+    )
+    .unwrap();
+    let mut key = keylife::ImportKey::new(id, "taken-over", 1);
+    key.multi_zone = true;
+    evil.import_key(&keylife::KeyImport {
+        key,
+        materials: vec![keylife::MaterialKey::from_bytes(&mut [9; 32])],
+    })
+    .unwrap();
+    evil.rotate_key(id, None).unwrap();
+    evil.replicate_key(id, REPLICA, None).unwrap();
+    evil.wait_for_deliveries();
+    let (watermark, failure) = replica_state(&evil, id);
+    assert_eq!(watermark, 0);
+    let failure = failure.unwrap();
+    assert!(
+        failure.contains("409 conflict") && failure.contains("another zone than the key's origin"),
+        "{failure}"
+    );
+    // The replica still follows its own origin, with its own material.
+    let after = pair.replica.get_key(id).unwrap();
+    assert_eq!(after.key, before.key);
+    let sealed = pair.origin.encrypt(id, b"still ours", None).unwrap();
+    assert_eq!(
+        pair.replica
+            .decrypt(id, &sealed.ciphertext, None)
+            .unwrap()
+            .plaintext
+            .as_bytes(),
+        b"still ours"
+    );
+    pair.stop();
+}
+
+#[test]
+fn a_peer_cannot_speak_for_a_zone_this_process_serves() {
+    // One server for de-fra-1 and zz-served-1; its link credential's glob matches
+    // zz-served-1, which it serves itself.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let zone = |name: &str| {
+        Arc::new(Kms::open_in_memory(RootKey::generate().unwrap(), KmsOptions::new(name)).unwrap())
+    };
+    let (replica, served) = (zone(REPLICA), zone("zz-served-1"));
+    let bind = || {
+        runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap()
+    };
+    let (first, second) = (bind(), bind());
+    let url = format!("http://{}/v2", first.local_addr().unwrap());
+    let credentials =
+        Credentials::parse("EXOlinkZZ EXOlinkZZ-secret operations=replicate zones=zz-*").unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = runtime.spawn(keylife::server::serve(
+        vec![(Arc::clone(&replica), first), (Arc::clone(&served), second)],
+        Arc::new(Keyring::new(credentials)),
+        ServeOptions::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // Another process claiming to be zz-served-1 replicates a key to de-fra-1.
+    let link = PeerLink::new(
+        LocalLink::new(),
+        vec![Peer {
+            zone: REPLICA.to_owned(),
+            url,
+            credential: ApiCredential::new("EXOlinkZZ", "EXOlinkZZ-secret"),
+        }],
+        PeerOptions::default(),
+    )
+    .unwrap();
+    let impostor = Kms::open_in_memory(
+        RootKey::generate().unwrap(),
+        KmsOptions::new("zz-served-1").link(link),
+    )
+    .unwrap();
+    let id = replicated_key(&impostor);
+    let (watermark, failure) = replica_state(&impostor, id);
+    assert_eq!(watermark, 0);
+    let failure = failure.unwrap();
+    assert!(failure.contains("403 permission-denied"), "{failure}");
+    assert_eq!(replica.get_key(id).unwrap_err().code(), "key-not-found");
+    let _ = stop.send(());
+    runtime.block_on(serving).unwrap().unwrap();
 }

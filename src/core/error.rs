@@ -348,6 +348,9 @@ pub enum ConflictReason {
     /// A replication update for a key this zone does not hold does not list this zone among
     /// the key's replicas.
     NotAReplicaZone,
+    /// A replication update names another origin zone than the one of the replica this zone
+    /// holds: only the key's own origin zone updates or destroys its replicas.
+    OtherOrigin,
     /// A replication update has fewer material versions than the replica holds.
     FewerVersions,
     /// A replica did not apply an update because it lacks material versions the origin
@@ -386,6 +389,10 @@ impl ConflictReason {
             }
             ConflictReason::NotAReplicaZone => {
                 "the update does not list this zone among the key's replicas"
+            }
+            ConflictReason::OtherOrigin => {
+                "the update comes from another zone than the key's origin zone: only the \
+                 origin updates or destroys its replicas"
             }
             ConflictReason::FewerVersions => {
                 "the update has fewer material versions than the replica"

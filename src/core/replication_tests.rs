@@ -719,6 +719,31 @@ fn follow_onto_an_origin_key_is_conflict() {
     }
 }
 
+#[test]
+fn follow_from_another_origin_than_the_replicas_is_conflict() {
+    // A zone naming itself the origin of another zone's key may neither update nor destroy
+    // the replica, however new its revision.
+    let current = replica(Status::Enabled);
+    let mut live = rich_snapshot(u64::MAX);
+    live.origin_zone = "zz-other-1".to_owned();
+    let deleted = Snapshot {
+        body: SnapshotBody::Deleted,
+        ..live.clone()
+    };
+    for snap in [live, deleted] {
+        assert_eq!(
+            follow(Some(&current), &snap, &here(day(4))),
+            Err(Error::Conflict {
+                id: current.id,
+                reason: ConflictReason::OtherOrigin,
+            }),
+            "{snap:?}"
+        );
+    }
+    // From its own origin, the same snapshot is followed.
+    assert!(follow(Some(&current), &rich_snapshot(9), &here(day(4))).is_ok());
+}
+
 // ---------------------------------------------------------------------------------------------
 // follow: a replica's later snapshots
 // ---------------------------------------------------------------------------------------------

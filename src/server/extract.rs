@@ -42,6 +42,8 @@ pub(crate) struct Zone {
     pub(crate) replays: Option<Arc<ReplayCache>>,
     /// The signatures already used for replication messages: always kept.
     pub(crate) link_replays: Arc<ReplayCache>,
+    /// The zones this server serves: a link credential never speaks for one of them.
+    pub(crate) served: Arc<Vec<String>>,
     /// The audit log, if one is written.
     pub(crate) audit: Option<Arc<AuditLog>>,
     /// One permit: the backup being sent (`POST /keylife/v1/backup`), one at a time.

@@ -288,6 +288,8 @@ pub async fn serve(
     // Replication messages are refused when replayed whatever `refuse_replays` says: every
     // message of a link is unique (its body holds random bytes of its own).
     let link_replays = Arc::new(replay::ReplayCache::default());
+    let served: Arc<Vec<String>> =
+        Arc::new(zones.iter().map(|(kms, _)| kms.zone().to_owned()).collect());
     let max_validity_secs =
         i64::try_from(options.max_signature_validity.as_secs()).unwrap_or(i64::MAX);
     let reporter = |kms: &Kms| {
@@ -345,6 +347,7 @@ pub async fn serve(
             max_validity_secs,
             replays: replays.clone(),
             link_replays: link_replays.clone(),
+            served: Arc::clone(&served),
             audit: options.audit.clone(),
             backups: Arc::new(Semaphore::new(1)),
         });

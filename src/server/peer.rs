@@ -50,6 +50,9 @@ use crate::{Ack, Error, KeyId, Link, LocalLink, ReplicaUpdate};
 /// The default of [`PeerOptions::timeout`]: how long one message may wait for its answer.
 pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The most characters of a peer's refusal kept in `last-failure`.
+const MAX_DETAIL_CHARS: usize = 512;
+
 /// The most bytes of an answer read (an acknowledgement is [`wire::ACK_LEN`] bytes).
 const MAX_ANSWER_BYTES: usize = 1024;
 
@@ -107,6 +110,8 @@ impl fmt::Debug for PeerOptions {
 struct PeerZone {
     client: Client,
     keys: LinkKey,
+    /// How long one message may take, answer included ([`PeerOptions::timeout`]).
+    timeout: Duration,
 }
 
 /// The link of a process whose zones replicate to zones of other processes (see the module).
@@ -158,7 +163,14 @@ impl PeerLink {
             }
             let keys = LinkKey::derive(peer.credential.secret());
             let client = Client::new(&peer.url, peer.credential, client_options.clone())?;
-            zones.insert(peer.zone, PeerZone { client, keys });
+            zones.insert(
+                peer.zone,
+                PeerZone {
+                    client,
+                    keys,
+                    timeout: options.timeout,
+                },
+            );
         }
         Ok(Arc::new(PeerLink {
             local,
@@ -234,6 +246,24 @@ async fn exchange(
     path: &str,
     body: Vec<u8>,
 ) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    // One deadline for the whole message: the client's own timeouts bound each read, and a
+    // peer that sends its answer a byte at a time must not hold the delivery for longer.
+    tokio::time::timeout(peer.timeout, exchange_once(peer, zone, path, body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::ZoneUnreachable {
+                zone: zone.to_owned(),
+                detail: format!("no whole answer within {:?}", peer.timeout),
+            })
+        })
+}
+
+async fn exchange_once(
+    peer: &PeerZone,
+    zone: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(Vec<u8>, Vec<u8>), Error> {
     let unreachable = |error: ClientError| Error::ZoneUnreachable {
         zone: zone.to_owned(),
         detail: error.to_string(),
@@ -254,8 +284,10 @@ async fn exchange(
             return Err(Error::ZoneRefused {
                 zone: zone.to_owned(),
                 detail: format!(
-                    "{status} {}: {detail}",
-                    code.as_deref().unwrap_or("(no code)")
+                    "{status} {}: {}",
+                    code.as_deref().unwrap_or("(no code)"),
+                    // The peer's words, kept short: they are shown as `last-failure`.
+                    detail.chars().take(MAX_DETAIL_CHARS).collect::<String>()
                 ),
             });
         }

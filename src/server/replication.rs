@@ -24,13 +24,17 @@ use super::problem::Problem;
 use crate::{Error, wire};
 
 /// `POST /keylife/v1/replication/update`.
-pub(crate) async fn receive_update(call: Signed) -> Response {
+pub(crate) async fn receive_update(State(zone): State<Arc<Zone>>, call: Signed) -> Response {
     answer(move || {
         let (key, signature) = link_of(&call)?;
         // Who sent it is looked at before any material is unwrapped.
         let sealed = wire::read_update(&call.body, call.kms.zone())?;
         let snapshot = sealed.snapshot();
-        if !call.grants.speaks_for(&snapshot.origin_zone) {
+        // A peer speaks for zones of other processes only, whatever its globs match: the
+        // zones served here reach each other in-process.
+        if !call.grants.speaks_for(&snapshot.origin_zone)
+            || zone.served.contains(&snapshot.origin_zone)
+        {
             return Err(Error::Forbidden {
                 operation: crate::Operation::ReceiveUpdate.name(),
                 id: Some(snapshot.id),
@@ -59,12 +63,11 @@ pub(crate) async fn retire_version(State(zone): State<Arc<Zone>>, call: Signed) 
             Err(Error::KeyNotFound { .. }) => return Err(forbidden),
             Err(error) => return Err(error),
         };
-        let speaks = details.key.origin_zone == zone.kms.zone()
-            && details
-                .key
-                .replicas
-                .iter()
-                .any(|replica| call.grants.speaks_for(replica));
+        let speaks =
+            details.key.origin_zone == zone.kms.zone()
+                && details.key.replicas.iter().any(|replica| {
+                    call.grants.speaks_for(replica) && !zone.served.contains(replica)
+                });
         if !speaks {
             return Err(forbidden);
         }

@@ -142,8 +142,8 @@ pub enum Follow {
 /// otherwise the replica keeps its own status. Each applied snapshot is a change of the
 /// replica: its own `revision.seq` grows by one.
 ///
-/// Errors: [`Error::Conflict`] if this zone owns a key with that id or the snapshot says it
-/// comes from this zone; [`Error::NameConflict`] when creating a replica whose name another
+/// Errors: [`Error::Conflict`] if this zone owns a key with that id, the snapshot says it
+/// comes from this zone, or it names another origin than the replica's; [`Error::NameConflict`] when creating a replica whose name another
 /// key of this zone has.
 pub fn follow(
     current: Option<&KeyRecord>,
@@ -155,6 +155,14 @@ pub fn follow(
         return Err(Error::Conflict {
             id: snapshot.id,
             reason: ConflictReason::UpdateAtOrigin,
+        });
+    }
+    // A replica follows its own origin only: a zone may not update, or destroy, a replica of
+    // another zone's key by naming itself its origin.
+    if current.is_some_and(|record| record.origin_zone != snapshot.origin_zone) {
+        return Err(Error::Conflict {
+            id: snapshot.id,
+            reason: ConflictReason::OtherOrigin,
         });
     }
     let live = match &snapshot.body {

@@ -462,6 +462,13 @@ fn check_zone(zone: &str, what: &str) -> Result<(), Error> {
             zone.len()
         )));
     }
+    // Shown by get-kms-key and written to logs: visible ASCII only, no space or control.
+    if !zone.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(refused(format!(
+            "names an {what} with a character other than visible ASCII (no space or control \
+             character)"
+        )));
+    }
     Ok(())
 }
 
@@ -779,6 +786,20 @@ mod tests {
         refused_because(&|l| l.target = "a".to_owned(), "addressed to");
         refused_because(&|l| l.origin = "b".to_owned(), "same zone");
         refused_because(&|l| l.origin = String::new(), "1 to 255");
+        refused_because(
+            &|l| l.origin = "a\nforged log line".to_owned(),
+            "visible ASCII",
+        );
+        refused_because(
+            &|l| {
+                let replicas = &mut l.body.as_mut().unwrap().replicas;
+                replicas.push(ReplicaV1 {
+                    zone: "x y".to_owned(),
+                    since_seq: 1,
+                });
+            },
+            "visible ASCII",
+        );
         refused_because(
             &|l| l.body.as_mut().unwrap().name = String::new(),
             "name of 0",

@@ -120,13 +120,19 @@ impl Replicator {
             }
         }
         for (id, zone) in waiting {
-            if !back.contains(&zone) {
+            if !back.contains(&zone) || out_of_reach.contains(&zone) {
                 report.deferred.push((id, zone));
                 continue;
             }
             match self.sender.deliver_until_current(id, &zone, true) {
                 Ok(Attempt::Delivered) => report.delivered.push((id, zone)),
-                Ok(Attempt::Failed(error)) | Err(error) => report.failed.push((id, zone, error)),
+                Ok(Attempt::Failed(error)) | Err(error) => {
+                    // Gone again: the rest waits for the next pass, as above.
+                    if matches!(error, Error::ZoneUnreachable { .. }) {
+                        out_of_reach.push(zone.clone());
+                    }
+                    report.failed.push((id, zone, error));
+                }
                 Ok(Attempt::Deferred | Attempt::Behind) => report.deferred.push((id, zone)),
                 Ok(Attempt::Nothing) => {}
             }
