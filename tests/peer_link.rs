@@ -593,3 +593,55 @@ fn a_peer_cannot_speak_for_a_zone_this_process_serves() {
     let _ = stop.send(());
     runtime.block_on(serving).unwrap().unwrap();
 }
+
+#[test]
+fn a_peer_that_answers_a_byte_at_a_time_is_cut_off_at_the_message_deadline() {
+    // Each byte comes well within the read timeout, the whole answer never within the
+    // deadline: the delivery ends as out of reach when the deadline passes.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buffer = [0; 4096];
+                let _ = stream.read(&mut buffer);
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 49\r\nconnection: close\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes());
+                for _ in 0..49 {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    if stream.write_all(b"x").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let local = LocalLink::new();
+    let link = PeerLink::new(
+        Arc::clone(&local),
+        vec![Peer {
+            zone: REPLICA.to_owned(),
+            url: format!("http://{addr}/v2"),
+            credential: ApiCredential::new(LINK_KEY, LINK_SECRET),
+        }],
+        PeerOptions {
+            timeout: std::time::Duration::from_secs(1),
+            ..PeerOptions::default()
+        },
+    )
+    .unwrap();
+    let kms = Kms::open_in_memory(
+        RootKey::generate().unwrap(),
+        KmsOptions::new(ORIGIN).link(link),
+    )
+    .unwrap();
+    let id = replicated_key(&kms);
+    let (watermark, failure) = replica_state(&kms, id);
+    assert_eq!(watermark, 0);
+    let failure = failure.unwrap();
+    assert!(
+        failure.contains("is unreachable") && failure.contains("no whole answer within 1s"),
+        "{failure}"
+    );
+}
