@@ -23,6 +23,8 @@ const ORIGIN: &str = "ch-gva-2";
 const REPLICA: &str = "de-fra-1";
 const LINK_KEY: &str = "EXOlink";
 const LINK_SECRET: &str = "link-secret";
+/// The byte of the replica's root key in [`Pair`].
+const REPLICA_ROOT: u8 = 7;
 
 /// An origin zone in memory whose link reaches `REPLICA` at `url`, signing with the link
 /// credential.
@@ -268,12 +270,18 @@ struct Pair {
 
 impl Pair {
     fn start(limits: keylife::Limits) -> Pair {
-        Pair::start_with(limits, None)
+        Pair::start_with(limits, None, None)
     }
 
     /// With `tls`, each zone serves HTTPS with the CA's server certificate and each link
     /// trusts that CA.
-    fn start_with(limits: keylife::Limits, tls: Option<&http_support::TestCa>) -> Pair {
+    /// With `audit`, the replica's server writes its audit log there (its root key is
+    /// [`REPLICA_ROOT`]).
+    fn start_with(
+        limits: keylife::Limits,
+        tls: Option<&http_support::TestCa>,
+        audit: Option<&std::path::Path>,
+    ) -> Pair {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let bind = || {
             runtime
@@ -303,7 +311,12 @@ impl Pair {
             .unwrap();
             let mut options = KmsOptions::new(name).link(link);
             options.limits = limits;
-            let kms = Arc::new(Kms::open_in_memory(RootKey::generate().unwrap(), options).unwrap());
+            let root = if name == REPLICA {
+                RootKey::from_bytes(&mut [REPLICA_ROOT; 32])
+            } else {
+                RootKey::generate().unwrap()
+            };
+            let kms = Arc::new(Kms::open_in_memory(root, options).unwrap());
             local.attach(&kms);
             kms
         };
@@ -318,7 +331,15 @@ impl Pair {
             stops: Vec::new(),
             served: Vec::new(),
         };
-        for (kms, listener, credentials) in [
+        let replica_audit = audit.map(|path| {
+            keylife::server::audit_log::AuditLog::open(
+                path,
+                &RootKey::from_bytes(&mut [REPLICA_ROOT; 32]),
+                vec![Arc::clone(&replica)],
+            )
+            .unwrap()
+        });
+        for (kms, listener, credentials, audit) in [
             (
                 origin,
                 origin_listener,
@@ -326,6 +347,7 @@ impl Pair {
                     "EXOlinkBA EXOlinkBA-secret operations=replicate zones={REPLICA}\n\
                      EXOlinkXX EXOlinkXX-secret operations=replicate zones=at-vie-1"
                 ),
+                None,
             ),
             (
                 replica,
@@ -334,6 +356,7 @@ impl Pair {
                     "EXOlinkAB EXOlinkAB-secret operations=replicate zones={ORIGIN}\n\
                      EXOlinkZZ EXOlinkZZ-secret operations=replicate zones=zz-*"
                 ),
+                replica_audit,
             ),
         ] {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -343,6 +366,7 @@ impl Pair {
                 Arc::new(Keyring::new(Credentials::parse(&credentials).unwrap())),
                 ServeOptions {
                     tls: tls.map(http_support::TestCa::tls),
+                    audit,
                     ..ServeOptions::default()
                 },
                 async {
@@ -435,7 +459,7 @@ fn a_replica_that_spends_its_budget_asks_its_origin_across_the_link() {
 #[test]
 fn the_link_runs_over_https_trusting_the_peer_ca_only() {
     let ca = http_support::TestCa::new();
-    let pair = Pair::start_with(keylife::Limits::default(), Some(&ca));
+    let pair = Pair::start_with(keylife::Limits::default(), Some(&ca), None);
     assert!(pair.origin_url.starts_with("https://"));
     let (origin, replica) = (&pair.origin, &pair.replica);
     let id = replicated_key(origin);
@@ -643,5 +667,61 @@ fn a_peer_that_answers_a_byte_at_a_time_is_cut_off_at_the_message_deadline() {
     assert!(
         failure.contains("is unreachable") && failure.contains("no whole answer within 1s"),
         "{failure}"
+    );
+}
+
+#[test]
+fn the_link_routes_are_audited_at_the_receiving_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let pair = Pair::start_with(keylife::Limits::default(), None, Some(&log));
+    let id = replicated_key(&pair.origin);
+    pair.origin.rotate_key(id, None).unwrap();
+    pair.origin.sync().unwrap();
+    // A message of the link credential that does not decode: refused, and audited too.
+    let client = keylife::server::client::Client::new(
+        &pair.replica_url,
+        ApiCredential::new("EXOlinkAB", "EXOlinkAB-secret"),
+        keylife::server::client::ClientOptions::default(),
+    )
+    .unwrap();
+    let status = pair.runtime.block_on(async {
+        let (answer, _) = client
+            .send_signed(
+                "POST",
+                keylife::server::REPLICATION_UPDATE_PATH,
+                "application/octet-stream",
+                b"not an update".to_vec(),
+            )
+            .await
+            .unwrap();
+        answer.status()
+    });
+    assert_eq!(status, 400);
+    pair.stop();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let received: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|line| line["operation"] == "receive-update")
+        .collect();
+    // replicate-key's delivery and the rotation's, applied; the bad message, refused.
+    let applied = received
+        .iter()
+        .filter(|line| line["outcome"] == "ok" && line["key"] == id.to_string())
+        .count();
+    assert_eq!(applied, 2, "{received:#?}");
+    assert!(
+        received
+            .iter()
+            .all(|line| line["actor"] == "EXOlinkAB" && line["zone"] == REPLICA),
+        "{received:#?}"
+    );
+    assert!(
+        received.iter().any(|line| line["status"] == 400),
+        "{received:#?}"
     );
 }
