@@ -92,9 +92,8 @@ impl Replicator {
         // The entries stay in the outbox for the next pass. The other way round, a zone that
         // was out of reach and answers again is back: what it is owed goes in this pass, backoff
         // or not (the backoff grew while the zone was away, not because of these keys).
-        let was_away = self.sender.away();
         let mut out_of_reach: Vec<String> = Vec::new();
-        let mut back: Vec<String> = self.sender.take_returned();
+        let mut back = self.sender.take_returned();
         let mut waiting = Vec::new();
         for (id, zone) in outbox.entries {
             if !force && out_of_reach.contains(&zone) {
@@ -102,42 +101,44 @@ impl Replicator {
                 continue;
             }
             let zone_force = force || back.contains(&zone);
-            match self.sender.deliver_until_current(id, &zone, zone_force) {
-                Ok(Attempt::Delivered) => {
-                    if was_away.contains(&zone) && !back.contains(&zone) {
-                        back.push(zone.clone());
-                    }
-                    report.delivered.push((id, zone));
-                }
-                Ok(Attempt::Failed(error)) | Err(error) => {
-                    if matches!(error, Error::ZoneUnreachable { .. }) {
-                        out_of_reach.push(zone.clone());
-                    }
-                    report.failed.push((id, zone, error));
-                }
-                Ok(Attempt::Deferred | Attempt::Behind) => waiting.push((id, zone)),
-                Ok(Attempt::Nothing) => {}
-            }
+            waiting.extend(self.attempt(id, zone, zone_force, &mut report, &mut out_of_reach));
+            back.extend(self.sender.take_returned());
         }
         for (id, zone) in waiting {
-            if !back.contains(&zone) || out_of_reach.contains(&zone) {
-                report.deferred.push((id, zone));
-                continue;
-            }
-            match self.sender.deliver_until_current(id, &zone, true) {
-                Ok(Attempt::Delivered) => report.delivered.push((id, zone)),
-                Ok(Attempt::Failed(error)) | Err(error) => {
-                    // Gone again: the rest waits for the next pass, as above.
-                    if matches!(error, Error::ZoneUnreachable { .. }) {
-                        out_of_reach.push(zone.clone());
-                    }
-                    report.failed.push((id, zone, error));
-                }
-                Ok(Attempt::Deferred | Attempt::Behind) => report.deferred.push((id, zone)),
-                Ok(Attempt::Nothing) => {}
-            }
+            let gone_again = out_of_reach.contains(&zone);
+            let entry = if back.contains(&zone) && !gone_again {
+                self.attempt(id, zone, true, &mut report, &mut out_of_reach)
+            } else {
+                Some((id, zone))
+            };
+            report.deferred.extend(entry);
         }
         Ok(report)
+    }
+
+    /// One delivery of key `id` to `zone`, recorded in `report` (a zone found out of reach is
+    /// added to `out_of_reach`); the entry back if it was not delivered for now (its retry not
+    /// due, or the key changed meanwhile).
+    fn attempt(
+        &self,
+        id: KeyId,
+        zone: String,
+        force: bool,
+        report: &mut SyncReport,
+        out_of_reach: &mut Vec<String>,
+    ) -> Option<(KeyId, String)> {
+        match self.sender.deliver_until_current(id, &zone, force) {
+            Ok(Attempt::Delivered) => report.delivered.push((id, zone)),
+            Ok(Attempt::Failed(error)) | Err(error) => {
+                if matches!(error, Error::ZoneUnreachable { .. }) {
+                    out_of_reach.push(zone.clone());
+                }
+                report.failed.push((id, zone, error));
+            }
+            Ok(Attempt::Deferred | Attempt::Behind) => return Some((id, zone)),
+            Ok(Attempt::Nothing) => {}
+        }
+        None
     }
 
     /// Waits until the deliveries queued in the background before this call are done.

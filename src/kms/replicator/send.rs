@@ -1,7 +1,7 @@
 //! One delivery attempt to one replica: load (under the key's lock) → send (no lock held) →
 //! the core's decision ([`delivery::settle`]) → settle (under the key's lock, one commit).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, ThreadId};
 
@@ -58,15 +58,6 @@ impl Sender {
             freed: Condvar::new(),
             reach: Mutex::default(),
         }
-    }
-
-    /// The zones whose last message found them out of reach.
-    pub(super) fn away(&self) -> HashSet<String> {
-        lock(&self.reach)
-            .iter()
-            .filter(|(_, away)| **away)
-            .map(|(zone, _)| zone.clone())
-            .collect()
     }
 
     /// The zones that answered again after being out of reach, since the last call.
