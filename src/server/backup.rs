@@ -18,12 +18,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Bytes, Frame};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::extract::{FREE_SHARE_BYTES, Signed, Zone, take_share};
+use super::extract::{FREE_SHARE_BYTES, Signed, Zone, ok_no_store, take_share};
 use super::problem::Problem;
 use crate::Error;
 
@@ -103,14 +102,10 @@ async fn start(zone: &Arc<Zone>, call: Signed) -> Result<Response, Problem> {
         _share: share,
         _running: running,
     };
-    let mut response = (StatusCode::OK, axum::body::Body::new(body)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(ok_no_store(
+        axum::body::Body::new(body),
+        "application/octet-stream",
+    ))
 }
 
 /// A `Write` that cuts what it is given into chunks of [`CHUNK_BYTES`] and sends each to the

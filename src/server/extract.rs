@@ -521,20 +521,23 @@ pub(crate) async fn answers_within_budget(
     }
 }
 
+/// A 200 answer of `body` as `content_type`, never cached (every answer of keylife holds
+/// what a cache should not keep).
+pub(crate) fn ok_no_store(body: axum::body::Body, content_type: &'static str) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 impl<T> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         match self.body {
-            Ok(body) => {
-                let body = axum::body::Body::new(WipedChunks { body, sent: 0 });
-                let mut response = (StatusCode::OK, body).into_response();
-                let headers = response.headers_mut();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                response
-            }
+            Ok(body) => ok_no_store(
+                axum::body::Body::new(WipedChunks { body, sent: 0 }),
+                "application/json",
+            ),
             Err(error) => {
                 Problem::internal(format!("cannot encode the answer: {error}")).into_response()
             }

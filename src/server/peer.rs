@@ -56,7 +56,8 @@ const MAX_DETAIL_CHARS: usize = 512;
 /// The most bytes of an answer read (an acknowledgement is [`wire::ACK_LEN`] bytes).
 const MAX_ANSWER_BYTES: usize = 1024;
 
-/// A zone served by another process.
+/// A zone served by another process. `Debug` shows the credential's key, not its secret.
+#[derive(Debug)]
 pub struct Peer {
     /// The zone.
     pub zone: String,
@@ -65,16 +66,6 @@ pub struct Peer {
     /// The link credential this process signs its messages to the zone with; the zone's
     /// process holds it with the `replicate` grant.
     pub credential: ApiCredential,
-}
-
-impl fmt::Debug for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Peer")
-            .field("zone", &self.zone)
-            .field("url", &self.url)
-            .field("credential", &self.credential)
-            .finish()
-    }
 }
 
 /// How a [`PeerLink`] connects.
@@ -210,10 +201,7 @@ impl Link for PeerLink {
         let (answer, signature) = self.runtime.run(zone, async {
             exchange(peer, zone, REPLICATION_UPDATE_PATH, body).await
         })?;
-        wire::decode_ack(&answer, &signature, &peer.keys).map_err(|error| Error::ZoneRefused {
-            zone: zone.to_owned(),
-            detail: error.to_string(),
-        })
+        wire::decode_ack(&answer, &signature, &peer.keys).map_err(|error| refused(zone, &error))
     }
 
     fn request_rotation(&self, zone: &str, id: KeyId, version: u32) -> Result<(), Error> {
@@ -228,12 +216,16 @@ impl Link for PeerLink {
         let (answer, signature) = self.runtime.run(zone, async {
             exchange(peer, zone, REPLICATION_ROTATION_PATH, body).await
         })?;
-        wire::decode_rotation_done(&answer, &signature, &peer.keys).map_err(|error| {
-            Error::ZoneRefused {
-                zone: zone.to_owned(),
-                detail: error.to_string(),
-            }
-        })
+        wire::decode_rotation_done(&answer, &signature, &peer.keys)
+            .map_err(|error| refused(zone, &error))
+    }
+}
+
+/// A peer's answer that is not its authenticated answer, as the replica's failure.
+fn refused(zone: &str, error: &Error) -> Error {
+    Error::ZoneRefused {
+        zone: zone.to_owned(),
+        detail: error.to_string(),
     }
 }
 

@@ -16,10 +16,9 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::extract::{Signed, Zone};
+use super::extract::{Signed, Zone, ok_no_store};
 use super::problem::Problem;
 use crate::{Error, wire};
 
@@ -95,16 +94,7 @@ where
     F: FnOnce() -> Result<Vec<u8>, Error> + Send + 'static,
 {
     match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(bytes)) => {
-            let mut response = (StatusCode::OK, bytes).into_response();
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
+        Ok(Ok(bytes)) => ok_no_store(bytes.into(), "application/octet-stream"),
         Ok(Err(error)) => Problem::from(error).into_response(),
         Err(_) => Problem::internal("the replication message failed unexpectedly").into_response(),
     }

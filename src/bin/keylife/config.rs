@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use zeroize::Zeroizing;
 
 use keylife::server::auth::Credentials;
-use keylife::server::client::ApiCredential;
+use keylife::server::client::{ApiCredential, ClientOptions};
 use keylife::server::peer::{Peer, PeerLink, PeerOptions};
 use keylife::store::Engine;
 use keylife::{Error, Kms, KmsOptions, LocalLink, RootKey};
@@ -225,16 +225,14 @@ pub(crate) fn load_peers(
             ApiCredential::new(*key, secret.as_bytes()),
         ));
     }
-    let ca_pem = ca_file
-        .map(|path| {
-            std::fs::read(path).map_err(|error| {
-                ConfigError::Invalid(format!(
-                    "cannot read the peer CA file {}: {error}",
-                    path.display()
-                ))
-            })
-        })
-        .transpose()?;
+    let ca_pem = match ca_file {
+        Some(path) => {
+            ClientOptions::with_ca_file(path)
+                .map_err(|error| ConfigError::Invalid(format!("--peer-ca-file: {error}")))?
+                .ca_pem
+        }
+        None => None,
+    };
     let mut resolved = Vec::with_capacity(peers.len());
     for (zone, url) in peers {
         if resolved.iter().any(|peer: &Peer| &peer.zone == zone) {
