@@ -29,20 +29,26 @@ const REPLICA_ROOT: u8 = 7;
 /// An origin zone in memory whose link reaches `REPLICA` at `url`, signing with the link
 /// credential.
 fn origin(url: &str) -> Kms {
+    linked_zone(ORIGIN, url, (LINK_KEY, LINK_SECRET), PeerOptions::default())
+}
+
+/// Zone `zone` in memory whose link reaches `REPLICA` at `url`, signing with `credential`
+/// (key, secret).
+fn linked_zone(zone: &str, url: &str, credential: (&str, &str), options: PeerOptions) -> Kms {
     let local = LocalLink::new();
     let link = PeerLink::new(
         Arc::clone(&local),
         vec![Peer {
             zone: REPLICA.to_owned(),
             url: url.to_owned(),
-            credential: ApiCredential::new(LINK_KEY, LINK_SECRET),
+            credential: ApiCredential::new(credential.0, credential.1),
         }],
-        PeerOptions::default(),
+        options,
     )
     .unwrap();
     let kms = Kms::open_in_memory(
         RootKey::generate().unwrap(),
-        KmsOptions::new(ORIGIN).link(link),
+        KmsOptions::new(zone).link(link),
     )
     .unwrap();
     local.attach(&kms);
@@ -233,7 +239,7 @@ fn only_the_peers_authenticated_answer_to_this_request_clears_the_outbox() {
 }
 
 #[test]
-fn a_refusal_and_an_unreachable_peer_are_recorded_and_retried() {
+fn an_unreachable_peer_is_recorded_and_only_known_zones_are_accepted() {
     // A port nothing listens on.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap();
@@ -247,6 +253,15 @@ fn a_refusal_and_an_unreachable_peer_are_recorded_and_retried() {
         failure.starts_with(&format!("zone {REPLICA} is unreachable:")),
         "{failure}"
     );
+    // Neither a peer nor the link shows the secret.
+    let peer = Peer {
+        zone: REPLICA.to_owned(),
+        url: format!("http://{addr}/v2"),
+        credential: ApiCredential::new(LINK_KEY, LINK_SECRET),
+    };
+    assert!(!format!("{peer:?}").contains(LINK_SECRET), "{peer:?}");
+    let link = PeerLink::new(LocalLink::new(), vec![peer], PeerOptions::default()).unwrap();
+    assert!(!format!("{link:?}").contains(LINK_SECRET), "{link:?}");
     // The link knows the peer zone (replicate-key accepted it) and no other.
     assert_eq!(
         kms.replicate_key(id, "at-vie-1", None).unwrap_err().code(),
@@ -485,20 +500,15 @@ fn the_link_runs_over_https_trusting_the_peer_ca_only() {
         .to_string();
     assert!(error.contains("CA"), "{error}");
     let other = http_support::TestCa::new();
-    let stranger = PeerLink::new(
-        LocalLink::new(),
-        vec![peer()],
+    let kms = linked_zone(
+        ORIGIN,
+        &pair.origin_url,
+        (LINK_KEY, LINK_SECRET),
         PeerOptions {
             ca_pem: Some(other.ca_pem.into_bytes()),
             ..PeerOptions::default()
         },
-    )
-    .unwrap();
-    let kms = Kms::open_in_memory(
-        RootKey::generate().unwrap(),
-        KmsOptions::new(ORIGIN).link(stranger),
-    )
-    .unwrap();
+    );
     let id = replicated_key(&kms);
     let (_, failure) = replica_state(&kms, id);
     let failure = failure.unwrap();
@@ -517,22 +527,12 @@ fn a_peer_cannot_take_over_a_replica_of_another_origins_key() {
     assert_eq!(before.key.origin_zone, ORIGIN);
     // zz-evil-1, which EXOlinkZZ may speak for, holds a key with the same id (imported with a
     // fixed id, material of its choosing) and replicates it to the replica's zone.
-    let local = LocalLink::new();
-    let link = PeerLink::new(
-        Arc::clone(&local),
-        vec![Peer {
-            zone: REPLICA.to_owned(),
-            url: pair.replica_url.clone(),
-            credential: ApiCredential::new("EXOlinkZZ", "EXOlinkZZ-secret"),
-        }],
+    let evil = linked_zone(
+        "zz-evil-1",
+        &pair.replica_url,
+        ("EXOlinkZZ", "EXOlinkZZ-secret"),
         PeerOptions::default(),
-    )
-    .unwrap();
-    let evil = Kms::open_in_memory(
-        RootKey::generate().unwrap(),
-        KmsOptions::new("zz-evil-1").link(link),
-    )
-    .unwrap();
+    );
     let mut key = keylife::ImportKey::new(id, "taken-over", 1);
     key.multi_zone = true;
     evil.import_key(&keylife::KeyImport {
@@ -593,21 +593,12 @@ fn a_peer_cannot_speak_for_a_zone_this_process_serves() {
         },
     ));
     // Another process claiming to be zz-served-1 replicates a key to de-fra-1.
-    let link = PeerLink::new(
-        LocalLink::new(),
-        vec![Peer {
-            zone: REPLICA.to_owned(),
-            url,
-            credential: ApiCredential::new("EXOlinkZZ", "EXOlinkZZ-secret"),
-        }],
+    let impostor = linked_zone(
+        "zz-served-1",
+        &url,
+        ("EXOlinkZZ", "EXOlinkZZ-secret"),
         PeerOptions::default(),
-    )
-    .unwrap();
-    let impostor = Kms::open_in_memory(
-        RootKey::generate().unwrap(),
-        KmsOptions::new("zz-served-1").link(link),
-    )
-    .unwrap();
+    );
     let id = replicated_key(&impostor);
     let (watermark, failure) = replica_state(&impostor, id);
     assert_eq!(watermark, 0);
@@ -641,25 +632,15 @@ fn a_peer_that_answers_a_byte_at_a_time_is_cut_off_at_the_message_deadline() {
             });
         }
     });
-    let local = LocalLink::new();
-    let link = PeerLink::new(
-        Arc::clone(&local),
-        vec![Peer {
-            zone: REPLICA.to_owned(),
-            url: format!("http://{addr}/v2"),
-            credential: ApiCredential::new(LINK_KEY, LINK_SECRET),
-        }],
+    let kms = linked_zone(
+        ORIGIN,
+        &format!("http://{addr}/v2"),
+        (LINK_KEY, LINK_SECRET),
         PeerOptions {
             timeout: std::time::Duration::from_secs(1),
             ..PeerOptions::default()
         },
-    )
-    .unwrap();
-    let kms = Kms::open_in_memory(
-        RootKey::generate().unwrap(),
-        KmsOptions::new(ORIGIN).link(link),
-    )
-    .unwrap();
+    );
     let id = replicated_key(&kms);
     let (watermark, failure) = replica_state(&kms, id);
     assert_eq!(watermark, 0);
