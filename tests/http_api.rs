@@ -6,6 +6,8 @@
 
 mod http_support;
 
+use http_support::{key_path, seq};
+
 use std::cell::RefCell;
 use std::time::Duration;
 
@@ -24,20 +26,6 @@ use http_support::{
 
 /// A well-formed UUID that names no key.
 const NO_SUCH_KEY: &str = "0190b6a4-2a3c-7d4e-8f00-112233445566";
-
-fn key_path(id: &str, operation: &str) -> String {
-    if operation.is_empty() {
-        format!("/v2/kms-key/{id}")
-    } else {
-        format!("/v2/kms-key/{id}/{operation}")
-    }
-}
-
-fn seq(key: &Value) -> u64 {
-    key["revision"]["seq"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no revision.seq: {key}"))
-}
 
 async fn create(client: &mut Client, body: Value) -> Value {
     let reply = client.post("/v2/kms-key", body).await;

@@ -5,6 +5,8 @@
 mod common;
 mod http_support;
 
+use http_support::key_path;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,14 +20,6 @@ use serde_json::json;
 
 use common::failing::Failing;
 use common::{json_lines, root};
-
-fn key_path(id: &str, operation: &str) -> String {
-    if operation.is_empty() {
-        format!("/v2/kms-key/{id}")
-    } else {
-        format!("/v2/kms-key/{id}/{operation}")
-    }
-}
 
 fn credentials() -> Credentials {
     Credentials::new().with(KEY, SECRET).with_grants(

@@ -4,6 +4,8 @@
 
 mod http_support;
 
+use http_support::key_path;
+
 use std::time::{Duration, Instant};
 
 use http_support::{
@@ -14,14 +16,6 @@ use keylife::Limits;
 use keylife::server::ServeOptions;
 use keylife::server::auth::{self, Credentials};
 use serde_json::{Value, json};
-
-fn key_path(id: &str, operation: &str) -> String {
-    if operation.is_empty() {
-        format!("/v2/kms-key/{id}")
-    } else {
-        format!("/v2/kms-key/{id}/{operation}")
-    }
-}
 
 async fn create(client: &mut Client, name: &str, multi_zone: bool) -> String {
     let reply = client

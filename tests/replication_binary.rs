@@ -15,6 +15,8 @@
 
 mod http_support;
 
+use http_support::{key_path, seq};
+
 use std::time::{Duration, Instant};
 
 use http_support::proxy::{self, Mode, Recorded};
@@ -37,20 +39,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn key_path(id: &str, operation: &str) -> String {
-    if operation.is_empty() {
-        format!("/v2/kms-key/{id}")
-    } else {
-        format!("/v2/kms-key/{id}/{operation}")
-    }
-}
-
-fn seq(key: &Value) -> u64 {
-    key["revision"]["seq"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no revision.seq: {key}"))
 }
 
 async fn create_multi_zone(client: &mut Client, name: &str) -> String {

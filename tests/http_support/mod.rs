@@ -1230,3 +1230,19 @@ impl PeerPair {
         pair
     }
 }
+
+/// The path of key `id`, or of `operation` on it (empty: the key itself).
+pub fn key_path(id: &str, operation: &str) -> String {
+    if operation.is_empty() {
+        format!("/v2/kms-key/{id}")
+    } else {
+        format!("/v2/kms-key/{id}/{operation}")
+    }
+}
+
+/// The `revision.seq` of a key's JSON.
+pub fn seq(key: &Value) -> u64 {
+    key["revision"]["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no revision.seq: {key}"))
+}
