@@ -26,20 +26,17 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use keylife::server::auth::sign;
 use serde_json::{Value, json};
 use tokio_rustls::rustls;
 
-const KEY: &str = "EXObench";
-const SECRET: &[u8] = b"bench-secret";
+mod signed_client;
+
+use signed_client::{Client, KEY, SECRET};
+
 const CONTEXT: &[u8] = b"load-test";
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -163,11 +160,8 @@ impl Server {
             .output()
             .expect("keylife root-key generate");
         write_private(&root_key, &generated.stdout).expect("write root key");
-        write_private(
-            &credentials,
-            format!("{KEY} {}\n", String::from_utf8_lossy(SECRET)).as_bytes(),
-        )
-        .expect("write credentials");
+        write_private(&credentials, format!("{KEY} {SECRET}\n").as_bytes())
+            .expect("write credentials");
         let mut command = Command::new(binary);
         command
             .arg("serve")
@@ -231,74 +225,6 @@ fn clock_ticks_per_second() -> f64 {
         .and_then(|out| String::from_utf8(out.stdout).ok())
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(100.0)
-}
-
-/// One keep-alive connection that signs its requests.
-struct Client {
-    sender: http1::SendRequest<Full<Bytes>>,
-    host: String,
-}
-
-impl Client {
-    /// A keep-alive connection to `address`, over one TLS session with `tls`.
-    async fn connect(address: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>) -> Client {
-        let stream = tokio::net::TcpStream::connect(address)
-            .await
-            .expect("connect");
-        stream.set_nodelay(true).expect("TCP_NODELAY");
-        let sender = match tls {
-            None => {
-                let (sender, connection) = http1::handshake(TokioIo::new(stream))
-                    .await
-                    .expect("handshake");
-                tokio::spawn(connection);
-                sender
-            }
-            Some(config) => {
-                let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
-                let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
-                    .connect(name, stream)
-                    .await
-                    .expect("TLS handshake");
-                let (sender, connection) = http1::handshake(TokioIo::new(stream))
-                    .await
-                    .expect("handshake");
-                tokio::spawn(connection);
-                sender
-            }
-        };
-        Client {
-            sender,
-            host: address.to_string(),
-        }
-    }
-
-    async fn call(&mut self, method: &str, path: &str, body: Vec<u8>) -> (u16, Bytes) {
-        let expires = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs() as i64
-            + 600;
-        let authorization = sign(KEY, SECRET, method, path, &body, expires);
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host)
-            .header("authorization", authorization)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
-        self.sender.ready().await.expect("connection ready");
-        let response = self.sender.send_request(request).await.expect("send");
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, body)
-    }
 }
 
 impl Client {

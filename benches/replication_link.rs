@@ -40,19 +40,16 @@ use std::io::{BufRead, BufReader, Read as _};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use keylife::server::auth::sign;
 use serde_json::{Value, json};
 
-const KEY: &str = "EXObench";
-const SECRET: &str = "bench-secret";
+mod signed_client;
+
+use signed_client::{Client, KEY, SECRET};
+
 const ORIGIN: &str = "ch-gva-2";
 const REPLICA: &str = "de-fra-1";
 /// How long any wait of the bench may last before it gives up (and fails).
@@ -222,62 +219,19 @@ impl Drop for ZoneProcess {
     }
 }
 
-/// One keep-alive connection that signs its requests with the API credential.
-struct Client {
-    sender: http1::SendRequest<Full<Bytes>>,
-    host: String,
-}
-
 impl Client {
-    async fn connect(address: SocketAddr) -> Client {
-        let stream = tokio::net::TcpStream::connect(address)
-            .await
-            .expect("connect");
-        stream.set_nodelay(true).expect("TCP_NODELAY");
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(connection);
-        Client {
-            sender,
-            host: address.to_string(),
-        }
-    }
-
     /// Sends a signed request; the status and the JSON body (`Null` if not JSON).
-    async fn call(&mut self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    async fn json(&mut self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let body = body
             .map(|body| body.to_string().into_bytes())
             .unwrap_or_default();
-        let expires = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs() as i64
-            + 600;
-        let authorization = sign(KEY, SECRET.as_bytes(), method, path, &body, expires);
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host)
-            .header("authorization", authorization)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
-        self.sender.ready().await.expect("connection ready");
-        let response = self.sender.send_request(request).await.expect("send");
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let (status, body) = self.call(method, path, body).await;
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
     /// A call that must answer 200.
     async fn ok(&mut self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (status, answer) = self.call(method, path, body).await;
+        let (status, answer) = self.json(method, path, body).await;
         assert_eq!(status, 200, "{method} {path}: {answer}");
         answer
     }
@@ -341,7 +295,7 @@ async fn make_keys(address: SocketAddr, prefix: &str, count: usize, clients: usi
     for client_index in 0..clients {
         let prefix = prefix.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut client = Client::connect(address).await;
+            let mut client = Client::connect(address, None).await;
             let mut made = Vec::new();
             for n in (client_index..count).step_by(clients) {
                 made.push((n, client.replicated_key(&format!("{prefix}-{n}")).await));
@@ -386,8 +340,8 @@ async fn latency(
     replica_address: SocketAddr,
     keys: usize,
 ) -> Vec<String> {
-    let mut origin = Client::connect(origin_address).await;
-    let mut replica = Client::connect(replica_address).await;
+    let mut origin = Client::connect(origin_address, None).await;
+    let mut replica = Client::connect(replica_address, None).await;
     let ids = make_keys(origin_address, "latency", keys, 4).await;
     wait_acknowledged(&mut origin, &ids).await;
 
@@ -506,7 +460,7 @@ async fn convergence(
 ) {
     let origin_address = origin_process.address();
     let made = make_keys(origin_address, "pending", fresh, 8).await;
-    let mut origin = Client::connect(origin_address).await;
+    let mut origin = Client::connect(origin_address, None).await;
     wait_acknowledged(&mut origin, &made).await;
     // The keys of (a) have made their 10 manual rotations (the limit): they change their
     // rotation setting instead (automatic after (a)).
@@ -533,7 +487,7 @@ async fn convergence(
             .map(|(id, operation, _)| (id.clone(), *operation))
             .collect();
         tasks.push(tokio::spawn(async move {
-            let mut client = Client::connect(origin_address).await;
+            let mut client = Client::connect(origin_address, None).await;
             for (id, operation) in &mine {
                 client
                     .ok("POST", &format!("/v2/kms-key/{id}/{operation}"), None)
@@ -553,13 +507,13 @@ async fn convergence(
     assert_eq!(owed, ids.len(), "updates owed to the stopped replica");
     tokio::time::sleep(outage).await;
     // The server closes a connection idle for long: a new one for after the outage.
-    let mut origin = Client::connect(origin_address).await;
+    let mut origin = Client::connect(origin_address, None).await;
 
     let restart = Instant::now();
     replica_process.start();
     let serving = Instant::now();
     let down_for = serving - down;
-    let mut replica = Client::connect(replica_process.address()).await;
+    let mut replica = Client::connect(replica_process.address(), None).await;
     let wanted: std::collections::HashMap<&str, &Expect> = changes
         .iter()
         .map(|(id, _, expect)| (id.as_str(), expect))
