@@ -128,24 +128,30 @@ start_server() {
   echo "conformance: server $run (pid $server_pid): $zone1 at $url1, $zone2 at $url2"
 }
 
-# SIGTERM; the server must exit 0 within 10 s.
-stop_server() {
-  kill -TERM "$server_pid"
+# Sends signal $3 (TERM or KILL) to process $1, named $2, and waits at most 10 s for it to
+# exit; after SIGTERM it must exit 0.
+stop_process() {
+  local pid=$1 name=$2 signal=$3 status=0
+  kill "-$signal" "$pid"
   local deadline=$((SECONDS + 10))
-  while kill -0 "$server_pid" 2>/dev/null; do
+  while kill -0 "$pid" 2>/dev/null; do
     if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "conformance: the server did not exit within 10 s of SIGTERM" >&2
+      echo "conformance: $name did not exit within 10 s of SIG$signal" >&2
       exit 1
     fi
     sleep 0.1
   done
-  local status=0
-  wait "$server_pid" || status=$?
-  server_pid=""
-  if [ "$status" -ne 0 ]; then
-    echo "conformance: the server exited with status $status after SIGTERM (expected 0)" >&2
+  wait "$pid" || status=$?
+  if [ "$signal" = TERM ] && [ "$status" -ne 0 ]; then
+    echo "conformance: $name exited with status $status after SIGTERM (expected 0)" >&2
     exit 1
   fi
+}
+
+# SIGTERM; the server must exit 0 within 10 s.
+stop_server() {
+  stop_process "$server_pid" "the server" TERM
+  server_pid=""
   echo "conformance: server $run stopped by SIGTERM, exit status 0"
 }
 
@@ -281,23 +287,10 @@ start_zone() {
 
 # Stops process $1 with SIGTERM (it must exit 0 within 10 s), or with SIGKILL if $2 is KILL.
 stop_zone() {
-  local n=$1 signal=${2:-TERM} pid=${zone_pid[$1]} status=0
-  kill "-$signal" "$pid"
-  local deadline=$((SECONDS + 10))
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "conformance: process $n did not exit within 10 s of SIG$signal" >&2
-      exit 1
-    fi
-    sleep 0.1
-  done
-  wait "$pid" || status=$?
+  local n=$1 signal=${2:-TERM}
+  stop_process "${zone_pid[$n]}" "process $n" "$signal"
   zone_pid[n]=""
   if [ "$signal" = TERM ]; then
-    if [ "$status" -ne 0 ]; then
-      echo "conformance: process $n exited with status $status after SIGTERM (expected 0)" >&2
-      exit 1
-    fi
     passed=$((passed + 1))
   fi
   echo "conformance: process $n stopped by SIG$signal"
