@@ -434,6 +434,27 @@ class Following:
 
         return self.poll(f"the replica of {key_id} applies the origin's revision", probe, timeout)
 
+    def schedule_and_cancel_followed(self, key_id, ciphertext, refused_at_replica):
+        """Schedules the deletion of `key_id` at the origin and cancels it; checks that the
+        replica follows both (pending deletion with the origin's delete-at, refusing decrypt
+        and `refused_at_replica`, an operation id; then disabled). Returns the replica."""
+        t, a, b = self.t, self.a, self.b
+        scheduled = a.ok("schedule-kms-key-deletion", id=key_id, delay_days=7)
+        replica = self.poll("the replica follows the origin's scheduled deletion",
+                            lambda: (lambda r: r if r["status"] == "pending-deletion" else None)(b.get(key_id)))
+        t.check(replica.get("delete-at") is not None
+                and parse_ts(replica["delete-at"]) == parse_ts(scheduled["delete-at"]),
+                "replica: delete-at as the origin's", scheduled["delete-at"], replica.get("delete-at"))
+        b.refused("decrypt", 400, "key-pending-deletion", id=key_id, ciphertext=ciphertext)
+        operation, status, code = refused_at_replica
+        b.refused(operation, status, code, id=key_id)
+        a.ok("cancel-kms-key-deletion", id=key_id)
+        replica = self.poll("the replica follows the origin's cancellation",
+                            lambda: (lambda r: r if r["status"] != "pending-deletion" else None)(b.get(key_id)))
+        t.check(replica["status"] == "disabled", "replica: disabled after the origin's cancellation",
+                "disabled", replica["status"])
+        return replica
+
     def _exists(self, zone, key_id):
         try:
             zone.client.get_kms_key(id=key_id)
@@ -1033,19 +1054,8 @@ class FirstPhase(Following):
         a.ok("replicate-kms-key", id=other, zone=b.name)
         self.poll("the second replica appears", lambda: self._exists(b, other))
         self.converged(other)
-        scheduled = a.ok("schedule-kms-key-deletion", id=other, delay_days=7)
-        replica = self.poll("the replica follows the origin's scheduled deletion",
-                            lambda: (lambda r: r if r["status"] == "pending-deletion" else None)(b.get(other)))
-        t.check(replica.get("delete-at") is not None
-                and parse_ts(replica["delete-at"]) == parse_ts(scheduled["delete-at"]),
-                "replica: delete-at as the origin's", scheduled["delete-at"], replica.get("delete-at"))
-        b.refused("decrypt", 400, "key-pending-deletion", id=other, ciphertext=ciphertext)
-        b.refused("enable-kms-key", 400, "key-pending-deletion", id=other)
-        a.ok("cancel-kms-key-deletion", id=other)
-        replica = self.poll("the replica follows the origin's cancellation",
-                            lambda: (lambda r: r if r["status"] != "pending-deletion" else None)(b.get(other)))
-        t.check(replica["status"] == "disabled", "replica: disabled after the origin's cancellation",
-                "disabled", replica["status"])
+        replica = self.schedule_and_cancel_followed(
+            other, ciphertext, ("enable-kms-key", 400, "key-pending-deletion"))
         t.check("delete-at" not in replica, "replica: no delete-at after the cancellation", "absent",
                 replica.get("delete-at"))
         t.check(a.get(other)["status"] == "disabled", "origin: disabled after the cancellation")
@@ -1439,19 +1449,8 @@ class TargetBack(Following):
         t, a, b = self.t, self.a, self.b
         fresh = self.state["outage"]["fresh"]
         ciphertext = a.ok("encrypt", id=fresh, plaintext=b64(b"pending"))["ciphertext"]
-        scheduled = a.ok("schedule-kms-key-deletion", id=fresh, delay_days=7)
-        replica = self.poll("the replica follows the origin's scheduled deletion",
-                            lambda: (lambda r: r if r["status"] == "pending-deletion" else None)(b.get(fresh)))
-        t.check(replica.get("delete-at") is not None
-                and parse_ts(replica["delete-at"]) == parse_ts(scheduled["delete-at"]),
-                "replica: delete-at as the origin's", scheduled["delete-at"], replica.get("delete-at"))
-        b.refused("decrypt", 400, "key-pending-deletion", id=fresh, ciphertext=ciphertext)
-        b.refused("cancel-kms-key-deletion", 400, "not-on-replica", id=fresh)
-        a.ok("cancel-kms-key-deletion", id=fresh)
-        replica = self.poll("the replica follows the origin's cancellation",
-                            lambda: (lambda r: r if r["status"] != "pending-deletion" else None)(b.get(fresh)))
-        t.check(replica["status"] == "disabled", "replica: disabled after the origin's cancellation",
-                "disabled", replica["status"])
+        self.schedule_and_cancel_followed(
+            fresh, ciphertext, ("cancel-kms-key-deletion", 400, "not-on-replica"))
         self.converged(fresh)
         for zone in (a, b):
             zone.ok("enable-kms-key", id=fresh)
