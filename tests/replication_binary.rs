@@ -134,6 +134,17 @@ fn status_of_b(origin: &Value) -> Result<&Value, String> {
         .ok_or_else(|| format!("no replicas-status for {ZONE_B}: {origin}"))
 }
 
+/// Nothing of key `id` reached B yet: the origin shows no applied revision, B does not hold it.
+async fn not_replicated_yet(a: &mut Client, b: &mut Client, id: &str) {
+    let origin = get_key(a, id).await;
+    assert_eq!(
+        status_of_b(&origin).unwrap()["last-applied-watermark"],
+        0,
+        "{origin}"
+    );
+    problem(&b.get(&key_path(id, "")).await, 404, "key-not-found");
+}
+
 /// Waits until zone B holds key `id` at its origin's latest revision: A's `replicas-status`
 /// shows B's watermark at the key's `revision.seq` without failure, and B serves the key.
 /// Returns (origin, replica).
@@ -745,13 +756,7 @@ fn a_held_link_never_delays_the_origin_s_answers() {
             pair.b.proxy.held_count() >= 1,
             "no delivery reached the proxy"
         );
-        let origin = get_key(&mut a, &id).await;
-        assert_eq!(
-            status_of_b(&origin).unwrap()["last-applied-watermark"],
-            0,
-            "{origin}"
-        );
-        problem(&b.get(&key_path(&id, "")).await, 404, "key-not-found");
+        not_replicated_yet(&mut a, &mut b, &id).await;
 
         // Released: the replica converges.
         pair.b.proxy.set_mode(Mode::Forward);
@@ -804,13 +809,7 @@ fn the_outbox_survives_a_restart_of_the_origin() {
     pair.a.start();
     runtime.block_on(async {
         let (mut a, mut b) = (pair.a.client(), pair.b.client());
-        let origin = get_key(&mut a, &id).await;
-        assert_eq!(
-            status_of_b(&origin).unwrap()["last-applied-watermark"],
-            0,
-            "{origin}"
-        );
-        problem(&b.get(&key_path(&id, "")).await, 404, "key-not-found");
+        not_replicated_yet(&mut a, &mut b, &id).await;
         pair.b.proxy.set_mode(Mode::Forward);
         let (origin, replica) = converged(&mut a, &mut b, &id).await;
         follows(&origin, &replica);
